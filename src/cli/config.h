@@ -1,0 +1,90 @@
+// The typed, validated configuration of one run. Filled once by parse_options
+// (cli/options.h); nothing else reads raw option strings. Every field's
+// default and help text live in options.cpp, where the option is declared.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace dtrain {
+
+enum class LrScaling { Linear, Sqrt, None };
+enum class LrScheduleKind { Constant, Cosine, Linear, Step };
+enum class OptimizerKind { Sgd, AdamW };
+enum class DatasetKind { FashionMnist, Synthetic };
+enum class ModelKind { Mlp, Cnn };
+
+struct BatchOptions {
+  // 0 means "not given": derive it from the other two (train/batch_plan.h).
+  int64_t micro_batch_size = 0;
+  int64_t grad_accum_steps = 0;
+  int64_t global_batch_size = 0;
+};
+
+struct LrOptions {
+  double lr = 0.1;               // LR at the reference batch
+  int64_t base_batch_size = 256;  // the reference batch
+  LrScaling scaling = LrScaling::Linear;
+  int64_t warmup_steps = 0;
+  double warmup_epochs = 0;
+  LrScheduleKind schedule = LrScheduleKind::Constant;
+  std::vector<double> milestones_epochs;  // step schedule
+  double gamma = 0.1;
+  double min_lr = 0;
+};
+
+struct OptimizerOptions {
+  OptimizerKind kind = OptimizerKind::Sgd;
+  double momentum = 0.9;
+  bool nesterov = false;
+  double weight_decay = 0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double grad_clip_norm = 0;  // 0: no clipping
+};
+
+struct RunOptions {
+  int64_t epochs = 1;
+  int64_t max_steps = 0;  // 0: no limit
+  uint64_t seed = 0;
+  bool shuffle = true;
+  std::string out_dir = "runs/latest";
+  int64_t log_every = 50;
+  int64_t eval_every = 0;  // 0: evaluate at the end of each epoch only
+  int threads = 1;
+};
+
+struct DataOptions {
+  DatasetKind dataset = DatasetKind::FashionMnist;
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  int64_t synthetic_train_samples = 8192;
+  int64_t synthetic_test_samples = 2048;
+  int64_t synthetic_classes = 10;
+  uint64_t synthetic_seed = 1;
+};
+
+struct ModelOptions {
+  ModelKind kind = ModelKind::Mlp;
+  std::vector<int64_t> hidden = {512, 256};
+};
+
+struct Config {
+  BatchOptions batch;
+  LrOptions lr;
+  OptimizerOptions optimizer;
+  RunOptions run;
+  DataOptions data;
+  ModelOptions model;
+  std::string init_from;    // weights to start from ("" = random init)
+  std::string export_path;  // where to write final weights ("" = nowhere)
+  std::string config_file;  // the INI file the options came from, if any
+};
+
+const char* to_string(LrScaling value);
+const char* to_string(LrScheduleKind value);
+const char* to_string(OptimizerKind value);
+const char* to_string(DatasetKind value);
+const char* to_string(ModelKind value);
+
+}  // namespace dtrain

@@ -1,0 +1,29 @@
+#include "comm/communicator.h"
+
+#include "common/error.h"
+
+namespace dtrain {
+
+namespace {
+void require_contiguous(const at::Tensor& tensor, const char* what) {
+  if (!tensor.is_contiguous()) {
+    throw Error(std::string(what) + " needs a contiguous tensor");
+  }
+}
+}  // namespace
+
+void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
+  require_contiguous(tensor, "all_reduce");
+  ++stats_.all_reduce_calls;
+  stats_.all_reduce_bytes += tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  do_all_reduce(tensor, op);
+}
+
+void Communicator::broadcast(at::Tensor& tensor, int root) {
+  require_contiguous(tensor, "broadcast");
+  ++stats_.broadcast_calls;
+  stats_.broadcast_bytes += tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  do_broadcast(tensor, root);
+}
+
+}  // namespace dtrain

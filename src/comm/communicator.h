@@ -1,0 +1,71 @@
+// The one interface through which ranks talk to each other: rank and world
+// size, all-reduce, broadcast, barrier and a small all-gather. Backends (MPI
+// here; NCCL next) implement the protected do_* methods; the public methods
+// count calls and bytes so tests and benchmarks can assert the traffic.
+//
+// Invariant: every rank calls collectives in the same order, with tensors of
+// the same shape and dtype. Count and dtype are read from the tensor, never
+// passed by the caller.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace dtrain {
+
+enum class ReduceOp { Sum, Max, Min };
+
+struct CommStats {
+  int64_t all_reduce_calls = 0;
+  int64_t all_reduce_bytes = 0;
+  int64_t broadcast_calls = 0;
+  int64_t broadcast_bytes = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  // Rank among the processes on this host (picks the GPU on GPU hosts).
+  virtual int local_rank() const = 0;
+  virtual const char* backend_name() const = 0;
+
+  // In place; `tensor` must be contiguous.
+  void all_reduce(at::Tensor& tensor, ReduceOp op = ReduceOp::Sum);
+  void broadcast(at::Tensor& tensor, int root);
+  virtual void barrier() = 0;
+  // One int64 per rank, in rank order. For agreement checks, not data.
+  virtual std::vector<int64_t> all_gather(int64_t value) = 0;
+
+  const CommStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = CommStats{}; }
+
+ protected:
+  virtual void do_all_reduce(at::Tensor& tensor, ReduceOp op) = 0;
+  virtual void do_broadcast(at::Tensor& tensor, int root) = 0;
+
+ private:
+  CommStats stats_;
+};
+
+// World of one process: every collective is the identity. Used for
+// single-process runs without MPI and as the reference in equivalence tests.
+class LocalCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 1; }
+  int local_rank() const override { return 0; }
+  const char* backend_name() const override { return "local"; }
+  void barrier() override {}
+  std::vector<int64_t> all_gather(int64_t value) override { return {value}; }
+
+ protected:
+  void do_all_reduce(at::Tensor&, ReduceOp) override {}
+  void do_broadcast(at::Tensor&, int) override {}
+};
+
+}  // namespace dtrain

@@ -1,0 +1,108 @@
+#include "comm/mpi_communicator.h"
+
+#include "common/error.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdlib>
+
+namespace dtrain {
+
+void check_mpi(int code, const char* expression, const char* file, int line) {
+  if (code == MPI_SUCCESS) return;
+  char message[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(code, message, &length);
+  throw CommError(std::string(expression) + " failed at " + file + ":" + std::to_string(line) +
+                  ": " + std::string(message, length));
+}
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) MPI_CHECK(MPI_Init(argc, argv));
+  MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+}
+
+MpiSession::~MpiSession() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+void MpiSession::abort_world(int exit_code) {
+  MPI_Abort(MPI_COMM_WORLD, exit_code);
+  std::exit(exit_code);  // MPI_Abort does not return; this keeps [[noreturn]] honest.
+}
+
+namespace {
+
+MPI_Datatype mpi_type_of(const at::Tensor& tensor) {
+  switch (tensor.scalar_type()) {
+    case at::kFloat: return MPI_FLOAT;
+    case at::kDouble: return MPI_DOUBLE;
+    case at::kLong: return MPI_INT64_T;
+    case at::kInt: return MPI_INT32_T;
+    case at::kByte: return MPI_UINT8_T;
+    default:
+      throw Error(std::string("MPI backend cannot communicate tensors of type ") +
+                  c10::toString(tensor.scalar_type()));
+  }
+}
+
+MPI_Op mpi_op_of(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum: return MPI_SUM;
+    case ReduceOp::Max: return MPI_MAX;
+    case ReduceOp::Min: return MPI_MIN;
+  }
+  return MPI_SUM;
+}
+
+void require_cpu(const at::Tensor& tensor) {
+  if (!tensor.device().is_cpu()) {
+    throw Error("MPI backend needs CPU tensors; use the NCCL backend for GPU tensors");
+  }
+}
+
+int checked_count(const at::Tensor& tensor) {
+  if (tensor.numel() > std::numeric_limits<int>::max()) {
+    throw Error("tensor of " + std::to_string(tensor.numel()) +
+                " elements is too large for one MPI call");
+  }
+  return static_cast<int>(tensor.numel());
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator() : comm_(MPI_COMM_WORLD) {
+  MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  MPI_CHECK(MPI_Comm_size(comm_, &world_size_));
+  // Ranks sharing memory share a host; our rank among them is the local rank.
+  // Works under mpirun and srun alike, without launcher-specific variables.
+  MPI_Comm node_comm;
+  MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_comm));
+  MPI_CHECK(MPI_Comm_rank(node_comm, &local_rank_));
+  MPI_CHECK(MPI_Comm_free(&node_comm));
+}
+
+void MpiCommunicator::barrier() { MPI_CHECK(MPI_Barrier(comm_)); }
+
+std::vector<int64_t> MpiCommunicator::all_gather(int64_t value) {
+  std::vector<int64_t> values(world_size_);
+  MPI_CHECK(MPI_Allgather(&value, 1, MPI_INT64_T, values.data(), 1, MPI_INT64_T, comm_));
+  return values;
+}
+
+void MpiCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
+  require_cpu(tensor);
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), checked_count(tensor),
+                          mpi_type_of(tensor), mpi_op_of(op), comm_));
+}
+
+void MpiCommunicator::do_broadcast(at::Tensor& tensor, int root) {
+  require_cpu(tensor);
+  MPI_CHECK(MPI_Bcast(tensor.data_ptr(), checked_count(tensor), mpi_type_of(tensor), root, comm_));
+}
+
+}  // namespace dtrain

@@ -1,0 +1,82 @@
+#include "data/sampler.h"
+
+#include "common/error.h"
+
+#include <numeric>
+
+namespace dtrain {
+
+namespace {
+
+// splitmix64: tiny, well-mixed, and fully specified (unlike std::shuffle and
+// std::uniform_int_distribution, whose output differs between libraries).
+struct SplitMix64 {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, bound) by rejection, without modulo bias.
+  uint64_t below(uint64_t bound) {
+    const uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
+    uint64_t value;
+    do value = next(); while (value >= limit);
+    return value % bound;
+  }
+};
+
+std::vector<int64_t> shuffled(int64_t n, uint64_t stream_seed) {
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  SplitMix64 rng{stream_seed};
+  for (int64_t i = n - 1; i > 0; --i) {  // Fisher-Yates
+    std::swap(order[i], order[rng.below(static_cast<uint64_t>(i) + 1)]);
+  }
+  return order;
+}
+
+uint64_t mix(uint64_t seed, uint64_t stream) {
+  SplitMix64 rng{seed ^ (stream * 0xD1B54A32D192ED03ULL)};
+  return rng.next();
+}
+
+}  // namespace
+
+std::vector<int64_t> epoch_permutation(int64_t num_samples, uint64_t seed, int64_t epoch, bool shuffle) {
+  if (!shuffle) {
+    std::vector<int64_t> order(num_samples);
+    std::iota(order.begin(), order.end(), 0);
+    return order;
+  }
+  return shuffled(num_samples, mix(seed, static_cast<uint64_t>(epoch) + 1));
+}
+
+std::vector<int64_t> micro_batch_indices(const std::vector<int64_t>& permutation, const BatchPlan& plan,
+                                         int64_t step_in_epoch, int64_t micro_step, int rank) {
+  const int64_t window_start = step_in_epoch * plan.global_batch_size;
+  if (window_start + plan.global_batch_size > static_cast<int64_t>(permutation.size())) {
+    throw Error("step " + std::to_string(step_in_epoch) + " is past the end of the epoch");
+  }
+  std::vector<int64_t> indices(plan.micro_batch_size);
+  for (int64_t j = 0; j < plan.micro_batch_size; ++j) {
+    const int64_t local_position = micro_step * plan.micro_batch_size + j;
+    indices[j] = permutation[window_start + rank + plan.world_size * local_position];
+  }
+  return indices;
+}
+
+std::vector<int64_t> fixed_subset(int64_t num_samples, int64_t size, uint64_t seed) {
+  auto order = shuffled(num_samples, mix(seed, 0));  // stream 0: never an epoch's
+  order.resize(std::min(size, num_samples));
+  return order;
+}
+
+std::vector<int64_t> eval_shard(int64_t num_samples, int rank, int world_size) {
+  std::vector<int64_t> indices;
+  for (int64_t i = rank; i < num_samples; i += world_size) indices.push_back(i);
+  return indices;
+}
+
+}  // namespace dtrain

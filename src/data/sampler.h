@@ -1,0 +1,42 @@
+// Which samples each rank sees. In epoch e every rank computes the same
+// permutation P_e of the training set (from the seed and e alone). Optimizer
+// step t of the epoch covers exactly P_e[t*G, (t+1)*G) for global batch G;
+// within that window rank r takes every W-th sample starting at r (as
+// PyTorch's DistributedSampler does), and its micro-step i takes the i-th run
+// of micro_batch_size of those. So the set of samples in a step does not depend
+// on how G is split into micro-batches, accumulation steps and ranks. The tail
+// of an epoch shorter than G is dropped.
+//
+// Pure functions with a self-contained generator (splitmix64), so the order is
+// identical across platforms and LibTorch versions.
+#pragma once
+#include "train/batch_plan.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace dtrain {
+
+// The identity when shuffle is false.
+std::vector<int64_t> epoch_permutation(int64_t num_samples, uint64_t seed, int64_t epoch, bool shuffle);
+
+// Indices (into the dataset) of rank `rank`'s micro-step `micro_step` of
+// optimizer step `step_in_epoch`. `permutation` is the epoch's P_e.
+std::vector<int64_t> micro_batch_indices(const std::vector<int64_t>& permutation, const BatchPlan& plan,
+                                         int64_t step_in_epoch, int64_t micro_step, int rank);
+
+inline int64_t steps_per_epoch(int64_t num_samples, const BatchPlan& plan) {
+  return num_samples / plan.global_batch_size;
+}
+inline int64_t dropped_per_epoch(int64_t num_samples, const BatchPlan& plan) {
+  return num_samples % plan.global_batch_size;
+}
+
+// A fixed subset of `size` training indices, the same for the whole run: the
+// training split is evaluated on it, on equal footing with the test split.
+std::vector<int64_t> fixed_subset(int64_t num_samples, int64_t size, uint64_t seed);
+
+// The indices rank `rank` evaluates: every W-th of [0, n), each counted once.
+std::vector<int64_t> eval_shard(int64_t num_samples, int rank, int world_size);
+
+}  // namespace dtrain

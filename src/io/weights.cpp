@@ -1,0 +1,169 @@
+#include "io/weights.h"
+
+#include "common/error.h"
+
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/unpickler.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+namespace dtrain {
+
+namespace {
+
+const char* const kResaveHint =
+    "re-save it in Python with torch.save({k: v for k, v in model.state_dict().items()}, PATH)";
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+std::string shape_of(const at::Tensor& tensor) {
+  std::ostringstream out;
+  out << tensor.sizes();
+  return out.str();
+}
+
+// Python's torch.save(model.state_dict()) pickles a collections.OrderedDict
+// and then (pickle BUILD) its `_metadata` attribute, a dict of dicts written
+// with SETITEM. LibTorch 1.13's unpickler turns OrderedDict into None (it only
+// expects one as a tensor's empty backward-hooks slot) and knows no SETITEM.
+// So for that exact shape of pickle we rewrite two places, leaving tensors'
+// own OrderedDicts alone:
+//   head  PROTO 2, GLOBAL collections.OrderedDict, PUT n, EMPTY_TUPLE, REDUCE
+//     ->  PROTO 2, GLOBAL collections.OrderedDict, PUT n, EMPTY_DICT
+//         (the GLOBAL stays memoized for the tensors; it is left on the stack)
+//   tail  EMPTY_DICT, PUT m, '_metadata' ... BUILD, STOP  (the version dict)
+//     ->  TUPLE2, STOP
+// giving the tuple (global, state dict); the state dict is element 1.
+// Returns false if the pickle is not of that shape (then it is used as is).
+bool adapt_state_dict_pickle(std::string& pickle) {
+  static const std::string head("\x80\x02" "ccollections\nOrderedDict\n", 27);
+  if (pickle.compare(0, head.size(), head) != 0) return false;
+  size_t pos = head.size();
+  if (pos < pickle.size() && pickle[pos] == 'q') pos += 2;        // BINPUT n
+  else if (pos < pickle.size() && pickle[pos] == 'r') pos += 5;   // LONG_BINPUT n
+  else return false;
+  if (pickle.compare(pos, 2, ")R") != 0) return false;
+  pickle.replace(pos, 2, "}");
+
+  static const std::string metadata_key("X\x09\x00\x00\x00_metadata", 14);
+  const size_t key = pickle.rfind(metadata_key);
+  size_t cut = std::string::npos;
+  if (key != std::string::npos) {
+    if (key >= 3 && pickle[key - 3] == '}' && pickle[key - 2] == 'q') cut = key - 3;
+    else if (key >= 6 && pickle[key - 6] == '}' && pickle[key - 5] == 'r') cut = key - 6;
+    else return false;
+    if (pickle.compare(pickle.size() - 2, 2, "b.") != 0) return false;
+  } else {
+    if (pickle.empty() || pickle.back() != '.') return false;
+    cut = pickle.size() - 1;
+  }
+  pickle.resize(cut);
+  pickle += "\x86.";
+  return true;
+}
+
+}  // namespace
+
+NamedTensors model_state(const torch::nn::Module& model) {
+  NamedTensors state;
+  for (const auto& item : model.named_parameters()) state.emplace_back(item.key(), item.value());
+  for (const auto& item : model.named_buffers()) state.emplace_back(item.key(), item.value());
+  return state;
+}
+
+void save_weights(const NamedTensors& tensors, const std::string& path) {
+  c10::Dict<std::string, at::Tensor> dict;
+  for (const auto& [name, tensor] : tensors) dict.insert(name, tensor.detach().cpu().contiguous());
+  const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) {
+      std::remove(temporary.c_str());
+      throw Error("cannot write weights to " + path + ": check that its folder exists and is writable");
+    }
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    std::remove(temporary.c_str());
+    throw Error("cannot move weights into place at " + path + ": " + std::strerror(errno));
+  }
+}
+
+NamedTensors read_weights(const std::string& path) {
+  if (!std::filesystem::is_regular_file(path)) {
+    throw Error("weights file " + path + " does not exist: check the --init-from path");
+  }
+  c10::IValue root;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    at::DataPtr pickle_data;
+    size_t pickle_size = 0;
+    std::tie(pickle_data, pickle_size) = reader.getRecord("data.pkl");
+    std::string pickle(static_cast<const char*>(pickle_data.get()), pickle_size);
+    const bool adapted = adapt_state_dict_pickle(pickle);
+
+    size_t offset = 0;
+    auto read = [&](char* buffer, size_t size) {
+      size = std::min(size, pickle.size() - offset);
+      std::memcpy(buffer, pickle.data() + offset, size);
+      offset += size;
+      return size;
+    };
+    auto read_record = [&](const std::string& name) { return std::get<0>(reader.getRecord("data/" + name)); };
+    torch::jit::Unpickler unpickler(read, nullptr, nullptr, read_record, c10::Device(c10::kCPU));
+    root = unpickler.parse_ivalue();
+    if (adapted) root = root.toTupleRef().elements().at(1);
+  } catch (const c10::Error& e) {
+    throw Error("cannot read weights from " + path + " (" + first_line(e.what_without_backtrace()) + "); " +
+                kResaveHint);
+  }
+  if (!root.isGenericDict()) {
+    throw Error(path + " does not hold a dict of name -> tensor (found " + root.tagKind() + "); " + kResaveHint);
+  }
+  NamedTensors tensors;
+  for (const auto& item : root.toGenericDict()) {
+    if (!item.key().isString() || !item.value().isTensor()) {
+      throw Error(path + " holds an entry that is not name -> tensor; " + kResaveHint);
+    }
+    tensors.emplace_back(item.key().toStringRef(), item.value().toTensor());
+  }
+  return tensors;
+}
+
+void load_into(torch::nn::Module& model, const NamedTensors& tensors, const std::string& source) {
+  std::map<std::string, at::Tensor> given(tensors.begin(), tensors.end());
+  std::vector<std::string> problems;
+  const NamedTensors expected = model_state(model);
+  for (const auto& [name, target] : expected) {
+    auto found = given.find(name);
+    if (found == given.end()) {
+      problems.push_back("missing " + name + " " + shape_of(target));
+    } else if (!found->second.sizes().equals(target.sizes())) {
+      problems.push_back(name + " is " + shape_of(found->second) + " in the file but " + shape_of(target) +
+                         " in the model");
+    }
+  }
+  std::map<std::string, bool> known;
+  for (const auto& item : expected) known[item.first] = true;
+  for (const auto& item : tensors) {
+    if (!known.count(item.first)) problems.push_back("unexpected " + item.first);
+  }
+  if (!problems.empty()) {
+    std::string list;
+    for (size_t i = 0; i < problems.size() && i < 8; ++i) list += (i ? "; " : "") + problems[i];
+    if (problems.size() > 8) list += "; and " + std::to_string(problems.size() - 8) + " more";
+    throw Error(source + " does not match the model (" + list +
+                "); check --model and --hidden, see docs/models.md for the names");
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, target] : expected) target.copy_(given.at(name));
+}
+
+}  // namespace dtrain

@@ -1,0 +1,36 @@
+// Model weights as files that PyTorch reads and writes: torch.load(PATH) in
+// Python gives a dict of name -> tensor, and a state_dict saved in Python with
+// torch.save(model.state_dict(), PATH) loads here. LibTorch's own pickler and
+// zip reader do the work; see weights.cpp for the one adaptation 1.13 needs.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace torch::nn {
+class Module;
+}
+
+namespace dtrain {
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+// Parameters then buffers, by their registered names.
+NamedTensors model_state(const torch::nn::Module& model);
+
+// Writes atomically (temporary file, then rename): a failed write never leaves
+// a half-written file where the old one was.
+void save_weights(const NamedTensors& tensors, const std::string& path);
+
+// Reads a name -> tensor dict written by save_weights or by Python's
+// torch.save (plain dict or state_dict OrderedDict). Throws Error with a
+// one-line message on anything else.
+NamedTensors read_weights(const std::string& path);
+
+// Copies `tensors` into the model. Every name must match and every shape
+// agree; otherwise throws Error listing the differences.
+void load_into(torch::nn::Module& model, const NamedTensors& tensors, const std::string& source);
+
+}  // namespace dtrain

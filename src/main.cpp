@@ -1,0 +1,95 @@
+// dtrain: data-parallel training over MPI. Every rank runs this same program;
+// see docs/architecture.md for how a step flows through the pieces.
+#include "cli/options.h"
+#include "comm/mpi_communicator.h"
+#include "data/dataset.h"
+#include "io/weights.h"
+#include "models/models.h"
+#include "train/batch_plan.h"
+#include "train/metrics.h"
+#include "train/startup.h"
+#include "train/trainer.h"
+
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <iostream>
+
+namespace {
+
+int run(dtrain::Communicator& comm, const std::vector<std::string>& args) {
+  using namespace dtrain;
+  const bool root = comm.rank() == 0;
+
+  ParsedOptions parsed;
+  run_agreed(comm, [&] { parsed = parse_options(args); });
+  if (parsed.help_requested) {
+    if (root) std::cout << parsed.help_text;
+    return 0;
+  }
+  const Config& config = parsed.config;
+  run_agreed(comm, [&] { check_same_config(comm, config); });
+
+  BatchPlan plan;
+  run_agreed(comm, [&] {
+    plan = derive_batch_plan(config.batch.micro_batch_size, config.batch.grad_accum_steps,
+                             config.batch.global_batch_size, comm.world_size());
+  });
+  if (root) {
+    std::cout << "dtrain: " << comm.world_size() << " rank(s), backend " << comm.backend_name()
+              << ", " << config.run.threads << " thread(s) per rank\nresolved configuration:\n"
+              << config_to_ini(config) << std::flush;
+  }
+
+  torch::set_num_threads(config.run.threads);
+  torch::manual_seed(config.run.seed);
+
+  Dataset data;
+  run_agreed(comm, [&] { data = load_dataset(config.data); });
+  std::shared_ptr<Classifier> model;
+  std::unique_ptr<Trainer> trainer;
+  std::unique_ptr<MetricsLog> log;
+  run_agreed(comm, [&] {
+    model = make_model(config.model, data.input_shape, data.num_classes);
+    if (!config.init_from.empty()) load_into(*model, read_weights(config.init_from), config.init_from);
+    trainer = std::make_unique<Trainer>(config, plan, comm, data, model);
+    log = std::make_unique<MetricsLog>(config.run.out_dir, root);
+    log->write_json("config.json", config_to_json(config));
+  });
+  // Identical weights everywhere, whether from --init-from or the seed.
+  trainer->broadcast_initial_state();
+
+  nlohmann::json summary = trainer->run(*log);
+  run_agreed(comm, [&] {
+    if (root && !config.export_path.empty()) {
+      save_weights(model_state(*model), config.export_path);
+      std::cout << "exported weights to " << config.export_path << "\n";
+    }
+    if (root) {
+      log->write_json("summary.json", summary);
+      std::printf("done: test accuracy %.4f, train-subset accuracy %.4f, %.1f s training, %.0f samples/s; see %s/\n",
+                  summary["test_accuracy"].get<double>(), summary["train_eval_accuracy"].get<double>(),
+                  summary["train_seconds"].get<double>(), summary["samples_per_sec"].get<double>(),
+                  config.run.out_dir.c_str());
+    }
+  });
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dtrain::MpiSession mpi(&argc, &argv);
+  dtrain::MpiCommunicator comm;
+  try {
+    return run(comm, std::vector<std::string>(argv + 1, argv + argc));
+  } catch (const dtrain::AgreedFailure& failure) {
+    return failure.exit_code();  // already reported, and every rank knows
+  } catch (const std::exception& error) {
+    // A failure on this rank alone, past start-up: the other ranks may be
+    // waiting in a collective, so end the whole job rather than hang.
+    dtrain::print_error(comm, dtrain::one_line_message(error), /*name_rank=*/true);
+    if (comm.world_size() > 1) dtrain::MpiSession::abort_world(1);
+    return 1;
+  }
+}

@@ -1,0 +1,56 @@
+#include "models/models.h"
+
+#include "common/error.h"
+
+#include <torch/torch.h>
+
+namespace dtrain {
+
+Mlp::Mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t num_classes) {
+  hidden_ = register_module("hidden", torch::nn::ModuleList());
+  int64_t width = in_features;
+  for (int64_t next : hidden) {
+    hidden_->push_back(torch::nn::Linear(width, next));
+    width = next;
+  }
+  head_ = register_module("head", torch::nn::Linear(width, num_classes));
+}
+
+torch::Tensor Mlp::forward(const torch::Tensor& inputs) {
+  auto x = inputs.flatten(1);
+  for (const auto& layer : *hidden_) x = torch::relu(layer->as<torch::nn::Linear>()->forward(x));
+  return head_->forward(x);
+}
+
+SmallCnn::SmallCnn(const std::vector<int64_t>& input_shape, int64_t num_classes) {
+  if (input_shape.size() != 3 || input_shape[1] % 4 != 0 || input_shape[2] % 4 != 0) {
+    throw Error("--model cnn needs image inputs [C, H, W] with H and W divisible by 4");
+  }
+  conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(input_shape[0], 32, 3).padding(1)));
+  conv2_ = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 3).padding(1)));
+  fc_ = register_module("fc", torch::nn::Linear(64 * (input_shape[1] / 4) * (input_shape[2] / 4), 128));
+  head_ = register_module("head", torch::nn::Linear(128, num_classes));
+}
+
+torch::Tensor SmallCnn::forward(const torch::Tensor& inputs) {
+  auto x = torch::max_pool2d(torch::relu(conv1_->forward(inputs)), 2);
+  x = torch::max_pool2d(torch::relu(conv2_->forward(x)), 2);
+  x = torch::relu(fc_->forward(x.flatten(1)));
+  return head_->forward(x);
+}
+
+std::shared_ptr<Classifier> make_model(const ModelOptions& options, const std::vector<int64_t>& input_shape,
+                                       int64_t num_classes) {
+  switch (options.kind) {
+    case ModelKind::Mlp: {
+      int64_t features = 1;
+      for (int64_t d : input_shape) features *= d;
+      return std::make_shared<Mlp>(features, options.hidden, num_classes);
+    }
+    case ModelKind::Cnn:
+      return std::make_shared<SmallCnn>(input_shape, num_classes);
+  }
+  throw Error("unknown model");
+}
+
+}  // namespace dtrain

@@ -1,0 +1,51 @@
+// The classifiers dtrain trains. Parameter names are part of the interface
+// (weights files, PyTorch interop) and are documented in docs/models.md.
+#pragma once
+#include "cli/config.h"
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
+
+#include <memory>
+#include <vector>
+
+namespace dtrain {
+
+// A module mapping a batch of inputs [N, ...] to logits [N, num_classes].
+class Classifier : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(const torch::Tensor& inputs) = 0;
+};
+
+// flatten -> (Linear + ReLU) per hidden width -> Linear to the classes.
+// Names: hidden.<i>.weight/bias, head.weight/bias.
+class Mlp : public Classifier {
+ public:
+  Mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t num_classes);
+  torch::Tensor forward(const torch::Tensor& inputs) override;
+
+ private:
+  torch::nn::ModuleList hidden_;
+  torch::nn::Linear head_{nullptr};
+};
+
+// conv1(3x3, 32) ReLU maxpool2 -> conv2(3x3, 64) ReLU maxpool2 -> fc(128) ReLU
+// -> head. No batch norm, so the per-sample loss does not depend on the
+// micro-batch split. Names: conv1, conv2, fc, head (.weight/.bias).
+class SmallCnn : public Classifier {
+ public:
+  SmallCnn(const std::vector<int64_t>& input_shape, int64_t num_classes);
+  torch::Tensor forward(const torch::Tensor& inputs) override;
+
+ private:
+  torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
+  torch::nn::Linear fc_{nullptr}, head_{nullptr};
+};
+
+// `input_shape` is one sample's shape, e.g. {1, 28, 28}.
+std::shared_ptr<Classifier> make_model(const ModelOptions& options, const std::vector<int64_t>& input_shape,
+                                       int64_t num_classes);
+
+}  // namespace dtrain

@@ -1,0 +1,82 @@
+#include "train/batch_plan.h"
+
+#include "common/error.h"
+
+#include <string>
+
+namespace dtrain {
+
+std::string BatchPlan::describe() const {
+  return "global batch " + std::to_string(global_batch_size) + " = micro " +
+         std::to_string(micro_batch_size) + " x accum " + std::to_string(grad_accum_steps) +
+         " x world " + std::to_string(world_size);
+}
+
+namespace {
+
+std::string num(int64_t value) { return std::to_string(value); }
+
+// The multiples of `unit` nearest to `target`, as "a or b".
+std::string nearest_multiples(int64_t target, int64_t unit) {
+  const int64_t below = (target / unit) * unit;
+  const int64_t above = below + unit;
+  if (below <= 0) return num(above);
+  return num(below) + " or " + num(above);
+}
+
+// Throws the error for a global batch that `unit` (= product of the other
+// factors, described by `unit_text`) does not divide.
+[[noreturn]] void not_divisible(int64_t global, int64_t unit, const std::string& unit_text,
+                                const std::string& derived_name) {
+  throw UsageError("global batch " + num(global) + " is not divisible by " + unit_text + " = " +
+                   num(unit) + ", so " + derived_name +
+                   " is not a whole number; nearest valid global batches: " +
+                   nearest_multiples(global, unit));
+}
+
+}  // namespace
+
+BatchPlan derive_batch_plan(int64_t micro, int64_t accum, int64_t global, int64_t world) {
+  if (world <= 0) throw UsageError("world size must be positive (got " + num(world) + ")");
+  if (micro < 0 || accum < 0 || global < 0) {
+    throw UsageError("batch sizes must be positive (micro " + num(micro) + ", accum " + num(accum) +
+                     ", global " + num(global) + ")");
+  }
+  const std::string world_text = "world " + num(world);
+  BatchPlan plan;
+  plan.world_size = world;
+  if (micro && global) {
+    if (accum) {
+      if (micro * accum * world != global) {
+        throw UsageError("global batch " + num(global) + " != micro " + num(micro) + " x accum " +
+                         num(accum) + " x " + world_text + " = " + num(micro * accum * world) +
+                         "; give only two of --micro-batch-size, --grad-accum-steps, "
+                         "--global-batch-size, or make them multiply out");
+      }
+    } else {
+      if (global % (micro * world) != 0) {
+        not_divisible(global, micro * world, "micro " + num(micro) + " x " + world_text, "accum");
+      }
+      accum = global / (micro * world);
+    }
+  } else if (global) {
+    if (!accum) accum = 1;
+    if (global % (accum * world) != 0) {
+      not_divisible(global, accum * world, "accum " + num(accum) + " x " + world_text, "micro");
+    }
+    micro = global / (accum * world);
+  } else if (micro) {
+    if (!accum) accum = 1;
+    global = micro * accum * world;
+  } else {
+    throw UsageError(
+        "no batch size given: set two of --micro-batch-size, --grad-accum-steps, "
+        "--global-batch-size (or one of micro and global, with accum 1)");
+  }
+  plan.micro_batch_size = micro;
+  plan.grad_accum_steps = accum;
+  plan.global_batch_size = global;
+  return plan;
+}
+
+}  // namespace dtrain

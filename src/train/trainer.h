@@ -1,0 +1,97 @@
+// The training loop. One optimizer step, identically on every rank:
+//   1. zero the flat gradient buffer;
+//   2. for each of grad_accum_steps micro-batches (train/batch_plan.h, data
+//      from data/sampler.h): forward, loss = SUM of per-sample losses divided
+//      by the number of loss items in the GLOBAL batch, backward; no
+//      communication;
+//   3. one all-reduce (SUM) of the buffer: now every rank holds the gradient of
+//      the global-batch mean loss, whatever the split;
+//   4. optional clipping by the global norm, then the optimizer step with the
+//      scheduled LR (train/lr_schedule.h).
+// Evaluation shards each split across ranks without padding and all-reduces
+// sums, so every sample counts exactly once.
+#pragma once
+#include "cli/config.h"
+#include "comm/communicator.h"
+#include "data/dataset.h"
+#include "models/models.h"
+#include "train/batch_plan.h"
+#include "train/grad_sync.h"
+#include "train/lr_schedule.h"
+#include "train/metrics.h"
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <cmath>
+#include <memory>
+#include <vector>
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace dtrain {
+
+struct EvalResult {
+  double loss = 0;
+  double accuracy = 0;
+  int64_t samples = 0;
+};
+
+struct StepResult {
+  double lr = 0;
+  double grad_norm = NAN;  // of the all-reduced gradient; computed only when asked
+};
+
+class Trainer {
+ public:
+  // `model` is trained in place. Throws Error if the global batch does not fit
+  // in the training set.
+  Trainer(const Config& config, const BatchPlan& plan, Communicator& comm, const Dataset& data,
+          std::shared_ptr<Classifier> model);
+  ~Trainer();
+
+  // Rank 0's parameters and buffers overwrite everyone's (one broadcast).
+  void broadcast_initial_state();
+
+  // Optimizer step `step` (0-based, counted over the whole run).
+  StepResult train_step(int64_t step, bool compute_grad_norm);
+
+  // Mean training loss over the steps since the last call (collective).
+  double take_mean_train_loss();
+
+  // Loss and accuracy over `indices` of `split`, all ranks together (collective).
+  EvalResult evaluate(const Split& split, const std::vector<int64_t>& indices);
+
+  // The whole run: steps, progress, evaluations, metrics. Returns the summary.
+  nlohmann::json run(MetricsLog& log);
+
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  int64_t total_steps() const { return total_steps_; }
+  const LrSchedule& schedule() const { return schedule_; }
+  const FlatGradientSync& grad_sync() const { return *grad_sync_; }
+
+ private:
+  nlohmann::json evaluate_all(int64_t steps_done);
+  bool is_root() const { return comm_.rank() == 0; }
+
+  const Config& config_;
+  BatchPlan plan_;
+  Communicator& comm_;
+  const Dataset& data_;
+  std::shared_ptr<Classifier> model_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::unique_ptr<FlatGradientSync> grad_sync_;
+  int64_t steps_per_epoch_ = 0;
+  int64_t total_steps_ = 0;
+  LrSchedule schedule_;
+
+  int64_t permutation_epoch_ = -1;
+  std::vector<int64_t> permutation_;
+  std::vector<int64_t> test_shard_;         // this rank's test indices
+  std::vector<int64_t> train_eval_shard_;   // this rank's part of the fixed train subset
+  double local_loss_sum_ = 0;               // this rank's share of the global losses since the last take
+  int64_t loss_steps_ = 0;
+};
+
+}  // namespace dtrain

@@ -1,0 +1,47 @@
+# Bad flags, config files, data and weights: one clear line, a non-zero exit
+# on every rank, no hang and no stack trace.
+source "$(dirname "$0")/common.sh"
+SYN=(--dataset synthetic --synthetic-train-samples 256 --synthetic-test-samples 64 --out-dir "$WORK/run")
+
+expect_error 2 "no-such-flag" -- "$DTRAIN" --no-such-flag
+expect_error 2 "--lr must be positive" -- "$DTRAIN" --lr -1 --micro-batch-size 8
+expect_error 2 "--lr-scaling cubic is not one of linear|sqrt|none" -- "$DTRAIN" --lr-scaling cubic
+expect_error 2 "cannot open config file" -- "$DTRAIN" --config "$WORK/absent.ini"
+printf 'micro-batch-size = 8\nlearning_rate = 0.1\n' >"$WORK/bad.ini"
+expect_error 2 "learning_rate" -- "$DTRAIN" --config "$WORK/bad.ini"
+
+# Under mpirun every rank stops; the message appears once.
+expect_error 2 "nearest valid global batches: 8 or 12" -- \
+  mpirun -np 2 "$DTRAIN" "${SYN[@]}" --micro-batch-size 2 --global-batch-size 10
+expect_error 2 "global batch 20 != micro 2 x accum 4 x world 2 = 16" -- \
+  mpirun -np 2 "$DTRAIN" "${SYN[@]}" --micro-batch-size 2 --grad-accum-steps 4 --global-batch-size 20
+expect_error 2 "exceeds the training set" -- \
+  mpirun -np 2 "$DTRAIN" "${SYN[@]}" --micro-batch-size 512
+expect_error 2 "resolved a different configuration" -- \
+  mpirun -np 1 "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --seed 1 : -np 1 "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --seed 2
+expect_error 1 "apt-get install dataset-fashion-mnist" -- \
+  mpirun -np 2 "$DTRAIN" --micro-batch-size 8 --data-dir "$WORK/no-data" --out-dir "$WORK/run"
+
+# A truncated data file.
+mkdir "$WORK/data"
+cp /usr/share/datasets/fashion-mnist/*.gz "$WORK/data/"
+head -c 100000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz | gzip -dc 2>/dev/null | gzip >"$WORK/data/train-images-idx3-ubyte.gz" || true
+expect_error 1 "truncated" -- mpirun -np 2 "$DTRAIN" --micro-batch-size 8 --data-dir "$WORK/data" --out-dir "$WORK/run"
+
+# Weights that do not exist, are not weights, or do not fit the model.
+expect_error 1 "does not exist" -- mpirun -np 2 "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --init-from "$WORK/none.pt"
+echo "not a zip" >"$WORK/junk.pt"
+expect_error 1 "re-save it in Python" -- mpirun -np 2 "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --init-from "$WORK/junk.pt"
+"$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --epochs 0 --hidden 16 --export "$WORK/small.pt" >/dev/null
+expect_error 1 "hidden.0.weight is [16, 784] in the file but [32, 784] in the model" -- \
+  mpirun -np 2 "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --hidden 32 --init-from "$WORK/small.pt"
+
+# An output folder that cannot be created.
+touch "$WORK/file"
+expect_error 1 "cannot create --out-dir" -- "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --out-dir "$WORK/file/sub"
+
+# --help succeeds on every rank and prints the groups once.
+mpirun -np 2 "$DTRAIN" --help >"$WORK/help" || fail "--help exited non-zero"
+[ "$(grep -c '^Batch' "$WORK/help")" -eq 1 ] || fail "--help should print once"
+pass "--help"
+echo "cli_errors: all passed"

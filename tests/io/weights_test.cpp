@@ -1,0 +1,101 @@
+#include "io/weights.h"
+
+#include "cli/config.h"
+#include "common/error.h"
+#include "models/models.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace dtrain {
+namespace {
+
+namespace fs = std::filesystem;
+
+class Weights : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("dtrain_weights_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  fs::path dir_;
+};
+
+std::shared_ptr<Classifier> mlp(std::vector<int64_t> hidden, uint64_t seed) {
+  torch::manual_seed(seed);
+  ModelOptions options;
+  options.hidden = std::move(hidden);
+  return make_model(options, {1, 28, 28}, 10);
+}
+
+TEST_F(Weights, ExportThenLoadRestoresEveryTensorExactly) {
+  auto source = mlp({32, 16}, 1);
+  auto target = mlp({32, 16}, 2);
+  save_weights(model_state(*source), path("w.pt"));
+  const NamedTensors read = read_weights(path("w.pt"));
+  ASSERT_EQ(read.size(), 6u);
+  EXPECT_EQ(read[0].first, "hidden.0.weight");
+  EXPECT_EQ(read.back().first, "head.bias");
+  load_into(*target, read, "w.pt");
+  const auto a = model_state(*source);
+  const auto b = model_state(*target);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+  EXPECT_FALSE(fs::exists(path("w.pt.tmp")));
+}
+
+TEST_F(Weights, MismatchesAreListedInOneLine) {
+  save_weights(model_state(*mlp({32, 16}, 1)), path("w.pt"));
+  auto other = mlp({32, 8}, 1);
+  try {
+    load_into(*other, read_weights(path("w.pt")), "w.pt");
+    ADD_FAILURE() << "shape mismatch accepted";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("hidden.1.weight is [16, 32] in the file but [8, 32] in the model"), std::string::npos)
+        << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos);
+  }
+  auto deeper = mlp({32, 16, 8}, 1);
+  try {
+    load_into(*deeper, read_weights(path("w.pt")), "w.pt");
+    ADD_FAILURE() << "missing tensor accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing hidden.2.weight"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(Weights, UnreadableFilesGiveOneLineWithTheFix) {
+  EXPECT_THROW(read_weights(path("absent.pt")), Error);
+  {
+    std::ofstream junk(path("junk.pt"));
+    junk << "this is not a zip file";
+  }
+  try {
+    read_weights(path("junk.pt"));
+    ADD_FAILURE() << "junk accepted";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("torch.save({k: v for k, v in model.state_dict().items()}, PATH)"), std::string::npos)
+        << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
+  // A pickle of something other than a dict of tensors.
+  const auto bytes = torch::pickle_save(c10::IValue(int64_t{42}));
+  {
+    std::ofstream out(path("int.pt"), std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  EXPECT_THROW(read_weights(path("int.pt")), Error);
+}
+
+TEST_F(Weights, UnwritableExportFailsWithoutDamage) {
+  EXPECT_THROW(save_weights(model_state(*mlp({8}, 1)), path("no/such/dir/w.pt")), Error);
+}
+
+}  // namespace
+}  // namespace dtrain

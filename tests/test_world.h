@@ -1,0 +1,9 @@
+// For the multi-rank test binary: the world communicator that its MPI-aware
+// main() (tests/mpi_test_main.cpp) creates. Tests run on every rank, in the
+// same order, so collectives inside tests line up.
+#pragma once
+#include "comm/communicator.h"
+
+namespace dtrain::testing {
+Communicator& world();
+}

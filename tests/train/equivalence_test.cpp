@@ -1,0 +1,133 @@
+// The central promise: for a fixed global batch, every split into
+// (micro-batch, accumulation, world size) trains the same model, up to float
+// rounding. Each rank computes the world-size-1 references itself with a
+// LocalCommunicator, then trains the splits of the current world size
+// together with the other ranks and compares.
+#include "cli/options.h"
+#include "comm/communicator.h"
+#include "data/dataset.h"
+#include "models/models.h"
+#include "test_world.h"
+#include "train/trainer.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+namespace dtrain {
+namespace {
+
+using testing::world;
+
+constexpr int64_t kGlobalBatch = 32;
+constexpr int kSteps = 3;
+
+struct SplitCase {
+  int64_t micro, accum, world;
+};
+// The table, plus one more split per world size.
+const SplitCase kSplits[] = {{32, 1, 1}, {8, 4, 1}, {16, 1, 2}, {4, 4, 2}, {2, 4, 4}, {8, 1, 4}};
+
+Config base_config(OptimizerKind optimizer) {
+  Config config = parse_options({"--dataset", "synthetic", "--hidden", "48,24", "--seed", "7",
+                                 "--lr", "0.05", "--momentum", "0.9", "--weight-decay", "0.01"})
+                      .config;
+  config.optimizer.kind = optimizer;
+  if (optimizer == OptimizerKind::AdamW) config.lr.lr = 0.01;
+  config.run.max_steps = kSteps;
+  return config;
+}
+
+// 80 training samples: 2 steps per epoch at G = 32, so 3 steps cross an
+// epoch boundary (a new permutation) and drop a tail.
+const Dataset& data() {
+  static const Dataset dataset = make_synthetic(80, 40, 10, /*seed=*/11);
+  return dataset;
+}
+
+struct Trained {
+  std::vector<torch::Tensor> weights;
+  CommStats traffic;  // during the optimizer steps only
+  int64_t gradient_bytes = 0;
+};
+
+Trained train(const Config& config, Communicator& comm, int64_t micro, int64_t accum) {
+  const BatchPlan plan = derive_batch_plan(micro, accum, 0, comm.world_size());
+  torch::manual_seed(config.run.seed + 1000 * comm.rank());  // ranks differ until the broadcast
+  auto model = make_model(config.model, data().input_shape, data().num_classes);
+  Trainer trainer(config, plan, comm, data(), model);
+  trainer.broadcast_initial_state();
+  comm.reset_stats();
+  for (int step = 0; step < kSteps; ++step) trainer.train_step(step, /*compute_grad_norm=*/false);
+  Trained result;
+  result.traffic = comm.stats();
+  result.gradient_bytes = trainer.grad_sync().bytes();
+  for (const auto& p : model->parameters()) result.weights.push_back(p.detach().clone());
+  return result;
+}
+
+// Largest ||a - b|| / ||b|| over the tensors.
+double max_relative_difference(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, (a[i] - b[i]).norm().item<double>() / b[i].norm().item<double>());
+  }
+  return worst;
+}
+
+void expect_all_splits_agree(OptimizerKind optimizer) {
+  const Config config = base_config(optimizer);
+  LocalCommunicator local;
+  const Trained reference = train(config, local, 32, 1);
+
+  // The comparison must be able to fail: a different global batch, or no
+  // training at all, is far outside the tolerance.
+  torch::manual_seed(config.run.seed);
+  auto initial = make_model(config.model, data().input_shape, data().num_classes);
+  std::vector<torch::Tensor> initial_weights;
+  for (const auto& p : initial->parameters()) initial_weights.push_back(p.detach().clone());
+  EXPECT_GT(max_relative_difference(initial_weights, reference.weights), 1e-3);
+  EXPECT_GT(max_relative_difference(train(config, local, 16, 1).weights, reference.weights), 1e-4);
+
+  int compared = 0;
+  for (const auto& split : kSplits) {
+    ASSERT_EQ(split.micro * split.accum * split.world, kGlobalBatch);
+    if (split.world == 1) {
+      const auto result = train(config, local, split.micro, split.accum);
+      EXPECT_LT(max_relative_difference(result.weights, reference.weights), 1e-5)
+          << "micro " << split.micro << " accum " << split.accum << " world 1";
+      ++compared;
+    } else if (split.world == world().world_size()) {
+      const auto result = train(config, world(), split.micro, split.accum);
+      EXPECT_LT(max_relative_difference(result.weights, reference.weights), 1e-5)
+          << "micro " << split.micro << " accum " << split.accum << " world " << split.world;
+      ++compared;
+    }
+  }
+  EXPECT_GE(compared, 2);
+}
+
+TEST(Equivalence, SgdWithMomentumTrainsTheSameModelForEverySplit) {
+  expect_all_splits_agree(OptimizerKind::Sgd);
+}
+
+TEST(Equivalence, AdamWTrainsTheSameModelForEverySplit) { expect_all_splits_agree(OptimizerKind::AdamW); }
+
+TEST(Equivalence, OneGradientAllReducePerOptimizerStepWhateverTheAccumulation) {
+  const Config config = base_config(OptimizerKind::Sgd);
+  const int64_t w = world().world_size();
+  for (int64_t accum : {int64_t{1}, int64_t{2}, kGlobalBatch / w}) {
+    const Trained result = train(config, world(), kGlobalBatch / (w * accum), accum);
+    EXPECT_EQ(result.traffic.all_reduce_calls, kSteps) << "accum " << accum;
+    EXPECT_EQ(result.traffic.all_reduce_bytes, kSteps * result.gradient_bytes) << "accum " << accum;
+    EXPECT_EQ(result.traffic.broadcast_calls, 0);
+  }
+  // The gradient bytes are the parameter bytes.
+  torch::manual_seed(0);
+  auto model = make_model(config.model, data().input_shape, data().num_classes);
+  int64_t parameter_bytes = 0;
+  for (const auto& p : model->parameters()) parameter_bytes += p.numel() * static_cast<int64_t>(p.element_size());
+  EXPECT_EQ(train(config, world(), kGlobalBatch / w, 1).gradient_bytes, parameter_bytes);
+}
+
+}  // namespace
+}  // namespace dtrain
