@@ -38,7 +38,8 @@ expect_error 1 "hidden.0.weight is [16, 784] in the file but [32, 784] in the mo
 
 # An output folder that cannot be created.
 touch "$WORK/file"
-expect_error 1 "cannot create --out-dir" -- "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --out-dir "$WORK/file/sub"
+expect_error 1 "cannot create --out-dir" -- \
+  "$DTRAIN" --dataset synthetic --synthetic-train-samples 256 --micro-batch-size 8 --out-dir "$WORK/file/sub"
 
 # --help succeeds on every rank and prints the groups once.
 mpirun -np 2 "$DTRAIN" --help >"$WORK/help" || fail "--help exited non-zero"
