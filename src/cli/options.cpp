@@ -78,6 +78,15 @@ std::string join(const std::vector<Number>& values) {
   return out.str();
 }
 
+// An option bound to `field` with a default shown as a person would write it
+// (0.1 rather than 0.10000000000000001, true rather than 1).
+template <typename T>
+po::typed_value<T>* with_default(T* field, T value) {
+  std::ostringstream text;
+  text << std::boolalpha << value;
+  return po::value(field)->default_value(value, text.str());
+}
+
 void require(bool condition, const std::string& message) {
   if (!condition) throw UsageError(message);
 }
@@ -156,45 +165,45 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
 
   po::options_description lr("Learning rate");
   lr.add_options()
-    ("lr", po::value(&c.lr.lr)->default_value(defaults.lr.lr), "learning rate at the reference batch --base-batch-size")
-    ("base-batch-size", po::value(&c.lr.base_batch_size)->default_value(defaults.lr.base_batch_size), "reference batch of --lr")
+    ("lr", with_default(&c.lr.lr, defaults.lr.lr), "learning rate at the reference batch --base-batch-size")
+    ("base-batch-size", with_default(&c.lr.base_batch_size, defaults.lr.base_batch_size), "reference batch of --lr")
     ("lr-scaling", po::value(&lr_scaling)->default_value(lr_scaling), "peak LR = lr x f(global/base): linear|sqrt|none")
-    ("warmup-steps", po::value(&c.lr.warmup_steps)->default_value(defaults.lr.warmup_steps), "optimizer steps of linear warmup from lr to the peak")
-    ("warmup-epochs", po::value(&c.lr.warmup_epochs)->default_value(defaults.lr.warmup_epochs), "warmup length in epochs (converted to steps)")
+    ("warmup-steps", with_default(&c.lr.warmup_steps, defaults.lr.warmup_steps), "optimizer steps of linear warmup from lr to the peak")
+    ("warmup-epochs", with_default(&c.lr.warmup_epochs, defaults.lr.warmup_epochs), "warmup length in epochs (converted to steps)")
     ("schedule", po::value(&schedule)->default_value(schedule), "after warmup: constant|cosine|linear|step")
     ("lr-milestones", po::value(&milestones)->default_value(""), "step schedule: epochs at which the LR is multiplied by --lr-gamma (e.g. 30,60,80)")
-    ("lr-gamma", po::value(&c.lr.gamma)->default_value(defaults.lr.gamma), "step schedule decay factor")
-    ("min-lr", po::value(&c.lr.min_lr)->default_value(defaults.lr.min_lr), "final LR of the cosine and linear schedules");
+    ("lr-gamma", with_default(&c.lr.gamma, defaults.lr.gamma), "step schedule decay factor")
+    ("min-lr", with_default(&c.lr.min_lr, defaults.lr.min_lr), "final LR of the cosine and linear schedules");
 
   po::options_description opt("Optimizer");
   opt.add_options()
     ("optimizer", po::value(&optimizer)->default_value(optimizer), "sgd|adamw")
-    ("momentum", po::value(&c.optimizer.momentum)->default_value(defaults.optimizer.momentum), "SGD momentum")
-    ("nesterov", po::value(&c.optimizer.nesterov)->default_value(defaults.optimizer.nesterov), "SGD Nesterov momentum: true|false")
-    ("weight-decay", po::value(&c.optimizer.weight_decay)->default_value(defaults.optimizer.weight_decay), "L2 penalty (SGD) or decoupled weight decay (AdamW)")
+    ("momentum", with_default(&c.optimizer.momentum, defaults.optimizer.momentum), "SGD momentum")
+    ("nesterov", with_default(&c.optimizer.nesterov, defaults.optimizer.nesterov), "SGD Nesterov momentum: true|false")
+    ("weight-decay", with_default(&c.optimizer.weight_decay, defaults.optimizer.weight_decay), "L2 penalty (SGD) or decoupled weight decay (AdamW)")
     ("betas", po::value(&betas)->default_value(betas), "AdamW betas, two comma-separated numbers")
-    ("eps", po::value(&c.optimizer.eps)->default_value(defaults.optimizer.eps), "AdamW epsilon")
-    ("grad-clip-norm", po::value(&c.optimizer.grad_clip_norm)->default_value(defaults.optimizer.grad_clip_norm), "clip the global gradient norm to this (0: off)");
+    ("eps", with_default(&c.optimizer.eps, defaults.optimizer.eps), "AdamW epsilon")
+    ("grad-clip-norm", with_default(&c.optimizer.grad_clip_norm, defaults.optimizer.grad_clip_norm), "clip the global gradient norm to this (0: off)");
 
   po::options_description run("Run");
   run.add_options()
-    ("epochs", po::value(&c.run.epochs)->default_value(defaults.run.epochs), "passes over the training set")
-    ("max-steps", po::value(&c.run.max_steps)->default_value(defaults.run.max_steps), "stop after this many optimizer steps (0: no limit)")
-    ("seed", po::value(&c.run.seed)->default_value(defaults.run.seed), "seed of the initial weights and the sample order")
-    ("shuffle", po::value(&c.run.shuffle)->default_value(defaults.run.shuffle), "reshuffle the training set each epoch: true|false")
-    ("out-dir", po::value(&c.run.out_dir)->default_value(defaults.run.out_dir), "where rank 0 writes config.json, metrics.jsonl and summary.json")
-    ("log-every", po::value(&c.run.log_every)->default_value(defaults.run.log_every), "optimizer steps between progress lines and metrics records")
-    ("eval-every", po::value(&c.run.eval_every)->default_value(defaults.run.eval_every), "optimizer steps between evaluations (0: end of each epoch only)")
-    ("threads", po::value(&c.run.threads)->default_value(defaults.run.threads), "intra-op CPU threads per rank");
+    ("epochs", with_default(&c.run.epochs, defaults.run.epochs), "passes over the training set")
+    ("max-steps", with_default(&c.run.max_steps, defaults.run.max_steps), "stop after this many optimizer steps (0: no limit)")
+    ("seed", with_default(&c.run.seed, defaults.run.seed), "seed of the initial weights and the sample order")
+    ("shuffle", with_default(&c.run.shuffle, defaults.run.shuffle), "reshuffle the training set each epoch: true|false")
+    ("out-dir", with_default(&c.run.out_dir, defaults.run.out_dir), "where rank 0 writes config.json, metrics.jsonl and summary.json")
+    ("log-every", with_default(&c.run.log_every, defaults.run.log_every), "optimizer steps between progress lines and metrics records")
+    ("eval-every", with_default(&c.run.eval_every, defaults.run.eval_every), "optimizer steps between evaluations (0: end of each epoch only)")
+    ("threads", with_default(&c.run.threads, defaults.run.threads), "intra-op CPU threads per rank");
 
   po::options_description data("Data and model");
   data.add_options()
     ("dataset", po::value(&dataset)->default_value(dataset), "fashion-mnist|synthetic")
-    ("data-dir", po::value(&c.data.data_dir)->default_value(defaults.data.data_dir), "folder with Fashion-MNIST's *-ubyte.gz files")
-    ("synthetic-train-samples", po::value(&c.data.synthetic_train_samples)->default_value(defaults.data.synthetic_train_samples), "synthetic training set size")
-    ("synthetic-test-samples", po::value(&c.data.synthetic_test_samples)->default_value(defaults.data.synthetic_test_samples), "synthetic test set size")
-    ("synthetic-classes", po::value(&c.data.synthetic_classes)->default_value(defaults.data.synthetic_classes), "synthetic number of classes")
-    ("synthetic-seed", po::value(&c.data.synthetic_seed)->default_value(defaults.data.synthetic_seed), "seed of the synthetic inputs and teacher network")
+    ("data-dir", with_default(&c.data.data_dir, defaults.data.data_dir), "folder with Fashion-MNIST's *-ubyte.gz files")
+    ("synthetic-train-samples", with_default(&c.data.synthetic_train_samples, defaults.data.synthetic_train_samples), "synthetic training set size")
+    ("synthetic-test-samples", with_default(&c.data.synthetic_test_samples, defaults.data.synthetic_test_samples), "synthetic test set size")
+    ("synthetic-classes", with_default(&c.data.synthetic_classes, defaults.data.synthetic_classes), "synthetic number of classes")
+    ("synthetic-seed", with_default(&c.data.synthetic_seed, defaults.data.synthetic_seed), "seed of the synthetic inputs and teacher network")
     ("model", po::value(&model)->default_value(model), "mlp|cnn")
     ("hidden", po::value(&hidden)->default_value(hidden), "MLP hidden widths, comma-separated");
 

@@ -45,4 +45,11 @@ expect_error 1 "cannot create --out-dir" -- \
 mpirun -np 2 "$DTRAIN" --help >"$WORK/help" || fail "--help exited non-zero"
 [ "$(grep -c '^Batch' "$WORK/help")" -eq 1 ] || fail "--help should print once"
 pass "--help"
+
+# Every option in --help is documented in docs/configuration.md.
+DOCS=$(cd "$(dirname "$0")/../.." && pwd)/docs/configuration.md
+for option in $(grep -oE '^  (-h \[ )?--[a-z-]+' "$WORK/help" | grep -oE -- '--[a-z-]+'); do
+  grep -q -F -- "\`$option\`" "$DOCS" || fail "$option is not documented in docs/configuration.md"
+done
+pass "every --help option is in docs/configuration.md"
 echo "cli_errors: all passed"
