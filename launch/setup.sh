@@ -37,6 +37,9 @@ fi
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
 fi
-echo "setup: building in $BUILD_DIR"
-cmake --build "$BUILD_DIR" -j2 2>&1 | grep -E "error|warning: unused|Linking|Built target dtrain$" || true
-cmake --build "$BUILD_DIR" -j2 >/dev/null  # fails loudly if the build is broken
+echo "setup: building in $BUILD_DIR (log: $BUILD_DIR/build.log)"
+if ! cmake --build "$BUILD_DIR" -j2 >"$BUILD_DIR/build.log" 2>&1; then
+  grep -E "error|Error" "$BUILD_DIR/build.log" | head -30
+  echo "setup: build failed; the full log is $BUILD_DIR/build.log" >&2
+  exit 1
+fi
