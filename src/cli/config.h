@@ -13,6 +13,9 @@ enum class LrScheduleKind { Constant, Cosine, Linear, Step };
 enum class OptimizerKind { Sgd, AdamW };
 enum class DatasetKind { FashionMnist, Synthetic };
 enum class ModelKind { Mlp, Cnn };
+enum class BackendKind { Auto, Mpi, Nccl };
+enum class DeviceKind { Auto, Cpu, Cuda };
+enum class ReduceDtype { Fp32, Bf16, Fp16 };
 
 struct BatchOptions {
   // 0 means "not given": derive it from the other two (train/batch_plan.h).
@@ -69,6 +72,14 @@ struct ModelOptions {
   std::vector<int64_t> hidden = {512, 256};
 };
 
+struct DistributedOptions {
+  BackendKind backend = BackendKind::Auto;  // auto: NCCL on GPUs, MPI on CPUs
+  DeviceKind device = DeviceKind::Auto;     // auto: the GPU of our local rank if any, else CPU
+  double bucket_cap_mb = 25;                // gradient bucket size (the first is min(1 MiB, this))
+  bool overlap = true;                      // start bucket all-reduces during backward
+  ReduceDtype grad_reduce_dtype = ReduceDtype::Fp32;
+};
+
 struct Config {
   BatchOptions batch;
   LrOptions lr;
@@ -76,6 +87,7 @@ struct Config {
   RunOptions run;
   DataOptions data;
   ModelOptions model;
+  DistributedOptions distributed;
   std::string init_from;    // weights to start from ("" = random init)
   std::string export_path;  // where to write final weights ("" = nowhere)
   std::string config_file;  // the INI file the options came from, if any
@@ -86,5 +98,8 @@ const char* to_string(LrScheduleKind value);
 const char* to_string(OptimizerKind value);
 const char* to_string(DatasetKind value);
 const char* to_string(ModelKind value);
+const char* to_string(BackendKind value);
+const char* to_string(DeviceKind value);
+const char* to_string(ReduceDtype value);
 
 }  // namespace dtrain

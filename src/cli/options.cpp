@@ -37,6 +37,30 @@ const char* to_string(DatasetKind value) {
   return value == DatasetKind::FashionMnist ? "fashion-mnist" : "synthetic";
 }
 const char* to_string(ModelKind value) { return value == ModelKind::Mlp ? "mlp" : "cnn"; }
+const char* to_string(BackendKind value) {
+  switch (value) {
+    case BackendKind::Auto: return "auto";
+    case BackendKind::Mpi: return "mpi";
+    case BackendKind::Nccl: return "nccl";
+  }
+  return "?";
+}
+const char* to_string(DeviceKind value) {
+  switch (value) {
+    case DeviceKind::Auto: return "auto";
+    case DeviceKind::Cpu: return "cpu";
+    case DeviceKind::Cuda: return "cuda";
+  }
+  return "?";
+}
+const char* to_string(ReduceDtype value) {
+  switch (value) {
+    case ReduceDtype::Fp32: return "fp32";
+    case ReduceDtype::Bf16: return "bf16";
+    case ReduceDtype::Fp16: return "fp16";
+  }
+  return "?";
+}
 
 namespace {
 
@@ -135,6 +159,9 @@ void validate(const Config& c) {
   require(!c.model.hidden.empty() || c.model.kind == ModelKind::Cnn,
           "--hidden needs at least one width for --model mlp (e.g. --hidden 512,256)");
   for (int64_t width : c.model.hidden) require(width > 0, "--hidden widths must be positive");
+  require(c.distributed.bucket_cap_mb > 0, "--bucket-cap-mb must be positive");
+  require(!(c.distributed.backend == BackendKind::Nccl && c.distributed.device == DeviceKind::Cpu),
+          "--backend nccl needs --device cuda (or auto)");
 }
 
 }  // namespace
@@ -151,6 +178,9 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
   std::string dataset = to_string(defaults.data.dataset);
   std::string model = to_string(defaults.model.kind);
   std::string hidden = join(defaults.model.hidden);
+  std::string backend = to_string(defaults.distributed.backend);
+  std::string device = to_string(defaults.distributed.device);
+  std::string reduce_dtype = to_string(defaults.distributed.grad_reduce_dtype);
 
   po::options_description general("General");
   general.add_options()
@@ -207,13 +237,21 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
     ("model", po::value(&model)->default_value(model), "mlp|cnn")
     ("hidden", po::value(&hidden)->default_value(hidden), "MLP hidden widths, comma-separated");
 
+  po::options_description dist("Distributed");
+  dist.add_options()
+    ("backend", po::value(&backend)->default_value(backend), "collectives: auto|nccl|mpi (auto: NCCL on GPUs, MPI on CPUs)")
+    ("device", po::value(&device)->default_value(device), "auto|cpu|cuda (cuda: the GPU of this rank's local rank)")
+    ("bucket-cap-mb", with_default(&c.distributed.bucket_cap_mb, defaults.distributed.bucket_cap_mb), "gradient bucket size in MiB (the first bucket is at most 1 MiB)")
+    ("overlap", with_default(&c.distributed.overlap, defaults.distributed.overlap), "start each bucket's all-reduce during backward: true|false")
+    ("grad-reduce-dtype", po::value(&reduce_dtype)->default_value(reduce_dtype), "all-reduce gradients as fp32|bf16|fp16 (accumulated back in fp32)");
+
   po::options_description weights("Weights");
   weights.add_options()
     ("init-from", po::value(&c.init_from), "start from these weights (dtrain --export output or PyTorch torch.save(state_dict))")
     ("export", po::value(&c.export_path), "write the final weights here (torch.load reads them as a name -> tensor dict)");
 
   po::options_description all("Usage: dtrain [--config FILE] [options]\n\nOptions");
-  all.add(general).add(batch).add(lr).add(opt).add(run).add(data).add(weights);
+  all.add(general).add(batch).add(lr).add(opt).add(run).add(data).add(dist).add(weights);
 
   po::variables_map vm;
   try {
@@ -272,6 +310,10 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
   c.data.dataset = parse_choice("dataset", dataset, {DatasetKind::FashionMnist, DatasetKind::Synthetic});
   c.model.kind = parse_choice("model", model, {ModelKind::Mlp, ModelKind::Cnn});
   c.model.hidden = parse_list<int64_t>("hidden", hidden);
+  c.distributed.backend = parse_choice("backend", backend, {BackendKind::Auto, BackendKind::Nccl, BackendKind::Mpi});
+  c.distributed.device = parse_choice("device", device, {DeviceKind::Auto, DeviceKind::Cpu, DeviceKind::Cuda});
+  c.distributed.grad_reduce_dtype =
+      parse_choice("grad-reduce-dtype", reduce_dtype, {ReduceDtype::Fp32, ReduceDtype::Bf16, ReduceDtype::Fp16});
   validate(c);
   return parsed;
 }
@@ -314,6 +356,11 @@ nlohmann::json config_to_json(const Config& c) {
       {"synthetic-seed", c.data.synthetic_seed},
       {"model", to_string(c.model.kind)},
       {"hidden", join(c.model.hidden)},
+      {"backend", to_string(c.distributed.backend)},
+      {"device", to_string(c.distributed.device)},
+      {"bucket-cap-mb", c.distributed.bucket_cap_mb},
+      {"overlap", c.distributed.overlap},
+      {"grad-reduce-dtype", to_string(c.distributed.grad_reduce_dtype)},
       {"init-from", c.init_from},
       {"export", c.export_path},
   };

@@ -19,6 +19,13 @@ void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
   do_all_reduce(tensor, op);
 }
 
+std::unique_ptr<Work> Communicator::all_reduce_async(at::Tensor& tensor, ReduceOp op) {
+  require_contiguous(tensor, "all_reduce_async");
+  ++stats_.all_reduce_calls;
+  stats_.all_reduce_bytes += tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  return do_all_reduce_async(tensor, op);
+}
+
 void Communicator::broadcast(at::Tensor& tensor, int root) {
   require_contiguous(tensor, "broadcast");
   ++stats_.broadcast_calls;

@@ -24,6 +24,22 @@ struct CommStats {
   int64_t broadcast_bytes = 0;
 };
 
+// A collective in flight. wait() blocks until it has completed (and throws
+// if it failed); test() polls and, for MPI, also drives its progress.
+class Work {
+ public:
+  virtual ~Work() = default;
+  virtual void wait() = 0;
+  virtual bool test() = 0;
+};
+
+// A Work that was complete when it was returned.
+class CompletedWork final : public Work {
+ public:
+  void wait() override {}
+  bool test() override { return true; }
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -34,8 +50,13 @@ class Communicator {
   virtual int local_rank() const = 0;
   virtual const char* backend_name() const = 0;
 
-  // In place; `tensor` must be contiguous.
+  // In place; `tensor` must be contiguous. float, double, int32/64 and uint8
+  // tensors take any op; bfloat16 and float16 take Sum only.
   void all_reduce(at::Tensor& tensor, ReduceOp op = ReduceOp::Sum);
+  // Starts an all-reduce and returns at once. `tensor` must stay alive and
+  // untouched until the Work completes. Ranks start async collectives in the
+  // same order, like blocking ones.
+  std::unique_ptr<Work> all_reduce_async(at::Tensor& tensor, ReduceOp op = ReduceOp::Sum);
   void broadcast(at::Tensor& tensor, int root);
   virtual void barrier() = 0;
   // One int64 per rank, in rank order. For agreement checks, not data.
@@ -46,6 +67,7 @@ class Communicator {
 
  protected:
   virtual void do_all_reduce(at::Tensor& tensor, ReduceOp op) = 0;
+  virtual std::unique_ptr<Work> do_all_reduce_async(at::Tensor& tensor, ReduceOp op) = 0;
   virtual void do_broadcast(at::Tensor& tensor, int root) = 0;
 
  private:
@@ -65,6 +87,9 @@ class LocalCommunicator final : public Communicator {
 
  protected:
   void do_all_reduce(at::Tensor&, ReduceOp) override {}
+  std::unique_ptr<Work> do_all_reduce_async(at::Tensor&, ReduceOp) override {
+    return std::make_unique<CompletedWork>();
+  }
   void do_broadcast(at::Tensor&, int) override {}
 };
 

@@ -3,6 +3,8 @@
 #include "common/error.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cstdlib>
 
@@ -37,17 +39,13 @@ void MpiSession::abort_world(int exit_code) {
 
 namespace {
 
-MPI_Datatype mpi_type_of(const at::Tensor& tensor) {
-  switch (tensor.scalar_type()) {
-    case at::kFloat: return MPI_FLOAT;
-    case at::kDouble: return MPI_DOUBLE;
-    case at::kLong: return MPI_INT64_T;
-    case at::kInt: return MPI_INT32_T;
-    case at::kByte: return MPI_UINT8_T;
-    default:
-      throw Error(std::string("MPI backend cannot communicate tensors of type ") +
-                  c10::toString(tensor.scalar_type()));
-  }
+// Sums 16-bit floats the way the reduced-precision reducer needs: each
+// element is widened to float, added, and rounded back once.
+template <typename Half>
+void sum_16bit(void* in, void* inout, int* length, MPI_Datatype*) {
+  const auto* a = static_cast<const Half*>(in);
+  auto* b = static_cast<Half*>(inout);
+  for (int i = 0; i < *length; ++i) b[i] = Half(static_cast<float>(a[i]) + static_cast<float>(b[i]));
 }
 
 MPI_Op mpi_op_of(ReduceOp op) {
@@ -76,6 +74,8 @@ int checked_count(const at::Tensor& tensor) {
 }  // namespace
 
 MpiCommunicator::MpiCommunicator() : comm_(MPI_COMM_WORLD) {
+  MPI_CHECK(MPI_Op_create(&sum_16bit<c10::BFloat16>, /*commute=*/1, &bfloat16_sum_));
+  MPI_CHECK(MPI_Op_create(&sum_16bit<c10::Half>, /*commute=*/1, &float16_sum_));
   MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
   MPI_CHECK(MPI_Comm_size(comm_, &world_size_));
   // Ranks sharing memory share a host; our rank among them is the local rank.
@@ -84,6 +84,68 @@ MpiCommunicator::MpiCommunicator() : comm_(MPI_COMM_WORLD) {
   MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_comm));
   MPI_CHECK(MPI_Comm_rank(node_comm, &local_rank_));
   MPI_CHECK(MPI_Comm_free(&node_comm));
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  MPI_Op_free(&bfloat16_sum_);
+  MPI_Op_free(&float16_sum_);
+}
+
+MPI_Datatype MpiCommunicator::datatype_of(const at::Tensor& tensor) const {
+  switch (tensor.scalar_type()) {
+    case at::kFloat: return MPI_FLOAT;
+    case at::kDouble: return MPI_DOUBLE;
+    case at::kLong: return MPI_INT64_T;
+    case at::kInt: return MPI_INT32_T;
+    case at::kByte: return MPI_UINT8_T;
+    case at::kBFloat16:
+    case at::kHalf: return MPI_UINT16_T;  // opaque 16-bit words for our own sum ops
+    default:
+      throw Error(std::string("MPI backend cannot communicate tensors of type ") +
+                  c10::toString(tensor.scalar_type()));
+  }
+}
+
+MPI_Op MpiCommunicator::op_for(const at::Tensor& tensor, ReduceOp op) const {
+  const auto type = tensor.scalar_type();
+  if (type == at::kBFloat16 || type == at::kHalf) {
+    if (op != ReduceOp::Sum) throw Error("16-bit float tensors can only be all-reduced with Sum");
+    return type == at::kBFloat16 ? bfloat16_sum_ : float16_sum_;
+  }
+  return mpi_op_of(op);
+}
+
+namespace {
+
+class MpiWork final : public Work {
+ public:
+  explicit MpiWork(MPI_Request request) : request_(request) {}
+  ~MpiWork() override {
+    // A Work dropped unfinished must still complete before its buffer dies.
+    if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+  }
+  void wait() override { MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE)); }
+  bool test() override {
+    int done = 0;
+    MPI_CHECK(MPI_Test(&request_, &done, MPI_STATUS_IGNORE));
+    return done != 0;
+  }
+
+ private:
+  MPI_Request request_;
+};
+
+}  // namespace
+
+std::unique_ptr<Work> MpiCommunicator::do_all_reduce_async(at::Tensor& tensor, ReduceOp op) {
+  require_cpu(tensor);
+  MPI_Request request;
+  MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, tensor.data_ptr(), checked_count(tensor), datatype_of(tensor),
+                           op_for(tensor, op), comm_, &request));
+  return std::make_unique<MpiWork>(request);
 }
 
 void MpiCommunicator::barrier() { MPI_CHECK(MPI_Barrier(comm_)); }
@@ -96,13 +158,13 @@ std::vector<int64_t> MpiCommunicator::all_gather(int64_t value) {
 
 void MpiCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
   require_cpu(tensor);
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), checked_count(tensor),
-                          mpi_type_of(tensor), mpi_op_of(op), comm_));
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), checked_count(tensor), datatype_of(tensor),
+                          op_for(tensor, op), comm_));
 }
 
 void MpiCommunicator::do_broadcast(at::Tensor& tensor, int root) {
   require_cpu(tensor);
-  MPI_CHECK(MPI_Bcast(tensor.data_ptr(), checked_count(tensor), mpi_type_of(tensor), root, comm_));
+  MPI_CHECK(MPI_Bcast(tensor.data_ptr(), checked_count(tensor), datatype_of(tensor), root, comm_));
 }
 
 }  // namespace dtrain

@@ -32,6 +32,7 @@ class MpiCommunicator final : public Communicator {
  public:
   // Wraps MPI_COMM_WORLD (not owned). Needs an MpiSession alive.
   MpiCommunicator();
+  ~MpiCommunicator() override;
 
   int rank() const override { return rank_; }
   int world_size() const override { return world_size_; }
@@ -43,9 +44,16 @@ class MpiCommunicator final : public Communicator {
  protected:
   void do_all_reduce(at::Tensor& tensor, ReduceOp op) override;
   void do_broadcast(at::Tensor& tensor, int root) override;
+  std::unique_ptr<Work> do_all_reduce_async(at::Tensor& tensor, ReduceOp op) override;
 
  private:
+  // The datatype and op for `tensor`; bfloat16/float16 use our own sum ops.
+  MPI_Datatype datatype_of(const at::Tensor& tensor) const;
+  MPI_Op op_for(const at::Tensor& tensor, ReduceOp op) const;
+
   MPI_Comm comm_;
+  MPI_Op bfloat16_sum_ = MPI_OP_NULL;
+  MPI_Op float16_sum_ = MPI_OP_NULL;
   int rank_ = 0;
   int world_size_ = 1;
   int local_rank_ = 0;

@@ -35,6 +35,18 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
   throw Error("unknown optimizer");
 }
 
+ReducerOptions reducer_options(const DistributedOptions& options) {
+  ReducerOptions reducer;
+  reducer.bucket_bytes = std::max<int64_t>(1, std::llround(options.bucket_cap_mb * 1024 * 1024));
+  reducer.overlap = options.overlap;
+  switch (options.grad_reduce_dtype) {
+    case ReduceDtype::Fp32: reducer.reduce_dtype = torch::kFloat; break;
+    case ReduceDtype::Bf16: reducer.reduce_dtype = torch::kBFloat16; break;
+    case ReduceDtype::Fp16: reducer.reduce_dtype = torch::kHalf; break;
+  }
+  return reducer;
+}
+
 torch::Tensor as_index_tensor(const std::vector<int64_t>& indices) {
   return torch::from_blob(const_cast<int64_t*>(indices.data()), {static_cast<int64_t>(indices.size())},
                           torch::kLong);
@@ -55,7 +67,7 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   schedule_ = make_lr_schedule(config_.lr, plan_.global_batch_size, steps_per_epoch_, total_steps_);
 
   std::vector<torch::Tensor> parameters = model_->parameters();
-  grad_sync_ = std::make_unique<FlatGradientSync>(parameters, comm_);
+  reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
   optimizer_ = make_optimizer(config_.optimizer, parameters, schedule_.at(0));
 
   test_shard_ = eval_shard(data_.test.size(), comm_.rank(), comm_.world_size());
@@ -96,7 +108,7 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
   for (auto& group : optimizer_->param_groups()) group.options().set_lr(result.lr);
 
   model_->train();
-  grad_sync_->zero_grad();
+  reducer_->zero_grad();
   // The normalizer is the number of loss items in the whole global batch (here
   // one per sample; a token-weighted loss will count tokens), so summing the
   // ranks' gradients gives exactly the gradient of the global mean.
@@ -107,6 +119,7 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
     const auto index_tensor = as_index_tensor(indices);
     const auto inputs = data_.train.inputs.index_select(0, index_tensor);
     const auto targets = data_.train.targets.index_select(0, index_tensor);
+    reducer_->begin_micro_step(micro_step == plan_.grad_accum_steps - 1);
     const auto logits = model_->forward(inputs);
     const auto loss =
         torch::nn::functional::cross_entropy(
@@ -118,11 +131,11 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
   local_loss_sum_ += local_loss.item<double>();
   ++loss_steps_;
 
-  grad_sync_->all_reduce();
+  reducer_->finish();
   if (compute_grad_norm || config_.optimizer.grad_clip_norm > 0) {
-    result.grad_norm = grad_sync_->grad_norm();
+    result.grad_norm = reducer_->grad_norm();
     const double clip = config_.optimizer.grad_clip_norm;
-    if (clip > 0 && result.grad_norm > clip) grad_sync_->scale(clip / (result.grad_norm + 1e-6));
+    if (clip > 0 && result.grad_norm > clip) reducer_->scale(clip / (result.grad_norm + 1e-6));
   }
   optimizer_->step();
   return result;

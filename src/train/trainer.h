@@ -1,11 +1,13 @@
 // The training loop. One optimizer step, identically on every rank:
-//   1. zero the flat gradient buffer;
+//   1. zero the gradient buckets;
 //   2. for each of grad_accum_steps micro-batches (train/batch_plan.h, data
 //      from data/sampler.h): forward, loss = SUM of per-sample losses divided
-//      by the number of loss items in the GLOBAL batch, backward; no
-//      communication;
-//   3. one all-reduce (SUM) of the buffer: now every rank holds the gradient of
-//      the global-batch mean loss, whatever the split;
+//      by the number of loss items in the GLOBAL batch, backward. Only the
+//      last micro-step communicates: its backward starts each bucket's
+//      all-reduce (SUM) as soon as the bucket's gradients are final
+//      (train/reducer.h);
+//   3. wait for all buckets: now every rank holds the gradient of the
+//      global-batch mean loss, whatever the split;
 //   4. optional clipping by the global norm, then the optimizer step with the
 //      scheduled LR (train/lr_schedule.h).
 // Evaluation shards each split across ranks without padding and all-reduces
@@ -16,7 +18,7 @@
 #include "data/dataset.h"
 #include "models/models.h"
 #include "train/batch_plan.h"
-#include "train/grad_sync.h"
+#include "train/reducer.h"
 #include "train/lr_schedule.h"
 #include "train/metrics.h"
 
@@ -69,7 +71,7 @@ class Trainer {
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
   int64_t total_steps() const { return total_steps_; }
   const LrSchedule& schedule() const { return schedule_; }
-  const FlatGradientSync& grad_sync() const { return *grad_sync_; }
+  const GradientReducer& reducer() const { return *reducer_; }
 
  private:
   nlohmann::json evaluate_all(int64_t steps_done);
@@ -81,7 +83,7 @@ class Trainer {
   const Dataset& data_;
   std::shared_ptr<Classifier> model_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
-  std::unique_ptr<FlatGradientSync> grad_sync_;
+  std::unique_ptr<GradientReducer> reducer_;
   int64_t steps_per_epoch_ = 0;
   int64_t total_steps_ = 0;
   LrSchedule schedule_;

@@ -48,6 +48,7 @@ struct Trained {
   std::vector<torch::Tensor> weights;
   CommStats traffic;  // during the optimizer steps only
   int64_t gradient_bytes = 0;
+  int64_t buckets = 0;
 };
 
 Trained train(const Config& config, Communicator& comm, int64_t micro, int64_t accum) {
@@ -60,7 +61,8 @@ Trained train(const Config& config, Communicator& comm, int64_t micro, int64_t a
   for (int step = 0; step < kSteps; ++step) trainer.train_step(step, /*compute_grad_norm=*/false);
   Trained result;
   result.traffic = comm.stats();
-  result.gradient_bytes = trainer.grad_sync().bytes();
+  result.gradient_bytes = trainer.reducer().bytes();
+  result.buckets = static_cast<int64_t>(trainer.reducer().num_buckets());
   for (const auto& p : model->parameters()) result.weights.push_back(p.detach().clone());
   return result;
 }
@@ -88,22 +90,29 @@ void expect_all_splits_agree(OptimizerKind optimizer) {
   EXPECT_GT(max_relative_difference(initial_weights, reference.weights), 1e-3);
   EXPECT_GT(max_relative_difference(train(config, local, 16, 1).weights, reference.weights), 1e-4);
 
-  int compared = 0;
-  for (const auto& split : kSplits) {
-    ASSERT_EQ(split.micro * split.accum * split.world, kGlobalBatch);
-    if (split.world == 1) {
-      const auto result = train(config, local, split.micro, split.accum);
+  // Bucketing must not matter either: one bucket (the default for this small
+  // model), one bucket per parameter, a few buckets without overlap.
+  const struct {
+    double cap_mb;
+    bool overlap;
+  } bucketings[] = {{25, true}, {1e-9, true}, {0.05, false}};
+  for (const auto& bucketing : bucketings) {
+    Config bucketed = config;
+    bucketed.distributed.bucket_cap_mb = bucketing.cap_mb;
+    bucketed.distributed.overlap = bucketing.overlap;
+    int compared = 0;
+    for (const auto& split : kSplits) {
+      ASSERT_EQ(split.micro * split.accum * split.world, kGlobalBatch);
+      if (split.world != 1 && split.world != world().world_size()) continue;
+      Communicator& comm = split.world == 1 ? static_cast<Communicator&>(local) : world();
+      const auto result = train(bucketed, comm, split.micro, split.accum);
       EXPECT_LT(max_relative_difference(result.weights, reference.weights), 1e-5)
-          << "micro " << split.micro << " accum " << split.accum << " world 1";
-      ++compared;
-    } else if (split.world == world().world_size()) {
-      const auto result = train(config, world(), split.micro, split.accum);
-      EXPECT_LT(max_relative_difference(result.weights, reference.weights), 1e-5)
-          << "micro " << split.micro << " accum " << split.accum << " world " << split.world;
+          << "micro " << split.micro << " accum " << split.accum << " world " << split.world << ", buckets of "
+          << bucketing.cap_mb << " MiB, overlap " << bucketing.overlap;
       ++compared;
     }
+    EXPECT_GE(compared, 2);
   }
-  EXPECT_GE(compared, 2);
 }
 
 TEST(Equivalence, SgdWithMomentumTrainsTheSameModelForEverySplit) {
@@ -112,14 +121,19 @@ TEST(Equivalence, SgdWithMomentumTrainsTheSameModelForEverySplit) {
 
 TEST(Equivalence, AdamWTrainsTheSameModelForEverySplit) { expect_all_splits_agree(OptimizerKind::AdamW); }
 
-TEST(Equivalence, OneGradientAllReducePerOptimizerStepWhateverTheAccumulation) {
-  const Config config = base_config(OptimizerKind::Sgd);
+TEST(Equivalence, OneAllReducePerBucketPerOptimizerStepWhateverTheAccumulation) {
+  Config config = base_config(OptimizerKind::Sgd);
   const int64_t w = world().world_size();
-  for (int64_t accum : {int64_t{1}, int64_t{2}, kGlobalBatch / w}) {
-    const Trained result = train(config, world(), kGlobalBatch / (w * accum), accum);
-    EXPECT_EQ(result.traffic.all_reduce_calls, kSteps) << "accum " << accum;
-    EXPECT_EQ(result.traffic.all_reduce_bytes, kSteps * result.gradient_bytes) << "accum " << accum;
-    EXPECT_EQ(result.traffic.broadcast_calls, 0);
+  for (double cap_mb : {25.0, 0.001}) {
+    config.distributed.bucket_cap_mb = cap_mb;
+    for (int64_t accum : {int64_t{1}, int64_t{2}, kGlobalBatch / w}) {
+      const Trained result = train(config, world(), kGlobalBatch / (w * accum), accum);
+      // 1000-byte buckets: [head.bias, head.weight], then one bucket per tensor.
+      EXPECT_EQ(result.buckets, cap_mb == 25.0 ? 1 : 5);
+      EXPECT_EQ(result.traffic.all_reduce_calls, kSteps * result.buckets) << "accum " << accum;
+      EXPECT_EQ(result.traffic.all_reduce_bytes, kSteps * result.gradient_bytes) << "accum " << accum;
+      EXPECT_EQ(result.traffic.broadcast_calls, 0);
+    }
   }
   // The gradient bytes are the parameter bytes.
   torch::manual_seed(0);

@@ -1,0 +1,167 @@
+#include "train/reducer.h"
+
+#include "common/error.h"
+#include "train/buckets.h"
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace dtrain {
+
+struct GradientReducer::Bucket {
+  at::Tensor buffer;  // float gradients; the parameters' .grad are views into it
+  at::Tensor wire;    // what is all-reduced: `buffer` itself, or its 16-bit copy
+  std::vector<size_t> parameters;
+  size_t pending = 0;  // gradients not yet final in this step
+  bool started = false;
+  std::unique_ptr<Work> work;
+};
+
+// Runs after AccumulateGrad has added this backward's gradient to .grad.
+class GradientReducer::ReadyHook final : public torch::autograd::FunctionPostHook {
+ public:
+  ReadyHook(GradientReducer* reducer, size_t parameter) : reducer_(reducer), parameter_(parameter) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& /*inputs*/) override {
+    reducer_->on_gradient_ready(parameter_);
+    return outputs;
+  }
+
+ private:
+  GradientReducer* reducer_;
+  size_t parameter_;
+};
+
+GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicator& comm, ReducerOptions options)
+    : parameters_(std::move(parameters)), comm_(comm), options_(options) {
+  if (parameters_.empty()) throw Error("the model has no parameters to train");
+  std::vector<int64_t> bytes;
+  for (const auto& p : parameters_) {
+    if (p.scalar_type() != at::kFloat) throw Error("the gradient reducer needs float32 parameters");
+    if (p.device() != parameters_.front().device()) throw Error("all parameters must be on one device");
+    bytes.push_back(p.numel() * static_cast<int64_t>(p.element_size()));
+    total_bytes_ += bytes.back();
+  }
+  const auto type = options_.reduce_dtype;
+  if (type != at::kFloat && type != at::kBFloat16 && type != at::kHalf) {
+    throw Error("gradients can be all-reduced as float32, bfloat16 or float16 only");
+  }
+  assignment_ = assign_buckets(bytes, std::min(options_.first_bucket_bytes, options_.bucket_bytes),
+                               options_.bucket_bytes);
+  buckets_.resize(assignment_.size());
+  bucket_of_.resize(parameters_.size());
+  for (size_t b = 0; b < assignment_.size(); ++b) {
+    Bucket& bucket = buckets_[b];
+    bucket.parameters = assignment_[b];
+    int64_t numel = 0;
+    for (size_t i : bucket.parameters) numel += parameters_[i].numel();
+    bucket.buffer = torch::zeros({numel}, parameters_.front().options().requires_grad(false));
+    bucket.wire = type == at::kFloat ? bucket.buffer : torch::zeros({numel}, bucket.buffer.options().dtype(type));
+    int64_t offset = 0;
+    for (size_t i : bucket.parameters) {
+      auto& p = parameters_[i];
+      p.mutable_grad() = bucket.buffer.narrow(0, offset, p.numel()).view(p.sizes());
+      offset += p.numel();
+      bucket_of_[i] = b;
+    }
+  }
+  if (options_.overlap) {
+    for (size_t i = 0; i < parameters_.size(); ++i) {
+      auto accumulator = torch::autograd::impl::grad_accumulator(parameters_[i]);
+      if (!accumulator) throw Error("parameter " + std::to_string(i) + " is not a leaf that requires grad");
+      hook_keys_.push_back(accumulator->add_post_hook(std::make_unique<ReadyHook>(this, i)));
+      accumulators_.push_back(std::move(accumulator));
+    }
+  }
+}
+
+GradientReducer::~GradientReducer() {
+  // The model may outlive us: take our hooks off its accumulators.
+  for (size_t i = 0; i < accumulators_.size(); ++i) accumulators_[i]->del_post_hook(hook_keys_[i]);
+  for (auto& bucket : buckets_) {
+    if (bucket.work) bucket.work->test();  // destroying the Work waits for it
+  }
+}
+
+void GradientReducer::zero_grad() {
+  for (auto& bucket : buckets_) bucket.buffer.zero_();
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    const auto& grad = parameters_[i].grad();
+    if (!grad.defined() || !grad.is_alias_of(buckets_[bucket_of_[i]].buffer)) {
+      throw Error("a parameter's gradient was detached from its bucket; do not reset gradients to undefined");
+    }
+  }
+}
+
+void GradientReducer::begin_micro_step(bool is_last) {
+  last_micro_step_ = is_last;
+  if (!is_last) return;
+  for (auto& bucket : buckets_) {
+    bucket.pending = bucket.parameters.size();
+    bucket.started = false;
+  }
+  next_to_start_ = 0;
+  started_in_backward_ = 0;
+}
+
+void GradientReducer::on_gradient_ready(size_t parameter) {
+  if (!last_micro_step_) return;  // accumulating locally: no communication
+  Bucket& bucket = buckets_[bucket_of_[parameter]];
+  if (bucket.started || bucket.pending == 0) {
+    throw Error("parameter " + std::to_string(parameter) +
+                " got a gradient after its bucket's all-reduce started; run one backward per micro-step");
+  }
+  if (--bucket.pending == 0) {
+    const size_t before = next_to_start_;
+    start_ready_buckets();
+    started_in_backward_ += static_cast<int64_t>(next_to_start_ - before);
+  }
+  // MPI advances nonblocking collectives only inside MPI calls: poll the
+  // buckets in flight so they progress while backward computes.
+  for (size_t b = 0; b < next_to_start_; ++b) {
+    if (buckets_[b].work) buckets_[b].work->test();
+  }
+}
+
+void GradientReducer::start_ready_buckets() {
+  // Strictly in index order, so every rank issues the same sequence.
+  while (next_to_start_ < buckets_.size() && buckets_[next_to_start_].pending == 0) {
+    start(buckets_[next_to_start_++]);
+  }
+}
+
+void GradientReducer::start(Bucket& bucket) {
+  if (!bucket.wire.is_same(bucket.buffer)) bucket.wire.copy_(bucket.buffer);
+  bucket.work = comm_.all_reduce_async(bucket.wire, ReduceOp::Sum);
+  bucket.started = true;
+}
+
+void GradientReducer::finish() {
+  if (!last_micro_step_) throw Error("GradientReducer::finish() called before the last micro-step");
+  while (next_to_start_ < buckets_.size()) start(buckets_[next_to_start_++]);
+  for (auto& bucket : buckets_) {
+    bucket.work->wait();
+    bucket.work.reset();
+    if (!bucket.wire.is_same(bucket.buffer)) bucket.buffer.copy_(bucket.wire);
+  }
+  last_micro_step_ = false;
+}
+
+double GradientReducer::grad_norm() const {
+  double sum_of_squares = 0;
+  for (const auto& bucket : buckets_) {
+    const double norm = bucket.buffer.norm().item<double>();
+    sum_of_squares += norm * norm;
+  }
+  return std::sqrt(sum_of_squares);
+}
+
+void GradientReducer::scale(double factor) {
+  for (auto& bucket : buckets_) bucket.buffer.mul_(factor);
+}
+
+}  // namespace dtrain

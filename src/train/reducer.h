@@ -1,0 +1,93 @@
+// Gradient synchronization in buckets, overlapped with backward.
+//
+// Every parameter's gradient is a view into the contiguous buffer of its
+// bucket (train/buckets.h), so micro-batches accumulate in place and nothing
+// is copied for communication. On the last micro-step of an optimizer step, a
+// hook on each parameter's gradient accumulator counts the bucket down; when
+// all its gradients are final, the bucket's all-reduce starts (nonblocking)
+// while backward goes on. Buckets start strictly in index order on every rank,
+// so ranks whose graphs skip different parameters still issue collectives in
+// the same order. finish() starts whatever has not started (buckets holding
+// parameters unused in this step: their gradients are whatever accumulated,
+// zeros if nothing did) and waits for all.
+//
+// Protocol, on every rank, per optimizer step:
+//   zero_grad();
+//   for each micro-step: begin_micro_step(is_last); loss.backward();
+//   finish();            // then the optimizer step
+// Gradients must never be reset to undefined (e.g. Optimizer::zero_grad with
+// set_to_none): the views would be lost; zero_grad() checks this.
+#pragma once
+#include "comm/communicator.h"
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace torch::autograd {
+struct Node;
+}
+
+namespace dtrain {
+
+struct ReducerOptions {
+  int64_t first_bucket_bytes = int64_t{1} << 20;
+  int64_t bucket_bytes = int64_t{25} << 20;
+  bool overlap = true;  // false: every bucket starts in finish(), after backward
+  // Wire type of the all-reduce: float (exact), or bfloat16/float16, which
+  // halve the bytes; the result is widened back into the float buffers.
+  c10::ScalarType reduce_dtype = c10::ScalarType::Float;
+};
+
+class GradientReducer {
+ public:
+  GradientReducer(std::vector<at::Tensor> parameters, Communicator& comm, ReducerOptions options);
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+
+  void zero_grad();
+  // Hooks act only when `is_last`: earlier micro-steps communicate nothing.
+  void begin_micro_step(bool is_last);
+  // Starts the buckets not yet started, waits for all; after it every rank
+  // holds the SUM of all ranks' gradients.
+  void finish();
+
+  // L2 norm of all gradients (after finish(): the global gradient's norm).
+  double grad_norm() const;
+  void scale(double factor);
+
+  size_t num_buckets() const { return assignment_.size(); }
+  // Parameter indices per bucket, in launch order.
+  const std::vector<std::vector<size_t>>& bucket_assignment() const { return assignment_; }
+  // Gradient bytes of all parameters (float): what one step all-reduces at
+  // reduce_dtype float.
+  int64_t bytes() const { return total_bytes_; }
+  // Buckets started from a backward hook (not by finish) in the last step.
+  int64_t buckets_started_in_backward() const { return started_in_backward_; }
+
+ private:
+  struct Bucket;
+  class ReadyHook;
+  void on_gradient_ready(size_t parameter);
+  void start_ready_buckets();
+  void start(Bucket& bucket);
+
+  std::vector<at::Tensor> parameters_;
+  Communicator& comm_;
+  ReducerOptions options_;
+  std::vector<std::vector<size_t>> assignment_;
+  std::vector<Bucket> buckets_;
+  std::vector<size_t> bucket_of_;  // parameter -> bucket
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // kept alive: they own the hooks
+  std::vector<uintptr_t> hook_keys_;
+  bool last_micro_step_ = false;
+  size_t next_to_start_ = 0;
+  int64_t total_bytes_ = 0;
+  int64_t started_in_backward_ = 0;
+};
+
+}  // namespace dtrain

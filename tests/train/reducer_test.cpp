@@ -1,0 +1,180 @@
+// The bucketed reducer on its own: overlap with backward, traffic, unused
+// parameters (different ones on different ranks), reduced precision.
+#include "train/reducer.h"
+
+#include "common/error.h"
+#include "models/models.h"
+#include "test_world.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+namespace dtrain {
+namespace {
+
+using testing::world;
+
+// An MLP whose middle layer is skipped on some forward passes, on a schedule
+// that differs by rank: the reducer sees different unused parameters on
+// different ranks in the same step.
+class SkippingMlp : public Classifier {
+ public:
+  explicit SkippingMlp(int rank) : rank_(rank) {
+    first_ = register_module("first", torch::nn::Linear(784, 32));
+    middle_ = register_module("middle", torch::nn::Linear(32, 32));
+    head_ = register_module("head", torch::nn::Linear(32, 10));
+  }
+  torch::Tensor forward(const torch::Tensor& inputs) override {
+    auto x = torch::relu(first_->forward(inputs.flatten(1)));
+    if (!skip_middle()) x = torch::relu(middle_->forward(x));
+    ++calls_;
+    return head_->forward(x);
+  }
+  bool skip_middle() const { return skip_all_ || (calls_ + rank_) % 3 == 0; }
+  bool skip_all_ = false;
+
+ private:
+  int rank_;
+  int64_t calls_ = 0;
+  torch::nn::Linear first_{nullptr}, middle_{nullptr}, head_{nullptr};
+};
+
+std::shared_ptr<SkippingMlp> make_skipping(int rank, Communicator& comm) {
+  torch::manual_seed(3);
+  auto model = std::make_shared<SkippingMlp>(rank);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->parameters()) comm.broadcast(p, 0);
+  return model;
+}
+
+// One optimizer step of SGD on rank-specific data with `accum` micro-steps;
+// returns nothing: the model is updated in place.
+void step(Classifier& model, GradientReducer& reducer, int rank, int64_t step_index, int accum, double lr) {
+  reducer.zero_grad();
+  for (int micro = 0; micro < accum; ++micro) {
+    auto generator = at::detail::createCPUGenerator(1000 * step_index + 10 * rank + micro);
+    const auto inputs = at::randn({8, 784}, generator);
+    const auto targets = at::randint(0, 10, {8}, generator);
+    reducer.begin_micro_step(micro == accum - 1);
+    torch::nn::functional::cross_entropy(model.forward(inputs), targets).backward();
+  }
+  reducer.finish();
+  torch::NoGradGuard no_grad;
+  for (auto& p : model.parameters()) p.sub_(lr * p.grad());
+}
+
+std::vector<torch::Tensor> snapshot(const Classifier& model) {
+  std::vector<torch::Tensor> weights;
+  for (const auto& p : model.parameters()) weights.push_back(p.detach().clone());
+  return weights;
+}
+
+TEST(Reducer, UnusedParametersOnSomeRanksNeitherHangNorCorrupt) {
+  auto& comm = world();
+  // Reference: one bucket, started after backward.
+  auto reference_model = make_skipping(comm.rank(), comm);
+  GradientReducer reference(reference_model->parameters(), comm, {1 << 20, 1 << 30, false, torch::kFloat});
+  // Under test: one bucket per parameter, started from backward hooks.
+  auto model = make_skipping(comm.rank(), comm);
+  GradientReducer reducer(model->parameters(), comm, {1, 1, true, torch::kFloat});
+  ASSERT_EQ(reducer.num_buckets(), model->parameters().size());
+  for (int64_t s = 0; s < 6; ++s) {
+    step(*reference_model, reference, comm.rank(), s, 2, 0.1);
+    step(*model, reducer, comm.rank(), s, 2, 0.1);
+  }
+  const auto a = snapshot(*model);
+  const auto b = snapshot(*reference_model);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-6, 1e-7)) << "parameter " << i;
+}
+
+TEST(Reducer, ABucketNoRankUsedCompletesWithZeros) {
+  auto& comm = world();
+  auto model = make_skipping(comm.rank(), comm);
+  GradientReducer reducer(model->parameters(), comm, {1, 1, true, torch::kFloat});
+  model->skip_all_ = true;
+  step(*model, reducer, comm.rank(), 0, 1, 0.0);
+  const auto named = model->named_parameters();
+  EXPECT_EQ(named["middle.weight"].grad().abs().max().item<float>(), 0.f);
+  EXPECT_EQ(named["middle.bias"].grad().abs().max().item<float>(), 0.f);
+  EXPECT_GT(named["head.weight"].grad().abs().max().item<float>(), 0.f);
+  // The skipped layer's buckets could only start in finish(); the others
+  // started from hooks during backward.
+  EXPECT_EQ(reducer.buckets_started_in_backward(), 2);
+}
+
+TEST(Reducer, BucketsStartDuringBackwardOnlyOnTheLastMicroStep) {
+  auto& comm = world();
+  torch::manual_seed(0);
+  ModelOptions options;
+  options.hidden = {64, 64};
+  auto model = make_model(options, {1, 28, 28}, 10);
+  GradientReducer overlapped(model->parameters(), comm, {1, 1, true, torch::kFloat});
+  comm.reset_stats();
+  step(*model, overlapped, comm.rank(), 0, 3, 0.0);
+  EXPECT_EQ(overlapped.num_buckets(), 6u);
+  EXPECT_EQ(overlapped.buckets_started_in_backward(), 6);
+  EXPECT_EQ(comm.stats().all_reduce_calls, 6) << "one call per bucket, none on the first micro-steps";
+  EXPECT_EQ(comm.stats().all_reduce_bytes, overlapped.bytes());
+}
+
+TEST(Reducer, WithoutOverlapEveryBucketStartsAfterBackward) {
+  auto& comm = world();
+  torch::manual_seed(0);
+  ModelOptions options;
+  options.hidden = {64};
+  auto model = make_model(options, {1, 28, 28}, 10);
+  GradientReducer reducer(model->parameters(), comm, {1, 1, false, torch::kFloat});
+  step(*model, reducer, comm.rank(), 0, 1, 0.0);
+  EXPECT_EQ(reducer.buckets_started_in_backward(), 0);
+}
+
+TEST(Reducer, ReducedPrecisionHalvesTheBytesAndStaysClose) {
+  auto& comm = world();
+  for (auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    torch::manual_seed(0);
+    ModelOptions options;
+    options.hidden = {64};
+    auto exact_model = make_model(options, {1, 28, 28}, 10);
+    torch::manual_seed(0);
+    auto compressed_model = make_model(options, {1, 28, 28}, 10);
+    GradientReducer exact(exact_model->parameters(), comm, {1 << 20, 1 << 30, true, torch::kFloat});
+    GradientReducer compressed(compressed_model->parameters(), comm, {1 << 20, 1 << 30, true, dtype});
+    step(*exact_model, exact, comm.rank(), 0, 1, 0.0);
+    comm.reset_stats();
+    step(*compressed_model, compressed, comm.rank(), 0, 1, 0.0);
+    EXPECT_EQ(comm.stats().all_reduce_bytes, compressed.bytes() / 2);
+    const auto a = exact_model->parameters();
+    const auto b = compressed_model->parameters();
+    for (size_t i = 0; i < a.size(); ++i) {
+      const double error = (a[i].grad() - b[i].grad()).norm().item<double>() / a[i].grad().norm().item<double>();
+      EXPECT_LT(error, dtype == torch::kHalf ? 2e-3 : 1e-2) << c10::toString(dtype) << " parameter " << i;
+      EXPECT_GT(error, 0) << "a 16-bit wire must round something";
+    }
+  }
+}
+
+TEST(Reducer, DetachedGradientsAreCaught) {
+  auto& comm = world();
+  torch::manual_seed(0);
+  ModelOptions options;
+  options.hidden = {8};
+  auto model = make_model(options, {1, 28, 28}, 10);
+  GradientReducer reducer(model->parameters(), comm, {1 << 20, 1 << 30, true, torch::kFloat});
+  model->parameters()[0].mutable_grad() = torch::Tensor();
+  EXPECT_THROW(reducer.zero_grad(), Error);
+}
+
+TEST(Reducer, HooksLeaveWithTheReducer) {
+  auto& comm = world();
+  torch::manual_seed(0);
+  ModelOptions options;
+  options.hidden = {8};
+  auto model = make_model(options, {1, 28, 28}, 10);
+  { GradientReducer reducer(model->parameters(), comm, {1, 1, true, torch::kFloat}); }
+  // A backward after the reducer is gone must not call into it.
+  model->forward(torch::randn({2, 784})).sum().backward();
+  SUCCEED();
+}
+
+}  // namespace
+}  // namespace dtrain
