@@ -4,11 +4,27 @@
 # builds a Release build in build/. Safe to run again: a second run installs
 # nothing and rebuilds only what changed.
 #
-#   launch/setup.sh            packages + build
+#   launch/setup.sh            packages + build against Debian's LibTorch 1.13 (build/)
+#   launch/setup.sh --torch2   also build against the CUDA LibTorch 2.x inside the
+#                              PyPI torch wheel (build-torch2/). The wheel and its
+#                              NVIDIA libraries (~5 GB) go to a cached venv,
+#                              $DTRAIN_TORCH2_VENV (default ~/.cache/dtrain/torch2-venv),
+#                              installed once.
 #   DTRAIN_BUILD_DIR=dir       build somewhere else (default: build/)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${DTRAIN_BUILD_DIR:-$ROOT/build}
+WITH_TORCH2=0
+for arg in "$@"; do
+  case "$arg" in
+    --torch2) WITH_TORCH2=1 ;;
+    *) echo "setup: unknown argument $arg (known: --torch2)" >&2; exit 2 ;;
+  esac
+done
+# The torch wheel dtrain is tested against; change it here and only here.
+TORCH2_SPEC=${DTRAIN_TORCH2_SPEC:-torch==2.15.0}
+TORCH2_VENV=${DTRAIN_TORCH2_VENV:-$HOME/.cache/dtrain/torch2-venv}
+TORCH2_BUILD_DIR=${DTRAIN_TORCH2_BUILD_DIR:-$ROOT/build-torch2}
 
 PACKAGES=(
   g++ make cmake ccache                    # toolchain
@@ -34,12 +50,36 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-  cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
-fi
-echo "setup: building in $BUILD_DIR (log: $BUILD_DIR/build.log)"
-if ! cmake --build "$BUILD_DIR" -j2 >"$BUILD_DIR/build.log" 2>&1; then
-  grep -E "error|Error" "$BUILD_DIR/build.log" | head -30
-  echo "setup: build failed; the full log is $BUILD_DIR/build.log" >&2
-  exit 1
+# build DIR [cmake configure arguments...]: configure once, then build.
+build() {
+  local dir=$1
+  shift
+  if [ ! -f "$dir/CMakeCache.txt" ]; then
+    cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+  fi
+  echo "setup: building in $dir (log: $dir/build.log)"
+  if ! cmake --build "$dir" -j2 >"$dir/build.log" 2>&1; then
+    grep -E "error|Error" "$dir/build.log" | head -30
+    echo "setup: build failed; the full log is $dir/build.log" >&2
+    exit 1
+  fi
+}
+
+build "$BUILD_DIR"
+
+if [ "$WITH_TORCH2" = 1 ]; then
+  if [ ! -x "$TORCH2_VENV/bin/python" ] || ! "$TORCH2_VENV/bin/python" -c "import torch" 2>/dev/null; then
+    echo "setup: installing $TORCH2_SPEC into $TORCH2_VENV (several GB, once)"
+    python3 -m venv "$TORCH2_VENV" 2>/dev/null || {
+      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null && /usr/bin/python3 -m venv "$TORCH2_VENV"; }
+    "$TORCH2_VENV/bin/pip" install -q --disable-pip-version-check "$TORCH2_SPEC"
+  fi
+  TORCH2_ROOT=$("$TORCH2_VENV/bin/python" -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)
+  TORCH2_CMAKE=$("$TORCH2_VENV/bin/python" -c "import torch.utils; print(torch.utils.cmake_prefix_path)" 2>/dev/null)
+  echo "setup: LibTorch $("$TORCH2_VENV/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null) from $TORCH2_ROOT"
+  # The package root too, so CMake finds the wheel's libtorch.so before
+  # Debian's; and the NCCL the wheel was built with, which LibTorch links.
+  nccl_args=()
+  [ -d "$TORCH2_ROOT/../nvidia/nccl/lib" ] && nccl_args=(-DNCCL_HOME="$(cd "$TORCH2_ROOT/../nvidia/nccl" && pwd)")
+  build "$TORCH2_BUILD_DIR" -DCMAKE_PREFIX_PATH="$TORCH2_CMAKE;$TORCH2_ROOT" "${nccl_args[@]}"
 fi

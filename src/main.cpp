@@ -2,6 +2,7 @@
 // see docs/architecture.md for how a step flows through the pieces.
 #include "cli/options.h"
 #include "comm/mpi_communicator.h"
+#include "comm/placement.h"
 #include "data/dataset.h"
 #include "io/weights.h"
 #include "models/models.h"
@@ -17,27 +18,35 @@
 
 namespace {
 
-int run(dtrain::Communicator& comm, const std::vector<std::string>& args) {
+// `mpi` carries start-up agreement; training uses it too, or NCCL over it.
+int run(dtrain::Communicator& mpi, const std::vector<std::string>& args) {
   using namespace dtrain;
-  const bool root = comm.rank() == 0;
+  const bool root = mpi.rank() == 0;
 
   ParsedOptions parsed;
-  run_agreed(comm, [&] { parsed = parse_options(args); });
+  run_agreed(mpi, [&] { parsed = parse_options(args); });
   if (parsed.help_requested) {
     if (root) std::cout << parsed.help_text;
     return 0;
   }
   const Config& config = parsed.config;
-  run_agreed(comm, [&] { check_same_config(comm, config); });
+  run_agreed(mpi, [&] { check_same_config(mpi, config); });
 
   BatchPlan plan;
-  run_agreed(comm, [&] {
+  Placement placement;
+  run_agreed(mpi, [&] {
     plan = derive_batch_plan(config.batch.micro_batch_size, config.batch.grad_accum_steps,
-                             config.batch.global_batch_size, comm.world_size());
+                             config.batch.global_batch_size, mpi.world_size());
+    placement = choose_placement(config.distributed, mpi.local_rank());
   });
+  const std::unique_ptr<Communicator> backend = make_backend(placement, mpi);
+  Communicator& comm = backend ? *backend : mpi;
+  const torch::Device device = placement.device == DeviceKind::Cuda
+                                   ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(placement.device_index))
+                                   : torch::Device(torch::kCPU);
   if (root) {
-    std::cout << "dtrain: " << comm.world_size() << " rank(s), backend " << comm.backend_name()
-              << ", " << config.run.threads << " thread(s) per rank\nresolved configuration:\n"
+    std::cout << "dtrain: " << comm.world_size() << " rank(s) on " << placement.describe() << ", "
+              << config.run.threads << " thread(s) per rank\nresolved configuration:\n"
               << config_to_ini(config) << std::flush;
   }
 
@@ -45,13 +54,14 @@ int run(dtrain::Communicator& comm, const std::vector<std::string>& args) {
   torch::manual_seed(config.run.seed);
 
   Dataset data;
-  run_agreed(comm, [&] { data = load_dataset(config.data); });
+  run_agreed(mpi, [&] { data = load_dataset(config.data); });
   std::shared_ptr<Classifier> model;
   std::unique_ptr<Trainer> trainer;
   std::unique_ptr<MetricsLog> log;
-  run_agreed(comm, [&] {
+  run_agreed(mpi, [&] {
     model = make_model(config.model, data.input_shape, data.num_classes);
     if (!config.init_from.empty()) load_into(*model, read_weights(config.init_from), config.init_from);
+    model->to(device);
     trainer = std::make_unique<Trainer>(config, plan, comm, data, model);
     log = std::make_unique<MetricsLog>(config.run.out_dir, root);
     log->write_json("config.json", config_to_json(config));
@@ -60,7 +70,7 @@ int run(dtrain::Communicator& comm, const std::vector<std::string>& args) {
   trainer->broadcast_initial_state();
 
   nlohmann::json summary = trainer->run(*log);
-  run_agreed(comm, [&] {
+  run_agreed(mpi, [&] {
     if (root && !config.export_path.empty()) {
       save_weights(model_state(*model), config.export_path);
       std::cout << "exported weights to " << config.export_path << "\n";

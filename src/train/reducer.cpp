@@ -21,6 +21,13 @@ struct GradientReducer::Bucket {
   std::unique_ptr<Work> work;
 };
 
+struct GradientReducer::Hooks {
+  // shared_ptr<Node> in LibTorch 1.x, intrusive_ptr<Node> in later versions.
+  using NodePtr = decltype(torch::autograd::impl::grad_accumulator(std::declval<const at::Tensor&>()));
+  std::vector<NodePtr> accumulators;  // kept alive: they own the hooks
+  std::vector<uintptr_t> keys;
+};
+
 // Runs after AccumulateGrad has added this backward's gradient to .grad.
 class GradientReducer::ReadyHook final : public torch::autograd::FunctionPostHook {
  public:
@@ -69,19 +76,20 @@ GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicato
       bucket_of_[i] = b;
     }
   }
+  hooks_ = std::make_unique<Hooks>();
   if (options_.overlap) {
     for (size_t i = 0; i < parameters_.size(); ++i) {
       auto accumulator = torch::autograd::impl::grad_accumulator(parameters_[i]);
       if (!accumulator) throw Error("parameter " + std::to_string(i) + " is not a leaf that requires grad");
-      hook_keys_.push_back(accumulator->add_post_hook(std::make_unique<ReadyHook>(this, i)));
-      accumulators_.push_back(std::move(accumulator));
+      hooks_->keys.push_back(accumulator->add_post_hook(std::make_unique<ReadyHook>(this, i)));
+      hooks_->accumulators.push_back(std::move(accumulator));
     }
   }
 }
 
 GradientReducer::~GradientReducer() {
   // The model may outlive us: take our hooks off its accumulators.
-  for (size_t i = 0; i < accumulators_.size(); ++i) accumulators_[i]->del_post_hook(hook_keys_[i]);
+  for (size_t i = 0; i < hooks_->accumulators.size(); ++i) hooks_->accumulators[i]->del_post_hook(hooks_->keys[i]);
   for (auto& bucket : buckets_) {
     if (bucket.work) bucket.work->test();  // destroying the Work waits for it
   }

@@ -27,10 +27,6 @@
 #include <memory>
 #include <vector>
 
-namespace torch::autograd {
-struct Node;
-}
-
 namespace dtrain {
 
 struct ReducerOptions {
@@ -72,6 +68,7 @@ class GradientReducer {
  private:
   struct Bucket;
   class ReadyHook;
+  struct Hooks;  // the accumulators we hooked (their pointer type differs across LibTorch versions)
   void on_gradient_ready(size_t parameter);
   void start_ready_buckets();
   void start(Bucket& bucket);
@@ -82,8 +79,7 @@ class GradientReducer {
   std::vector<std::vector<size_t>> assignment_;
   std::vector<Bucket> buckets_;
   std::vector<size_t> bucket_of_;  // parameter -> bucket
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // kept alive: they own the hooks
-  std::vector<uintptr_t> hook_keys_;
+  std::unique_ptr<Hooks> hooks_;
   bool last_micro_step_ = false;
   size_t next_to_start_ = 0;
   int64_t total_bytes_ = 0;

@@ -67,6 +67,7 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   schedule_ = make_lr_schedule(config_.lr, plan_.global_batch_size, steps_per_epoch_, total_steps_);
 
   std::vector<torch::Tensor> parameters = model_->parameters();
+  device_ = parameters.front().device();
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
   optimizer_ = make_optimizer(config_.optimizer, parameters, schedule_.at(0));
 
@@ -117,8 +118,8 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
   for (int64_t micro_step = 0; micro_step < plan_.grad_accum_steps; ++micro_step) {
     const auto indices = micro_batch_indices(permutation_, plan_, step_in_epoch, micro_step, comm_.rank());
     const auto index_tensor = as_index_tensor(indices);
-    const auto inputs = data_.train.inputs.index_select(0, index_tensor);
-    const auto targets = data_.train.targets.index_select(0, index_tensor);
+    const auto inputs = data_.train.inputs.index_select(0, index_tensor).to(device_);
+    const auto targets = data_.train.targets.index_select(0, index_tensor).to(device_);
     reducer_->begin_micro_step(micro_step == plan_.grad_accum_steps - 1);
     const auto logits = model_->forward(inputs);
     const auto loss =
@@ -141,10 +142,17 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
   return result;
 }
 
-double Trainer::take_mean_train_loss() {
-  auto sums = torch::tensor({local_loss_sum_}, torch::kDouble);
+std::vector<double> Trainer::all_reduce_sums(const std::vector<double>& values) {
+  // On the training device, so the NCCL backend can take it too.
+  auto sums = torch::tensor(values, torch::kDouble).to(device_);
   comm_.all_reduce(sums);
-  const double mean = loss_steps_ > 0 ? sums.item<double>() / static_cast<double>(loss_steps_) : NAN;
+  sums = sums.cpu();
+  return std::vector<double>(sums.data_ptr<double>(), sums.data_ptr<double>() + sums.numel());
+}
+
+double Trainer::take_mean_train_loss() {
+  const double sum = all_reduce_sums({local_loss_sum_})[0];
+  const double mean = loss_steps_ > 0 ? sum / static_cast<double>(loss_steps_) : NAN;
   local_loss_sum_ = 0;
   loss_steps_ = 0;
   return mean;
@@ -160,20 +168,18 @@ EvalResult Trainer::evaluate(const Split& split, const std::vector<int64_t>& ind
     const int64_t count = std::min<int64_t>(kChunk, static_cast<int64_t>(indices.size() - start));
     const auto index_tensor =
         torch::from_blob(const_cast<int64_t*>(indices.data() + start), {count}, torch::kLong);
-    const auto logits = model_->forward(split.inputs.index_select(0, index_tensor));
-    const auto targets = split.targets.index_select(0, index_tensor);
+    const auto logits = model_->forward(split.inputs.index_select(0, index_tensor).to(device_));
+    const auto targets = split.targets.index_select(0, index_tensor).to(device_);
     loss_sum += torch::nn::functional::cross_entropy(
                     logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();
     correct += logits.argmax(1).eq(targets).sum().item<int64_t>();
   }
-  auto sums = torch::tensor({loss_sum, static_cast<double>(correct), static_cast<double>(indices.size())},
-                            torch::kDouble);
-  comm_.all_reduce(sums);
+  const auto sums = all_reduce_sums({loss_sum, static_cast<double>(correct), static_cast<double>(indices.size())});
   EvalResult result;
-  result.samples = static_cast<int64_t>(sums[2].item<double>());
-  result.loss = sums[0].item<double>() / static_cast<double>(result.samples);
-  result.accuracy = sums[1].item<double>() / static_cast<double>(result.samples);
+  result.samples = static_cast<int64_t>(sums[2]);
+  result.loss = sums[0] / static_cast<double>(result.samples);
+  result.accuracy = sums[1] / static_cast<double>(result.samples);
   return result;
 }
 

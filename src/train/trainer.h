@@ -47,8 +47,9 @@ struct StepResult {
 
 class Trainer {
  public:
-  // `model` is trained in place. Throws Error if the global batch does not fit
-  // in the training set.
+  // `model` is trained in place, on the device its parameters are on (with a
+  // communicator that handles tensors there). Throws Error if the global
+  // batch does not fit in the training set.
   Trainer(const Config& config, const BatchPlan& plan, Communicator& comm, const Dataset& data,
           std::shared_ptr<Classifier> model);
   ~Trainer();
@@ -75,6 +76,8 @@ class Trainer {
 
  private:
   nlohmann::json evaluate_all(int64_t steps_done);
+  // Element-wise SUM across ranks (collective).
+  std::vector<double> all_reduce_sums(const std::vector<double>& values);
   bool is_root() const { return comm_.rank() == 0; }
 
   const Config& config_;
@@ -82,6 +85,7 @@ class Trainer {
   Communicator& comm_;
   const Dataset& data_;
   std::shared_ptr<Classifier> model_;
+  c10::Device device_ = c10::kCPU;  // where the model lives; batches move there
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<GradientReducer> reducer_;
   int64_t steps_per_epoch_ = 0;

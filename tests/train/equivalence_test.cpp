@@ -5,10 +5,15 @@
 // together with the other ranks and compares.
 #include "cli/options.h"
 #include "comm/communicator.h"
+#include "comm/placement.h"
 #include "data/dataset.h"
 #include "models/models.h"
 #include "test_world.h"
 #include "train/trainer.h"
+
+#ifdef DTRAIN_HAVE_NCCL
+#include "comm/nccl_communicator.h"
+#endif
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -51,10 +56,12 @@ struct Trained {
   int64_t buckets = 0;
 };
 
-Trained train(const Config& config, Communicator& comm, int64_t micro, int64_t accum) {
+Trained train(const Config& config, Communicator& comm, int64_t micro, int64_t accum,
+              torch::Device device = torch::kCPU) {
   const BatchPlan plan = derive_batch_plan(micro, accum, 0, comm.world_size());
   torch::manual_seed(config.run.seed + 1000 * comm.rank());  // ranks differ until the broadcast
   auto model = make_model(config.model, data().input_shape, data().num_classes);
+  model->to(device);
   Trainer trainer(config, plan, comm, data(), model);
   trainer.broadcast_initial_state();
   comm.reset_stats();
@@ -63,7 +70,7 @@ Trained train(const Config& config, Communicator& comm, int64_t micro, int64_t a
   result.traffic = comm.stats();
   result.gradient_bytes = trainer.reducer().bytes();
   result.buckets = static_cast<int64_t>(trainer.reducer().num_buckets());
-  for (const auto& p : model->parameters()) result.weights.push_back(p.detach().clone());
+  for (const auto& p : model->parameters()) result.weights.push_back(p.detach().cpu().clone());
   return result;
 }
 
@@ -141,6 +148,31 @@ TEST(Equivalence, OneAllReducePerBucketPerOptimizerStepWhateverTheAccumulation) 
   int64_t parameter_bytes = 0;
   for (const auto& p : model->parameters()) parameter_bytes += p.numel() * static_cast<int64_t>(p.element_size());
   EXPECT_EQ(train(config, world(), kGlobalBatch / w, 1).gradient_bytes, parameter_bytes);
+}
+
+// On GPUs through NCCL: the same model as the CPU reference, up to the
+// rounding differences of GPU kernels. Runs on a GPU host
+// (tests/gpu/run_gpu_checks.sh); skips on every rank together elsewhere.
+TEST(Equivalence, GpuSplitsMatchTheCpuReference) {
+  const int64_t has_gpu = nccl_compiled() && world().local_rank() < usable_gpu_count() ? 1 : 0;
+  for (int64_t has : world().all_gather(has_gpu)) {
+    if (!has) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";
+  }
+#ifdef DTRAIN_HAVE_NCCL
+  const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(world().local_rank()));
+  NcclCommunicator nccl(world(), world().local_rank());
+  for (auto optimizer : {OptimizerKind::Sgd, OptimizerKind::AdamW}) {
+    const Config config = base_config(optimizer);
+    LocalCommunicator local;
+    const Trained reference = train(config, local, 32, 1);
+    const int64_t w = nccl.world_size();
+    for (int64_t accum : {int64_t{1}, kGlobalBatch / w}) {
+      const auto result = train(config, nccl, kGlobalBatch / (w * accum), accum, device);
+      EXPECT_LT(max_relative_difference(result.weights, reference.weights), 1e-4)
+          << to_string(optimizer) << " accum " << accum << " world " << w;
+    }
+  }
+#endif
 }
 
 }  // namespace

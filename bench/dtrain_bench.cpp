@@ -1,0 +1,179 @@
+// dtrain_bench: the measurements behind docs/performance.md that need code
+// of their own. bench/run_bench.py runs them (and dtrain, and PyTorch DDP)
+// side by side and prints the tables. Each mode prints one JSON line.
+//
+//   dtrain_bench allreduce --mb 1,4,16,64 --iters 20   (under mpirun)
+//       raw MPI_Allreduce vs Communicator::all_reduce vs the bucketed reducer
+//       on the same bytes, interleaved; seconds per call (median).
+//   dtrain_bench loop --hidden 1024,1024 --micro 64 --steps 200
+//       a bare LibTorch training loop (no dtrain pieces): samples/s.
+//   dtrain_bench traffic --accum 1,8        (under mpirun)
+//       bytes and calls per optimizer step from the communicator's counters.
+#include "cli/options.h"
+#include "common/error.h"
+#include "comm/mpi_communicator.h"
+#include "data/dataset.h"
+#include "models/models.h"
+#include "train/reducer.h"
+#include "train/trainer.h"
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <map>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+// --name value pairs after the mode.
+std::map<std::string, std::string> flags(int argc, char** argv) {
+  std::map<std::string, std::string> result;
+  for (int i = 2; i + 1 < argc; i += 2) result[std::string(argv[i]).substr(2)] = argv[i + 1];
+  return result;
+}
+
+std::vector<int64_t> int_list(const std::string& text) {
+  std::vector<int64_t> values;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) values.push_back(std::stoll(item));
+  return values;
+}
+
+std::string get(const std::map<std::string, std::string>& f, const std::string& key, const std::string& fallback) {
+  auto it = f.find(key);
+  return it == f.end() ? fallback : it->second;
+}
+
+// Raw MPI vs our paths on the same float buffer size. Variants are
+// interleaved within each iteration so machine noise hits all alike.
+nlohmann::json bench_allreduce(dtrain::MpiCommunicator& comm, const std::map<std::string, std::string>& f) {
+  const int iters = std::stoi(get(f, "iters", "20"));
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t mb : int_list(get(f, "mb", "1,4,16,64"))) {
+    const int64_t numel = mb * 1024 * 1024 / 4;
+    auto raw = torch::ones({numel});
+    auto ours = torch::ones({numel});
+    // The reducer path: a fake model of 4 parameters totalling `mb`, in 25 MiB buckets.
+    std::vector<torch::Tensor> parameters;
+    for (int i = 0; i < 4; ++i) parameters.push_back(torch::zeros({numel / 4}, torch::requires_grad()));
+    dtrain::GradientReducer reducer(parameters, comm, {1 << 20, 25 << 20, false, torch::kFloat});
+    std::vector<double> raw_s, comm_s, reducer_s;
+    for (int it = 0; it < iters + 2; ++it) {
+      comm.barrier();
+      auto start = Clock::now();
+      MPI_Allreduce(MPI_IN_PLACE, raw.data_ptr(), static_cast<int>(numel), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+      const double t_raw = seconds_since(start);
+      comm.barrier();
+      start = Clock::now();
+      comm.all_reduce(ours);
+      const double t_comm = seconds_since(start);
+      comm.barrier();
+      start = Clock::now();
+      reducer.begin_micro_step(true);
+      reducer.finish();
+      const double t_reducer = seconds_since(start);
+      if (it >= 2) {  // the first two warm up buffers and connections
+        raw_s.push_back(t_raw);
+        comm_s.push_back(t_comm);
+        reducer_s.push_back(t_reducer);
+      }
+      raw.fill_(1);
+      ours.fill_(1);
+    }
+    rows.push_back({{"mb", mb},
+                    {"raw_mpi_s", median(raw_s)},
+                    {"communicator_s", median(comm_s)},
+                    {"reducer_s", median(reducer_s)},
+                    {"reducer_buckets", reducer.num_buckets()}});
+  }
+  return {{"mode", "allreduce"}, {"world_size", comm.world_size()}, {"rows", rows}};
+}
+
+// The same model, data and optimizer as dtrain, in the plainest loop.
+nlohmann::json bench_loop(const std::map<std::string, std::string>& f) {
+  torch::set_num_threads(std::stoi(get(f, "threads", "1")));
+  const int64_t micro = std::stoll(get(f, "micro", "64"));
+  const int steps = std::stoi(get(f, "steps", "200"));
+  dtrain::ModelOptions options;
+  options.hidden = int_list(get(f, "hidden", "1024,1024"));
+  torch::manual_seed(0);
+  auto model = dtrain::make_model(options, {1, 28, 28}, 10);
+  const auto data = dtrain::make_synthetic(std::stoll(get(f, "samples", "65536")), 16, 10, 1);
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
+  const int64_t n = data.train.size();
+  auto start = Clock::now();
+  for (int step = 0; step < steps; ++step) {
+    const int64_t offset = (step * micro) % (n - micro);
+    const auto inputs = data.train.inputs.narrow(0, offset, micro);
+    const auto targets = data.train.targets.narrow(0, offset, micro);
+    optimizer.zero_grad();
+    torch::nn::functional::cross_entropy(model->forward(inputs), targets).backward();
+    optimizer.step();
+  }
+  const double seconds = seconds_since(start);
+  return {{"mode", "loop"}, {"samples_per_sec", steps * micro / seconds}, {"seconds", seconds}};
+}
+
+// Bytes and calls per optimizer step from the communicator's counters.
+nlohmann::json bench_traffic(dtrain::MpiCommunicator& comm, const std::map<std::string, std::string>& f) {
+  nlohmann::json rows = nlohmann::json::array();
+  const auto data = dtrain::make_synthetic(8192, 64, 10, 1);
+  for (int64_t accum : int_list(get(f, "accum", "1,8"))) {
+    dtrain::Config config = dtrain::parse_options({"--dataset", "synthetic", "--hidden", get(f, "hidden", "1024,1024"),
+                                                   "--bucket-cap-mb", get(f, "bucket-cap-mb", "25")})
+                                .config;
+    const auto plan = dtrain::derive_batch_plan(64, accum, 0, comm.world_size());
+    torch::manual_seed(0);
+    auto model = dtrain::make_model(config.model, data.input_shape, data.num_classes);
+    int64_t parameter_bytes = 0;
+    for (const auto& p : model->parameters()) parameter_bytes += p.numel() * 4;
+    dtrain::Trainer trainer(config, plan, comm, data, model);
+    comm.reset_stats();
+    const int steps = 5;
+    for (int step = 0; step < steps; ++step) trainer.train_step(step, false);
+    rows.push_back({{"accum", accum},
+                    {"bytes_per_step", comm.stats().all_reduce_bytes / steps},
+                    {"calls_per_step", comm.stats().all_reduce_calls / steps},
+                    {"buckets", trainer.reducer().num_buckets()},
+                    {"parameter_bytes", parameter_bytes}});
+  }
+  return {{"mode", "traffic"}, {"rows", rows}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: dtrain_bench allreduce|loop|traffic [--name value ...]\n";
+    return 2;
+  }
+  const std::string mode = argv[1];
+  const auto f = flags(argc, argv);
+  dtrain::MpiSession mpi(&argc, &argv);
+  dtrain::MpiCommunicator comm;
+  try {
+    nlohmann::json result;
+    if (mode == "allreduce") result = bench_allreduce(comm, f);
+    else if (mode == "loop") result = bench_loop(f);
+    else if (mode == "traffic") result = bench_traffic(comm, f);
+    else throw dtrain::UsageError("unknown mode " + mode + " (allreduce|loop|traffic)");
+    if (comm.rank() == 0) std::cout << result.dump() << std::endl;
+  } catch (const std::exception& e) {
+    std::cerr << "dtrain_bench: error: " << e.what() << "\n";
+    if (comm.world_size() > 1) dtrain::MpiSession::abort_world(1);
+    return 1;
+  }
+  return 0;
+}
