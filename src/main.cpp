@@ -29,16 +29,20 @@ int run(dtrain::Communicator& mpi, const std::vector<std::string>& args) {
     if (root) std::cout << parsed.help_text;
     return 0;
   }
-  const Config& config = parsed.config;
-  run_agreed(mpi, [&] { check_same_config(mpi, config); });
+  run_agreed(mpi, [&] { check_same_config(mpi, parsed.config); });
 
   BatchPlan plan;
   Placement placement;
   run_agreed(mpi, [&] {
-    plan = derive_batch_plan(config.batch.micro_batch_size, config.batch.grad_accum_steps,
-                             config.batch.global_batch_size, mpi.world_size());
-    placement = choose_placement(config.distributed, mpi.local_rank());
+    plan = derive_batch_plan(parsed.config.batch.micro_batch_size, parsed.config.batch.grad_accum_steps,
+                             parsed.config.batch.global_batch_size, mpi.world_size());
+    placement = choose_placement(parsed.config.distributed, mpi.local_rank(), mpi.local_size(),
+                                 parsed.config.run.threads);
   });
+  // From here on "auto" choices are resolved, and printed as such.
+  Config resolved = parsed.config;
+  resolved.distributed.overlap = placement.overlap ? Switch::On : Switch::Off;
+  const Config& config = resolved;
   const std::unique_ptr<Communicator> backend = make_backend(placement, mpi);
   Communicator& comm = backend ? *backend : mpi;
   const torch::Device device = placement.device == DeviceKind::Cuda

@@ -16,6 +16,7 @@ enum class ModelKind { Mlp, Cnn };
 enum class BackendKind { Auto, Mpi, Nccl };
 enum class DeviceKind { Auto, Cpu, Cuda };
 enum class ReduceDtype { Fp32, Bf16, Fp16 };
+enum class Switch { Auto, On, Off };
 
 struct BatchOptions {
   // 0 means "not given": derive it from the other two (train/batch_plan.h).
@@ -76,7 +77,10 @@ struct DistributedOptions {
   BackendKind backend = BackendKind::Auto;  // auto: NCCL on GPUs, MPI on CPUs
   DeviceKind device = DeviceKind::Auto;     // auto: the GPU of our local rank if any, else CPU
   double bucket_cap_mb = 25;                // gradient bucket size (the first is min(1 MiB, this))
-  bool overlap = true;                      // start bucket all-reduces during backward
+  // Start bucket all-reduces during backward. Auto: on with NCCL, and with
+  // MPI when each rank has a spare core for its communication thread
+  // (resolved at start-up by choose_placement).
+  Switch overlap = Switch::Auto;
   ReduceDtype grad_reduce_dtype = ReduceDtype::Fp32;
 };
 
@@ -101,5 +105,6 @@ const char* to_string(ModelKind value);
 const char* to_string(BackendKind value);
 const char* to_string(DeviceKind value);
 const char* to_string(ReduceDtype value);
+const char* to_string(Switch value);
 
 }  // namespace dtrain

@@ -53,6 +53,14 @@ const char* to_string(DeviceKind value) {
   }
   return "?";
 }
+const char* to_string(Switch value) {
+  switch (value) {
+    case Switch::Auto: return "auto";
+    case Switch::On: return "true";
+    case Switch::Off: return "false";
+  }
+  return "?";
+}
 const char* to_string(ReduceDtype value) {
   switch (value) {
     case ReduceDtype::Fp32: return "fp32";
@@ -181,6 +189,7 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
   std::string backend = to_string(defaults.distributed.backend);
   std::string device = to_string(defaults.distributed.device);
   std::string reduce_dtype = to_string(defaults.distributed.grad_reduce_dtype);
+  std::string overlap = to_string(defaults.distributed.overlap);
 
   po::options_description general("General");
   general.add_options()
@@ -242,7 +251,7 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
     ("backend", po::value(&backend)->default_value(backend), "collectives: auto|nccl|mpi (auto: NCCL on GPUs, MPI on CPUs)")
     ("device", po::value(&device)->default_value(device), "auto|cpu|cuda (cuda: the GPU of this rank's local rank)")
     ("bucket-cap-mb", with_default(&c.distributed.bucket_cap_mb, defaults.distributed.bucket_cap_mb), "gradient bucket size in MiB (the first bucket is at most 1 MiB)")
-    ("overlap", with_default(&c.distributed.overlap, defaults.distributed.overlap), "start each bucket's all-reduce during backward: true|false")
+    ("overlap", po::value(&overlap)->default_value(overlap), "start each bucket's all-reduce during backward: auto|true|false (auto: on with NCCL; with MPI when every rank has a spare core)")
     ("grad-reduce-dtype", po::value(&reduce_dtype)->default_value(reduce_dtype), "all-reduce gradients as fp32|bf16|fp16 (accumulated back in fp32)");
 
   po::options_description weights("Weights");
@@ -312,6 +321,7 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
   c.model.hidden = parse_list<int64_t>("hidden", hidden);
   c.distributed.backend = parse_choice("backend", backend, {BackendKind::Auto, BackendKind::Nccl, BackendKind::Mpi});
   c.distributed.device = parse_choice("device", device, {DeviceKind::Auto, DeviceKind::Cpu, DeviceKind::Cuda});
+  c.distributed.overlap = parse_choice("overlap", overlap, {Switch::Auto, Switch::On, Switch::Off});
   c.distributed.grad_reduce_dtype =
       parse_choice("grad-reduce-dtype", reduce_dtype, {ReduceDtype::Fp32, ReduceDtype::Bf16, ReduceDtype::Fp16});
   validate(c);
@@ -359,7 +369,7 @@ nlohmann::json config_to_json(const Config& c) {
       {"backend", to_string(c.distributed.backend)},
       {"device", to_string(c.distributed.device)},
       {"bucket-cap-mb", c.distributed.bucket_cap_mb},
-      {"overlap", c.distributed.overlap},
+      {"overlap", to_string(c.distributed.overlap)},
       {"grad-reduce-dtype", to_string(c.distributed.grad_reduce_dtype)},
       {"init-from", c.init_from},
       {"export", c.export_path},

@@ -48,6 +48,8 @@ class Communicator {
   virtual int world_size() const = 0;
   // Rank among the processes on this host (picks the GPU on GPU hosts).
   virtual int local_rank() const = 0;
+  // Processes on this host.
+  virtual int local_size() const = 0;
   virtual const char* backend_name() const = 0;
 
   // In place; `tensor` must be contiguous. float, double, int32/64 and uint8
@@ -81,6 +83,7 @@ class LocalCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int world_size() const override { return 1; }
   int local_rank() const override { return 0; }
+  int local_size() const override { return 1; }
   const char* backend_name() const override { return "local"; }
   void barrier() override {}
   std::vector<int64_t> all_gather(int64_t value) override { return {value}; }

@@ -6,7 +6,13 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <condition_variable>
 #include <cstdlib>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
 
 namespace dtrain {
 
@@ -22,7 +28,10 @@ void check_mpi(int code, const char* expression, const char* file, int line) {
 MpiSession::MpiSession(int* argc, char*** argv) {
   int initialized = 0;
   MPI_Initialized(&initialized);
-  if (!initialized) MPI_CHECK(MPI_Init(argc, argv));
+  if (!initialized) {
+    int provided = 0;
+    MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided));
+  }
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
 }
 
@@ -73,7 +82,108 @@ int checked_count(const at::Tensor& tensor) {
 
 }  // namespace
 
+// Runs queued collectives one at a time, in order, on its own thread.
+class MpiCommunicator::Worker {
+ public:
+  struct Job {
+    std::function<void()> run;
+    bool done = false;
+    std::exception_ptr error;
+  };
+
+  Worker() : thread_([this] { loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+
+  std::shared_ptr<Job> submit(std::function<void()> run) {
+    auto job = std::make_shared<Job>();
+    job->run = std::move(run);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queue_.push_back(job);
+      ++unfinished_;
+    }
+    changed_.notify_all();
+    return job;
+  }
+
+  void wait(const std::shared_ptr<Job>& job) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [&] { return job->done; });
+    if (job->error) std::rethrow_exception(job->error);
+  }
+
+  bool done(const std::shared_ptr<Job>& job) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return job->done;
+  }
+
+  void drain() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [&] { return unfinished_ == 0; });
+  }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (true) {
+      changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, nothing left
+      auto job = queue_.front();
+      queue_.pop_front();
+      lock.unlock();
+      try {
+        job->run();
+      } catch (...) {
+        job->error = std::current_exception();
+      }
+      lock.lock();
+      job->done = true;
+      --unfinished_;
+      changed_.notify_all();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  int unfinished_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;  // last: starts after the members it uses exist
+};
+
+namespace {
+
+class WorkerWork final : public Work {
+ public:
+  WorkerWork(MpiCommunicator::Worker* worker, std::shared_ptr<MpiCommunicator::Worker::Job> job)
+      : worker_(worker), job_(std::move(job)) {}
+  ~WorkerWork() override {
+    try {
+      worker_->wait(job_);  // the buffer must outlive the collective
+    } catch (...) {
+    }
+  }
+  void wait() override { worker_->wait(job_); }
+  bool test() override { return worker_->done(job_); }
+
+ private:
+  MpiCommunicator::Worker* worker_;
+  std::shared_ptr<MpiCommunicator::Worker::Job> job_;
+};
+
+}  // namespace
+
 MpiCommunicator::MpiCommunicator() : comm_(MPI_COMM_WORLD) {
+  int provided = MPI_THREAD_SINGLE;
+  MPI_CHECK(MPI_Query_thread(&provided));
+  if (provided >= MPI_THREAD_SERIALIZED) worker_ = std::make_unique<Worker>();
   MPI_CHECK(MPI_Op_create(&sum_16bit<c10::BFloat16>, /*commute=*/1, &bfloat16_sum_));
   MPI_CHECK(MPI_Op_create(&sum_16bit<c10::Half>, /*commute=*/1, &float16_sum_));
   MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
@@ -83,10 +193,12 @@ MpiCommunicator::MpiCommunicator() : comm_(MPI_COMM_WORLD) {
   MPI_Comm node_comm;
   MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_comm));
   MPI_CHECK(MPI_Comm_rank(node_comm, &local_rank_));
+  MPI_CHECK(MPI_Comm_size(node_comm, &local_size_));
   MPI_CHECK(MPI_Comm_free(&node_comm));
 }
 
 MpiCommunicator::~MpiCommunicator() {
+  worker_.reset();  // finishes what is queued
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;
@@ -140,30 +252,48 @@ class MpiWork final : public Work {
 
 }  // namespace
 
+void MpiCommunicator::drain() {
+  if (worker_) worker_->drain();
+}
+
 std::unique_ptr<Work> MpiCommunicator::do_all_reduce_async(at::Tensor& tensor, ReduceOp op) {
   require_cpu(tensor);
+  if (worker_) {
+    void* data = tensor.data_ptr();
+    const int count = checked_count(tensor);
+    const MPI_Datatype type = datatype_of(tensor);
+    const MPI_Op mpi_op = op_for(tensor, op);
+    auto job = worker_->submit([=] { MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, count, type, mpi_op, comm_)); });
+    return std::make_unique<WorkerWork>(worker_.get(), std::move(job));
+  }
   MPI_Request request;
   MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, tensor.data_ptr(), checked_count(tensor), datatype_of(tensor),
                            op_for(tensor, op), comm_, &request));
   return std::make_unique<MpiWork>(request);
 }
 
-void MpiCommunicator::barrier() { MPI_CHECK(MPI_Barrier(comm_)); }
+void MpiCommunicator::barrier() {
+  drain();
+  MPI_CHECK(MPI_Barrier(comm_));
+}
 
 std::vector<int64_t> MpiCommunicator::all_gather(int64_t value) {
   std::vector<int64_t> values(world_size_);
+  drain();
   MPI_CHECK(MPI_Allgather(&value, 1, MPI_INT64_T, values.data(), 1, MPI_INT64_T, comm_));
   return values;
 }
 
 void MpiCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
   require_cpu(tensor);
+  drain();
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), checked_count(tensor), datatype_of(tensor),
                           op_for(tensor, op), comm_));
 }
 
 void MpiCommunicator::do_broadcast(at::Tensor& tensor, int root) {
   require_cpu(tensor);
+  drain();
   MPI_CHECK(MPI_Bcast(tensor.data_ptr(), checked_count(tensor), datatype_of(tensor), root, comm_));
 }
 

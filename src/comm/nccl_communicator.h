@@ -28,6 +28,7 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return bootstrap_.rank(); }
   int world_size() const override { return bootstrap_.world_size(); }
   int local_rank() const override { return bootstrap_.local_rank(); }
+  int local_size() const override { return bootstrap_.local_size(); }
   const char* backend_name() const override { return "nccl"; }
   void barrier() override;
   std::vector<int64_t> all_gather(int64_t value) override { return bootstrap_.all_gather(value); }

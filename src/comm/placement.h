@@ -15,6 +15,7 @@ struct Placement {
   DeviceKind device = DeviceKind::Cpu;    // resolved: Cpu or Cuda
   BackendKind backend = BackendKind::Mpi; // resolved: Mpi or Nccl
   int device_index = -1;                  // the GPU, for Cuda
+  bool overlap = true;                    // resolved --overlap
   std::string describe() const;           // "cpu, mpi" / "cuda:1, nccl"
 };
 
@@ -24,7 +25,10 @@ int usable_gpu_count();
 
 // Throws UsageError naming the missing piece (no GPU, no NCCL in this build,
 // a CPU backend asked to move GPU tensors).
-Placement choose_placement(const DistributedOptions& options, int local_rank);
+// `ranks_on_host` x `threads_per_rank` against the host's cores decides
+// --overlap auto on CPUs.
+Placement choose_placement(const DistributedOptions& options, int local_rank, int ranks_on_host = 1,
+                           int threads_per_rank = 1);
 
 // The communicator training uses: NCCL over `bootstrap` for Nccl, else null
 // (train on `bootstrap` itself, the MPI communicator).

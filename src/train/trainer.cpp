@@ -38,7 +38,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
 ReducerOptions reducer_options(const DistributedOptions& options) {
   ReducerOptions reducer;
   reducer.bucket_bytes = std::max<int64_t>(1, std::llround(options.bucket_cap_mb * 1024 * 1024));
-  reducer.overlap = options.overlap;
+  reducer.overlap = options.overlap != Switch::Off;
   switch (options.grad_reduce_dtype) {
     case ReduceDtype::Fp32: reducer.reduce_dtype = torch::kFloat; break;
     case ReduceDtype::Bf16: reducer.reduce_dtype = torch::kBFloat16; break;

@@ -106,7 +106,7 @@ void expect_all_splits_agree(OptimizerKind optimizer) {
   for (const auto& bucketing : bucketings) {
     Config bucketed = config;
     bucketed.distributed.bucket_cap_mb = bucketing.cap_mb;
-    bucketed.distributed.overlap = bucketing.overlap;
+    bucketed.distributed.overlap = bucketing.overlap ? Switch::On : Switch::Off;
     int compared = 0;
     for (const auto& split : kSplits) {
       ASSERT_EQ(split.micro * split.accum * split.world, kGlobalBatch);
