@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""dtrain's benchmarks, side by side in one run (launch/bench.sh runs this).
+
+Every comparison interleaves its variants within each repetition, so the
+noise of a shared machine hits all of them alike, and reports the median of
+the repetitions. Prints tables and writes everything to a JSON file.
+
+  1. all-reduce path vs raw MPI_Allreduce, 1 to 64 MiB
+  2. end to end vs PyTorch DDP (Gloo) and vs the ceiling of two independent
+     single-process copies running at once, accumulation 1 and 8
+  3. trainer overhead: dtrain at world size 1 vs a bare LibTorch loop
+  4. bytes and calls per optimizer step from the communicator's counters
+  5. a ~100 MB-gradient model: overlapped buckets vs one flat all-reduce
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+DATA = ["--dataset", "synthetic", "--synthetic-train-samples", "65536", "--synthetic-test-samples", "256",
+        "--threads", "1", "--log-every", "100000"]
+MLP = DATA + ["--hidden", "1024,1024", "--micro-batch-size", "64"]
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        sys.exit(f"bench: failed ({result.returncode}): {' '.join(command)}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def last_json(text):
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise ValueError(f"no JSON line in: {text[-500:]}")
+
+
+def dtrain_rate(binary, ranks, extra, steps, model=MLP):
+    """Samples/s of a dtrain run (training steps only), from summary.json."""
+    with tempfile.TemporaryDirectory() as out:
+        command = ([] if ranks == 0 else ["mpirun", "-np", str(ranks)]) + \
+            [binary] + model + ["--max-steps", str(steps), "--out-dir", out] + extra
+        run(command)
+        with open(os.path.join(out, "summary.json")) as f:
+            return json.load(f)["samples_per_sec"]
+
+
+def ceiling_rate(binary, extra, steps):
+    """Two independent world-size-1 dtrain processes at once: summed samples/s."""
+    with tempfile.TemporaryDirectory() as out:
+        processes = [subprocess.Popen([binary] + MLP + ["--max-steps", str(steps), "--out-dir", f"{out}/{i}"] + extra,
+                                      env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+        for p in processes:
+            if p.wait() != 0:
+                sys.exit(f"bench: ceiling run failed: {p.stderr.read().decode()}")
+        return sum(json.load(open(f"{out}/{i}/summary.json"))["samples_per_sec"] for i in range(2))
+
+
+def ddp_rate(python, accum, steps):
+    command = ["mpirun", "-np", "2", python, os.path.join(ROOT, "bench", "ddp_mlp.py"),
+               "--accum", str(accum), "--steps", str(steps)]
+    record = last_json(run(command).stdout)
+    return record["samples_per_sec"], record["torch"]
+
+
+def median_of(samples):
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def table(title, header, rows):
+    print(f"\n{title}")
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build", default=os.path.join(ROOT, "build"))
+    parser.add_argument("--torch2-build", default=os.path.join(ROOT, "build-torch2"))
+    parser.add_argument("--torch2-python", default=os.path.expanduser("~/.cache/dtrain/torch2-venv/bin/python"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per end-to-end run")
+    parser.add_argument("--json", default=os.path.join(ROOT, "runs", "bench", "bench.json"))
+    args = parser.parse_args()
+    dtrain = os.path.join(args.build, "dtrain")
+    bench = os.path.join(args.build, "dtrain_bench")
+    results = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "repeats": args.repeats}
+
+    # 1. All-reduce path vs raw MPI.
+    per_size = {}
+    for _ in range(args.repeats):
+        record = last_json(run(["mpirun", "-np", "2", bench, "allreduce", "--mb", "1,4,16,64", "--iters", "10"]).stdout)
+        for row in record["rows"]:
+            for key in ("raw_mpi_s", "communicator_s", "reducer_s"):
+                per_size.setdefault(row["mb"], {}).setdefault(key, []).append(row[key])
+    rows = []
+    results["allreduce"] = []
+    for mb, samples in sorted(per_size.items()):
+        m = median_of(samples)
+        gbps = {k: mb / 1024 / v for k, v in m.items()}
+        results["allreduce"].append({"mb": mb, **m})
+        rows.append([mb, f"{gbps['raw_mpi_s']:.2f}", f"{gbps['communicator_s']:.2f}", f"{gbps['reducer_s']:.2f}",
+                     f"{m['raw_mpi_s'] / m['communicator_s']:.2f}", f"{m['raw_mpi_s'] / m['reducer_s']:.2f}"])
+    table("1. all-reduce, 2 ranks (GiB/s of buffer; ratio = our throughput / raw MPI's, target >= 0.9)",
+          ["MiB", "raw MPI", "communicator", "reducer", "comm/raw", "reducer/raw"], rows)
+
+    # 2 and 3. End to end, interleaved.
+    have_torch2 = os.path.exists(os.path.join(args.torch2_build, "dtrain")) and os.path.exists(args.torch2_python)
+    samples, versions = {}, {}
+    for _ in range(args.repeats):
+        for accum in (1, 8):
+            steps = args.steps if accum == 1 else max(args.steps // 8, 12)
+            extra = ["--grad-accum-steps", str(accum)]
+            samples.setdefault(f"dtrain_a{accum}", []).append(dtrain_rate(dtrain, 2, extra, steps))
+            samples.setdefault(f"ceiling_a{accum}", []).append(ceiling_rate(dtrain, extra, steps))
+            rate, versions["ddp_debian"] = ddp_rate("/usr/bin/python3", accum, steps)
+            samples.setdefault(f"ddp_debian_a{accum}", []).append(rate)
+            if have_torch2:
+                d2 = os.path.join(args.torch2_build, "dtrain")
+                samples.setdefault(f"dtrain2_a{accum}", []).append(dtrain_rate(d2, 2, extra, steps))
+                samples.setdefault(f"ceiling2_a{accum}", []).append(ceiling_rate(d2, extra, steps))
+                rate, versions["ddp_pypi"] = ddp_rate(args.torch2_python, accum, steps)
+                samples.setdefault(f"ddp_pypi_a{accum}", []).append(rate)
+        samples.setdefault("dtrain_w1", []).append(dtrain_rate(dtrain, 0, [], args.steps))
+        samples.setdefault("bare_loop", []).append(
+            last_json(run([bench, "loop", "--steps", str(args.steps)]).stdout)["samples_per_sec"])
+    m = median_of(samples)
+    results["end_to_end"] = m
+    results["torch_versions"] = versions
+    rows = []
+    for accum in (1, 8):
+        rows.append([f"LibTorch 1.13 (Debian)", accum, f"{m[f'dtrain_a{accum}']:.0f}", f"{m[f'ddp_debian_a{accum}']:.0f}",
+                     f"{m[f'dtrain_a{accum}'] / m[f'ddp_debian_a{accum}']:.2f}", f"{m[f'ceiling_a{accum}']:.0f}",
+                     f"{m[f'dtrain_a{accum}'] / m[f'ceiling_a{accum}']:.2f}"])
+        if have_torch2:
+            rows.append([f"LibTorch {versions['ddp_pypi']}", accum, f"{m[f'dtrain2_a{accum}']:.0f}",
+                         f"{m[f'ddp_pypi_a{accum}']:.0f}", f"{m[f'dtrain2_a{accum}'] / m[f'ddp_pypi_a{accum}']:.2f}",
+                         f"{m[f'ceiling2_a{accum}']:.0f}", f"{m[f'dtrain2_a{accum}'] / m[f'ceiling2_a{accum}']:.2f}"])
+    table("2. MLP 784-1024-1024-10, micro 64, SGD momentum, 2 ranks x 1 thread (samples/s; targets: "
+          "dtrain/DDP >= 1.5, dtrain/ceiling >= 0.85 at accum 1 and >= 0.95 at accum 8)",
+          ["torch", "accum", "dtrain", "DDP", "dtrain/DDP", "ceiling", "dtrain/ceiling"], rows)
+    table("3. trainer overhead, 1 process (samples/s; target >= 0.97)", ["dtrain w=1", "bare loop", "ratio"],
+          [[f"{m['dtrain_w1']:.0f}", f"{m['bare_loop']:.0f}", f"{m['dtrain_w1'] / m['bare_loop']:.2f}"]])
+
+    # 4. Traffic.
+    record = last_json(run(["mpirun", "-np", "2", bench, "traffic", "--accum", "1,8"]).stdout)
+    results["traffic"] = record["rows"]
+    table("4. traffic per optimizer step (communicator counters)",
+          ["accum", "bytes/step", "parameter bytes", "calls/step", "buckets"],
+          [[r["accum"], r["bytes_per_step"], r["parameter_bytes"], r["calls_per_step"], r["buckets"]]
+           for r in record["rows"]])
+
+    # 5. ~100 MB of gradients: buckets with overlap vs one flat all-reduce after backward.
+    big = DATA + ["--hidden", "4096,4096,1024", "--micro-batch-size", "32"]
+    variants = {"buckets 25 MiB, overlap": ["--bucket-cap-mb", "25", "--overlap", "true"],
+                "buckets 25 MiB, after backward": ["--bucket-cap-mb", "25", "--overlap", "false"],
+                "one flat bucket, after backward": ["--bucket-cap-mb", "1000", "--overlap", "false"]}
+    big_samples = {}
+    for _ in range(args.repeats):
+        for name, flags in variants.items():
+            big_samples.setdefault(name, []).append(dtrain_rate(dtrain, 2, flags, 12, model=big))
+    mb = median_of(big_samples)
+    results["big_model"] = mb
+    flat = mb["one flat bucket, after backward"]
+    table("5. MLP 784-4096-4096-1024-10 (97 MB of gradients), micro 32, 2 ranks (samples/s)",
+          ["variant", "samples/s", "vs flat"], [[k, f"{v:.1f}", f"{v / flat:.2f}"] for k, v in mb.items()])
+
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
