@@ -39,6 +39,7 @@ int run(dtrain::Communicator& mpi, const std::vector<std::string>& args) {
     placement = choose_placement(parsed.config.distributed, mpi.local_rank(), mpi.local_size(),
                                  parsed.config.run.threads);
   });
+  run_agreed(mpi, [&] { check_same_placement(mpi, placement); });
   // From here on "auto" choices are resolved, and printed as such.
   Config resolved = parsed.config;
   resolved.distributed.overlap = placement.overlap ? Switch::On : Switch::Off;
@@ -93,11 +94,23 @@ int run(dtrain::Communicator& mpi, const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  dtrain::MpiSession mpi(&argc, &argv);
-  dtrain::MpiCommunicator comm;
+  std::unique_ptr<dtrain::MpiSession> mpi;
+  std::unique_ptr<dtrain::MpiCommunicator> world;
   try {
-    return run(comm, std::vector<std::string>(argv + 1, argv + argc));
+    mpi = std::make_unique<dtrain::MpiSession>(&argc, &argv);
+    world = std::make_unique<dtrain::MpiCommunicator>();
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "dtrain: error: cannot start MPI: %s\n", dtrain::one_line_message(error).c_str());
+    if (mpi) dtrain::MpiSession::abort_world(1);
+    return 1;
+  }
+  dtrain::MpiCommunicator& comm = *world;
+  try {
+    const int code = run(comm, std::vector<std::string>(argv + 1, argv + argc));
+    world.reset();  // before MPI_Finalize
+    return code;
   } catch (const dtrain::AgreedFailure& failure) {
+    world.reset();
     return failure.exit_code();  // already reported, and every rank knows
   } catch (const std::exception& error) {
     // A failure on this rank alone, past start-up: the other ranks may be

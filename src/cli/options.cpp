@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -126,6 +127,21 @@ void require(bool condition, const std::string& message) {
 // Range checks that need only the options themselves. Batch sizes need the
 // world size and are checked by derive_batch_plan.
 void validate(const Config& c) {
+  for (const auto& [name, value] :
+       std::initializer_list<std::pair<const char*, double>>{{"--lr", c.lr.lr},
+                                                             {"--warmup-epochs", c.lr.warmup_epochs},
+                                                             {"--lr-gamma", c.lr.gamma},
+                                                             {"--min-lr", c.lr.min_lr},
+                                                             {"--momentum", c.optimizer.momentum},
+                                                             {"--weight-decay", c.optimizer.weight_decay},
+                                                             {"--eps", c.optimizer.eps},
+                                                             {"--grad-clip-norm", c.optimizer.grad_clip_norm},
+                                                             {"--bucket-cap-mb", c.distributed.bucket_cap_mb}}) {
+    require(std::isfinite(value), std::string(name) + " must be a finite number");
+  }
+  for (double milestone : c.lr.milestones_epochs) require(std::isfinite(milestone), "--lr-milestones must be finite");
+  require(c.lr.warmup_epochs <= 1e6 && c.distributed.bucket_cap_mb <= 1e6,
+          "--warmup-epochs and --bucket-cap-mb must be at most 1e6");
   const auto& lr = c.lr;
   require(lr.lr > 0 && std::isfinite(lr.lr), "--lr must be positive (got " + std::to_string(lr.lr) + ")");
   require(lr.base_batch_size > 0, "--base-batch-size must be positive (got " +
@@ -151,13 +167,14 @@ void validate(const Config& c) {
   require(opt.beta1 >= 0 && opt.beta1 < 1 && opt.beta2 >= 0 && opt.beta2 < 1,
           "--betas must be two numbers in [0, 1), e.g. 0.9,0.999");
   require(opt.grad_clip_norm >= 0, "--grad-clip-norm must be >= 0 (0 disables clipping)");
+  require(opt.eps > 0, "--eps must be positive");
 
   const auto& run = c.run;
   require(run.epochs >= 0, "--epochs must be >= 0");
   require(run.max_steps >= 0, "--max-steps must be >= 0 (0 means no limit)");
   require(run.log_every >= 1, "--log-every must be >= 1");
   require(run.eval_every >= 0, "--eval-every must be >= 0 (0: at the end of each epoch only)");
-  require(run.threads >= 1, "--threads must be >= 1");
+  require(run.threads >= 1 && run.threads <= 1024, "--threads must be between 1 and 1024");
   require(!run.out_dir.empty(), "--out-dir must not be empty");
 
   const auto& data = c.data;
@@ -285,7 +302,9 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
       std::ifstream file(path);
-      if (!file) throw UsageError("cannot open config file " + path + ": check the --config path");
+      if (!file || !std::filesystem::is_regular_file(path)) {
+        throw UsageError("cannot open config file " + path + ": check the --config path");
+      }
       po::store(po::parse_config_file(file, all, /*allow_unregistered=*/false), vm);
     }
     po::notify(vm);

@@ -137,13 +137,20 @@ class MpiCommunicator::Worker {
       if (queue_.empty()) return;  // stopping, nothing left
       auto job = queue_.front();
       queue_.pop_front();
+      const bool skip = failed_;
       lock.unlock();
-      try {
-        job->run();
-      } catch (...) {
-        job->error = std::current_exception();
+      if (skip) {
+        // MPI may be broken: do not call it again; the caller aborts the job.
+        job->error = std::make_exception_ptr(CommError("collective skipped after an earlier one failed"));
+      } else {
+        try {
+          job->run();
+        } catch (...) {
+          job->error = std::current_exception();
+        }
       }
       lock.lock();
+      if (job->error) failed_ = true;
       job->done = true;
       --unfinished_;
       changed_.notify_all();
@@ -155,6 +162,7 @@ class MpiCommunicator::Worker {
   std::deque<std::shared_ptr<Job>> queue_;
   int unfinished_ = 0;
   bool stopping_ = false;
+  bool failed_ = false;
   std::thread thread_;  // last: starts after the members it uses exist
 };
 
@@ -259,11 +267,14 @@ void MpiCommunicator::drain() {
 std::unique_ptr<Work> MpiCommunicator::do_all_reduce_async(at::Tensor& tensor, ReduceOp op) {
   require_cpu(tensor);
   if (worker_) {
-    void* data = tensor.data_ptr();
     const int count = checked_count(tensor);
     const MPI_Datatype type = datatype_of(tensor);
     const MPI_Op mpi_op = op_for(tensor, op);
-    auto job = worker_->submit([=] { MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, count, type, mpi_op, comm_)); });
+    const MPI_Comm comm = comm_;
+    // The job holds the tensor, so its memory lives until the collective ends.
+    auto job = worker_->submit([tensor, count, type, mpi_op, comm] {
+      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), count, type, mpi_op, comm));
+    });
     return std::make_unique<WorkerWork>(worker_.get(), std::move(job));
   }
   MPI_Request request;

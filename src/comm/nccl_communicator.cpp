@@ -97,7 +97,15 @@ class NcclWork final : public Work {
     const cudaError_t code = cudaStreamWaitEvent(compute_, done_, 0);
     if (code != cudaSuccess) throw CommError(std::string("cudaStreamWaitEvent failed: ") + cudaGetErrorString(code));
   }
-  bool test() override { return cudaEventQuery(done_) == cudaSuccess; }
+  bool test() override {
+    const cudaError_t code = cudaEventQuery(done_);
+    if (code == cudaSuccess) return true;
+    if (code == cudaErrorNotReady) {
+      (void)cudaGetLastError();  // not an error: do not leave it for LibTorch's next launch check
+      return false;
+    }
+    throw CommError(std::string("cudaEventQuery on a NCCL collective failed: ") + cudaGetErrorString(code));
+  }
 
  private:
   cudaEvent_t done_;

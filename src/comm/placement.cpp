@@ -43,14 +43,23 @@ Placement choose_placement(const DistributedOptions& options, int local_rank, in
       if (gpus == 0) throw UsageError("--device cuda: " + no_gpu + "; use --device cpu");
       placement.device = DeviceKind::Cuda;
       break;
-    case DeviceKind::Auto: placement.device = gpus > 0 ? DeviceKind::Cuda : DeviceKind::Cpu; break;
+    case DeviceKind::Auto:
+      // A GPU only if something can all-reduce on it: NCCL in this build, and
+      // not --backend mpi. Otherwise train on the CPU.
+      placement.device = gpus > 0 && nccl_compiled() && options.backend != BackendKind::Mpi ? DeviceKind::Cuda
+                                                                                           : DeviceKind::Cpu;
+      break;
   }
   if (placement.device == DeviceKind::Cuda) {
-    if (local_rank >= gpus) {
+    if (gpus == 1) {
+      placement.device_index = 0;  // e.g. the scheduler gave each rank one GPU via CUDA_VISIBLE_DEVICES
+    } else if (local_rank < gpus) {
+      placement.device_index = local_rank;
+    } else {
       throw UsageError("local rank " + std::to_string(local_rank) + " has no GPU of its own (" + std::to_string(gpus) +
-                       " on this host); start at most one rank per GPU per host");
+                       " visible on this host); start at most one rank per GPU per host, or give each rank its "
+                       "own GPU with CUDA_VISIBLE_DEVICES");
     }
-    placement.device_index = local_rank;
   }
 
   switch (options.backend) {
@@ -95,6 +104,21 @@ Placement choose_placement(const DistributedOptions& options, int local_rank, in
     }
   }
   return placement;
+}
+
+void check_same_placement(Communicator& comm, const Placement& placement) {
+  const int64_t code = static_cast<int64_t>(placement.device) * 10 + static_cast<int64_t>(placement.backend);
+  const auto codes = comm.all_gather(code);
+  for (size_t r = 1; r < codes.size(); ++r) {
+    if (codes[r] != codes[0]) {
+      throw UsageError("ranks chose different devices or backends (rank 0: " +
+                       std::string(to_string(static_cast<DeviceKind>(codes[0] / 10))) + "/" +
+                       to_string(static_cast<BackendKind>(codes[0] % 10)) + ", rank " + std::to_string(r) + ": " +
+                       to_string(static_cast<DeviceKind>(codes[r] / 10)) + "/" +
+                       to_string(static_cast<BackendKind>(codes[r] % 10)) +
+                       "); some hosts lack a GPU: give --device and --backend explicitly");
+    }
+  }
 }
 
 std::unique_ptr<Communicator> make_backend(const Placement& placement, Communicator& bootstrap) {

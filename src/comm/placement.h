@@ -30,6 +30,11 @@ int usable_gpu_count();
 Placement choose_placement(const DistributedOptions& options, int local_rank, int ranks_on_host = 1,
                            int threads_per_rank = 1);
 
+// Collective: every rank must have resolved "auto" the same way (a host
+// without a GPU would otherwise join different collectives). Throws
+// UsageError on every rank if not.
+void check_same_placement(Communicator& comm, const Placement& placement);
+
 // The communicator training uses: NCCL over `bootstrap` for Nccl, else null
 // (train on `bootstrap` itself, the MPI communicator).
 std::unique_ptr<Communicator> make_backend(const Placement& placement, Communicator& bootstrap);

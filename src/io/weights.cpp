@@ -91,8 +91,9 @@ void save_weights(const NamedTensors& tensors, const std::string& path) {
     }
   }
   if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    const std::string reason = std::strerror(errno);
     std::remove(temporary.c_str());
-    throw Error("cannot move weights into place at " + path + ": " + std::strerror(errno));
+    throw Error("cannot move weights into place at " + path + ": " + reason);
   }
 }
 
@@ -123,6 +124,8 @@ NamedTensors read_weights(const std::string& path) {
   } catch (const c10::Error& e) {
     throw Error("cannot read weights from " + path + " (" + first_line(e.what_without_backtrace()) + "); " +
                 kResaveHint);
+  } catch (const std::exception& e) {
+    throw Error("cannot read weights from " + path + " (" + first_line(e.what()) + "); " + kResaveHint);
   }
   if (!root.isGenericDict()) {
     throw Error(path + " does not hold a dict of name -> tensor (found " + root.tagKind() + "); " + kResaveHint);

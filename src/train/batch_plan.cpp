@@ -36,6 +36,17 @@ std::string nearest_multiples(int64_t target, int64_t unit) {
 
 }  // namespace
 
+namespace {
+// a * b, or a UsageError if it does not fit in 64 bits.
+int64_t checked_product(int64_t a, int64_t b) {
+  int64_t product = 0;
+  if (__builtin_mul_overflow(a, b, &product)) {
+    throw UsageError("batch sizes too large: " + std::to_string(a) + " x " + std::to_string(b) + " overflows");
+  }
+  return product;
+}
+}  // namespace
+
 BatchPlan derive_batch_plan(int64_t micro, int64_t accum, int64_t global, int64_t world) {
   if (world <= 0) throw UsageError("world size must be positive (got " + num(world) + ")");
   if (micro < 0 || accum < 0 || global < 0) {
@@ -47,27 +58,27 @@ BatchPlan derive_batch_plan(int64_t micro, int64_t accum, int64_t global, int64_
   plan.world_size = world;
   if (micro && global) {
     if (accum) {
-      if (micro * accum * world != global) {
+      if (checked_product(checked_product(micro, accum), world) != global) {
         throw UsageError("global batch " + num(global) + " != micro " + num(micro) + " x accum " +
-                         num(accum) + " x " + world_text + " = " + num(micro * accum * world) +
+                         num(accum) + " x " + world_text + " = " + num(checked_product(checked_product(micro, accum), world)) +
                          "; give only two of --micro-batch-size, --grad-accum-steps, "
                          "--global-batch-size, or make them multiply out");
       }
     } else {
-      if (global % (micro * world) != 0) {
-        not_divisible(global, micro * world, "micro " + num(micro) + " x " + world_text, "accum");
+      if (global % (checked_product(micro, world)) != 0) {
+        not_divisible(global, checked_product(micro, world), "micro " + num(micro) + " x " + world_text, "accum");
       }
-      accum = global / (micro * world);
+      accum = global / (checked_product(micro, world));
     }
   } else if (global) {
     if (!accum) accum = 1;
-    if (global % (accum * world) != 0) {
-      not_divisible(global, accum * world, "accum " + num(accum) + " x " + world_text, "micro");
+    if (global % (checked_product(accum, world)) != 0) {
+      not_divisible(global, checked_product(accum, world), "accum " + num(accum) + " x " + world_text, "micro");
     }
-    micro = global / (accum * world);
+    micro = global / (checked_product(accum, world));
   } else if (micro) {
     if (!accum) accum = 1;
-    global = micro * accum * world;
+    global = checked_product(checked_product(micro, accum), world);
   } else {
     throw UsageError(
         "no batch size given: set two of --micro-batch-size, --grad-accum-steps, "

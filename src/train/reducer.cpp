@@ -90,9 +90,7 @@ GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicato
 GradientReducer::~GradientReducer() {
   // The model may outlive us: take our hooks off its accumulators.
   for (size_t i = 0; i < hooks_->accumulators.size(); ++i) hooks_->accumulators[i]->del_post_hook(hooks_->keys[i]);
-  for (auto& bucket : buckets_) {
-    if (bucket.work) bucket.work->test();  // destroying the Work waits for it
-  }
+  // Buckets in flight: destroying their Work (with buckets_) waits for them.
 }
 
 void GradientReducer::zero_grad() {

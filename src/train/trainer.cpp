@@ -62,12 +62,15 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
     throw UsageError("global batch " + std::to_string(plan_.global_batch_size) + " exceeds the training set (" +
                      std::to_string(data_.train.size()) + " samples); use a smaller batch");
   }
-  total_steps_ = config_.run.epochs * steps_per_epoch_;
+  if (__builtin_mul_overflow(config_.run.epochs, steps_per_epoch_, &total_steps_)) {
+    throw UsageError("--epochs " + std::to_string(config_.run.epochs) + " is too large");
+  }
   if (config_.run.max_steps > 0) total_steps_ = std::min(total_steps_, config_.run.max_steps);
   schedule_ = make_lr_schedule(config_.lr, plan_.global_batch_size, steps_per_epoch_, total_steps_);
 
   std::vector<torch::Tensor> parameters = model_->parameters();
   device_ = parameters.front().device();
+  local_loss_sum_ = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
   optimizer_ = make_optimizer(config_.optimizer, parameters, schedule_.at(0));
 
@@ -114,7 +117,6 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
   // one per sample; a token-weighted loss will count tokens), so summing the
   // ranks' gradients gives exactly the gradient of the global mean.
   const double loss_items_per_step = static_cast<double>(plan_.global_batch_size);
-  torch::Tensor local_loss = torch::zeros({}, torch::kDouble);
   for (int64_t micro_step = 0; micro_step < plan_.grad_accum_steps; ++micro_step) {
     const auto indices = micro_batch_indices(permutation_, plan_, step_in_epoch, micro_step, comm_.rank());
     const auto index_tensor = as_index_tensor(indices);
@@ -127,9 +129,9 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
             logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
         loss_items_per_step;
     loss.backward();
-    local_loss += loss.detach().to(torch::kDouble);
+    // Summed on the device; read only when logged, so no host sync per step.
+    local_loss_sum_ += loss.detach().to(torch::kDouble);
   }
-  local_loss_sum_ += local_loss.item<double>();
   ++loss_steps_;
 
   reducer_->finish();
@@ -151,9 +153,10 @@ std::vector<double> Trainer::all_reduce_sums(const std::vector<double>& values) 
 }
 
 double Trainer::take_mean_train_loss() {
-  const double sum = all_reduce_sums({local_loss_sum_})[0];
-  const double mean = loss_steps_ > 0 ? sum / static_cast<double>(loss_steps_) : NAN;
-  local_loss_sum_ = 0;
+  auto sum = local_loss_sum_.reshape({1}).clone();
+  comm_.all_reduce(sum);
+  const double mean = loss_steps_ > 0 ? sum.item<double>() / static_cast<double>(loss_steps_) : NAN;
+  local_loss_sum_.zero_();
   loss_steps_ = 0;
   return mean;
 }

@@ -96,7 +96,7 @@ class Trainer {
   std::vector<int64_t> permutation_;
   std::vector<int64_t> test_shard_;         // this rank's test indices
   std::vector<int64_t> train_eval_shard_;   // this rank's part of the fixed train subset
-  double local_loss_sum_ = 0;               // this rank's share of the global losses since the last take
+  at::Tensor local_loss_sum_;               // this rank's share of the global losses since the last take (on device_)
   int64_t loss_steps_ = 0;
 };
 

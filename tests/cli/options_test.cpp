@@ -81,11 +81,17 @@ TEST(Options, BadInputGivesOneLineNamingTheProblem) {
       {{"--betas", "0.9"}, "--betas needs two numbers"},
       {{"--momentum", "1.5"}, "--momentum must be in [0, 1)"},
       {{"--warmup-steps", "5", "--warmup-epochs", "1"}, "not both"},
-      {{"--threads", "0"}, "--threads must be >= 1"},
+      {{"--threads", "0"}, "--threads must be between 1 and 1024"},
       {{"--shuffle", "maybe"}, "shuffle"},
       {{"--config", "/nonexistent/x.ini"}, "cannot open config file /nonexistent/x.ini"},
       {{"stray"}, "stray"},
       {{"--dataset", "cifar"}, "fashion-mnist|synthetic"},
+      {{"--lr", "inf"}, "--lr must be a finite number"},
+      {{"--bucket-cap-mb", "1e300"}, "at most 1e6"},
+      {{"--eps", "0"}, "--eps must be positive"},
+      {{"--threads", "100000"}, "--threads must be between 1 and 1024"},
+      {{"--config", "/tmp"}, "cannot open config file /tmp"},
+      {{"--overlap", "sometimes"}, "auto|true|false"},
   };
   for (const auto& c : cases) {
     try {

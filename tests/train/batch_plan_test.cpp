@@ -55,6 +55,7 @@ TEST(BatchPlan, RejectsBadCombinationsWithAUsefulMessage) {
       {-1, 0, 0, 2, "must be positive"},
       {8, -2, 0, 2, "must be positive"},
       {8, 1, 0, 0, "world size must be positive"},
+      {int64_t{1} << 62, 4, 0, 2, "overflows"},
   };
   for (const auto& c : cases) {
     try {
