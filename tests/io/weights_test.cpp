@@ -15,6 +15,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
+}  // namespace
+
+std::string shape_of_for_test(const torch::Tensor& tensor) {
+  std::ostringstream out;
+  out << tensor.sizes();
+  return out.str();
+}
+
+namespace {
+
 class Weights : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -95,6 +105,26 @@ TEST_F(Weights, UnreadableFilesGiveOneLineWithTheFix) {
 
 TEST_F(Weights, UnwritableExportFailsWithoutDamage) {
   EXPECT_THROW(save_weights(model_state(*mlp({8}, 1)), path("no/such/dir/w.pt")), Error);
+}
+
+}  // namespace
+}  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+TEST(Models, CnnHasTheDocumentedNamesAndShapes) {
+  torch::manual_seed(0);
+  ModelOptions options;
+  options.kind = ModelKind::Cnn;
+  auto cnn = make_model(options, {1, 28, 28}, 10);
+  std::vector<std::string> names;
+  for (const auto& [name, tensor] : model_state(*cnn)) names.push_back(name + " " + shape_of_for_test(tensor));
+  EXPECT_EQ(names, (std::vector<std::string>{"conv1.weight [32, 1, 3, 3]", "conv1.bias [32]", "conv2.weight [64, 32, 3, 3]",
+                                             "conv2.bias [64]", "fc.weight [128, 3136]", "fc.bias [128]",
+                                             "head.weight [10, 128]", "head.bias [10]"}));
+  EXPECT_EQ(cnn->forward(torch::randn({3, 1, 28, 28})).sizes(), (std::vector<int64_t>{3, 10}));
+  EXPECT_THROW(make_model(options, {1, 30, 30}, 10), Error);
 }
 
 }  // namespace
