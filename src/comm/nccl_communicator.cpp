@@ -160,7 +160,7 @@ void require_cuda(const at::Tensor& tensor, int device) {
 
 }  // namespace
 
-std::unique_ptr<Work> NcclCommunicator::do_all_reduce_async(at::Tensor& tensor, ReduceOp op) {
+cudaStream_t NcclCommunicator::prepare_collective(const at::Tensor& tensor) {
   require_cuda(tensor, state_->device);
   const cudaStream_t compute = state_->compute_stream();
   // The collective must see everything compute has queued for this tensor.
@@ -175,12 +175,21 @@ std::unique_ptr<Work> NcclCommunicator::do_all_reduce_async(at::Tensor& tensor, 
   c10::cuda::CUDACachingAllocator::recordStream(tensor.storage().data_ptr(),
                                                  c10::cuda::getStreamFromExternal(state_->stream, state_->device));
 #endif
-  NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), static_cast<size_t>(tensor.numel()),
-                           nccl_type_of(tensor), nccl_op_of(op), state_->comm, state_->stream));
+  return compute;
+}
+
+std::unique_ptr<Work> NcclCommunicator::finish_collective(cudaStream_t compute) {
   cudaEvent_t done;
   CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   CUDA_CHECK(cudaEventRecord(done, state_->stream));
   return std::make_unique<NcclWork>(done, compute);
+}
+
+std::unique_ptr<Work> NcclCommunicator::do_all_reduce_async(at::Tensor& tensor, ReduceOp op) {
+  const cudaStream_t compute = prepare_collective(tensor);
+  NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), static_cast<size_t>(tensor.numel()),
+                           nccl_type_of(tensor), nccl_op_of(op), state_->comm, state_->stream));
+  return finish_collective(compute);
 }
 
 void NcclCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
@@ -189,17 +198,10 @@ void NcclCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
 }
 
 void NcclCommunicator::do_broadcast(at::Tensor& tensor, int root) {
-  require_cuda(tensor, state_->device);
-  const cudaStream_t compute = state_->compute_stream();
-  cudaEvent_t event;
-  CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
-  CUDA_CHECK(cudaEventRecord(event, compute));
-  CUDA_CHECK(cudaStreamWaitEvent(state_->stream, event, 0));
+  const cudaStream_t compute = prepare_collective(tensor);
   NCCL_CHECK(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), static_cast<size_t>(tensor.numel()),
                            nccl_type_of(tensor), root, state_->comm, state_->stream));
-  CUDA_CHECK(cudaEventRecord(event, state_->stream));
-  CUDA_CHECK(cudaStreamWaitEvent(compute, event, 0));
-  CUDA_CHECK(cudaEventDestroy(event));
+  finish_collective(compute)->wait();
 }
 
 void NcclCommunicator::barrier() {

@@ -14,6 +14,8 @@
 #pragma once
 #include "comm/communicator.h"
 
+#include <cuda_runtime_api.h>
+
 #include <memory>
 
 namespace dtrain {
@@ -39,6 +41,12 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Work> do_all_reduce_async(at::Tensor& tensor, ReduceOp op) override;
 
  private:
+  // Orders the comm stream after the compute stream for `tensor` (and keeps
+  // its memory from being reused early); returns the compute stream.
+  cudaStream_t prepare_collective(const at::Tensor& tensor);
+  // An event after the enqueued collective, for the compute stream to wait on.
+  std::unique_ptr<Work> finish_collective(cudaStream_t compute);
+
   struct State;  // CUDA and NCCL handles, kept out of this header
   Communicator& bootstrap_;
   std::unique_ptr<State> state_;
