@@ -1,6 +1,7 @@
 // dtrain: data-parallel training over MPI. Every rank runs this same program;
 // see docs/architecture.md for how a step flows through the pieces.
 #include "cli/options.h"
+#include "comm/cpu_share.h"
 #include "comm/mpi_communicator.h"
 #include "comm/placement.h"
 #include "data/dataset.h"
@@ -13,36 +14,64 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 namespace {
 
+std::string hex(uint64_t value) {
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(value));
+  return text;
+}
+
+// "3 thread(s) per rank + 1 for communication (4 CPUs in this rank's affinity
+// mask; 2 ranks on this host)"; a range if ranks differ (collective).
+std::string describe_threads(dtrain::Communicator& comm, const dtrain::ThreadPlan& plan) {
+  const auto counts = comm.all_gather(plan.threads);
+  const auto [fewest, most] = std::minmax_element(counts.begin(), counts.end());
+  std::string text = std::to_string(*fewest);
+  if (*most != *fewest) text += "-" + std::to_string(*most);
+  text += " thread(s) per rank";
+  if (plan.comm_thread) text += " + 1 for communication";
+  return text + " (" + (*most != *fewest ? "rank " + std::to_string(comm.rank()) + ": " : "") + plan.reason + ")";
+}
+
 // `mpi` carries start-up agreement; training uses it too, or NCCL over it.
-int run(dtrain::Communicator& mpi, const std::vector<std::string>& args) {
+int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   using namespace dtrain;
   const bool root = mpi.rank() == 0;
 
   ParsedOptions parsed;
   run_agreed(mpi, [&] { parsed = parse_options(args); });
-  if (parsed.help_requested) {
-    if (root) std::cout << parsed.help_text;
+  if (parsed.help_requested || parsed.dump_requested) {
+    if (root) std::cout << (parsed.help_requested ? parsed.help_text : dump_config(parsed)) << std::flush;
     return 0;
   }
   run_agreed(mpi, [&] { check_same_config(mpi, parsed.config); });
 
   BatchPlan plan;
   Placement placement;
+  CpuShare cpu_share;
+  run_agreed(mpi, [&] { cpu_share = measure_cpu_share(mpi); });
   run_agreed(mpi, [&] {
     plan = derive_batch_plan(parsed.config.batch.micro_batch_size, parsed.config.batch.grad_accum_steps,
                              parsed.config.batch.global_batch_size, mpi.world_size());
-    placement = choose_placement(parsed.config.distributed, mpi.local_rank(), mpi.local_size(),
-                                 parsed.config.run.threads);
+    placement = choose_placement(parsed.config.distributed, mpi.local_rank());
   });
   run_agreed(mpi, [&] { check_same_placement(mpi, placement); });
-  // From here on "auto" choices are resolved, and printed as such.
+  const ThreadPlan threads = plan_threads(parsed.config.run.threads, std::getenv("OMP_NUM_THREADS"), cpu_share,
+                                          parsed.config.distributed.overlap, placement.backend, mpi.world_size());
+  placement.overlap = threads.overlap;
+  const std::string threads_line = describe_threads(mpi, threads);
+  // From here on "auto" choices and derived batch sizes are resolved, and
+  // printed and recorded as such.
   Config resolved = parsed.config;
   resolved.distributed.overlap = placement.overlap ? Switch::On : Switch::Off;
+  resolved.run.threads = threads.threads;
+  resolved.batch = {plan.micro_batch_size, plan.grad_accum_steps, plan.global_batch_size};
   const Config& config = resolved;
   const std::unique_ptr<Communicator> backend = make_backend(placement, mpi);
   Communicator& comm = backend ? *backend : mpi;
@@ -50,12 +79,12 @@ int run(dtrain::Communicator& mpi, const std::vector<std::string>& args) {
                                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(placement.device_index))
                                    : torch::Device(torch::kCPU);
   if (root) {
-    std::cout << "dtrain: " << comm.world_size() << " rank(s) on " << placement.describe() << ", "
-              << config.run.threads << " thread(s) per rank\nresolved configuration:\n"
+    std::cout << "dtrain: " << comm.world_size() << " rank(s) on " << placement.describe() << "; " << threads_line
+              << "\nresolved configuration (trajectory hash " << hex(trajectory_hash(config)) << "):\n"
               << config_to_ini(config) << std::flush;
   }
 
-  torch::set_num_threads(config.run.threads);
+  torch::set_num_threads(threads.threads);
   torch::manual_seed(config.run.seed);
 
   Dataset data;
@@ -75,6 +104,8 @@ int run(dtrain::Communicator& mpi, const std::vector<std::string>& args) {
   trainer->broadcast_initial_state();
 
   nlohmann::json summary = trainer->run(*log);
+  summary["launch_hash"] = hex(launch_hash(parsed.config));
+  summary["trajectory_hash"] = hex(trajectory_hash(config));
   run_agreed(mpi, [&] {
     if (root && !config.export_path.empty()) {
       save_weights(model_state(*model), config.export_path);

@@ -1,6 +1,7 @@
 // The typed, validated configuration of one run. Filled once by parse_options
-// (cli/options.h); nothing else reads raw option strings. Every field's
-// default and help text live in options.cpp, where the option is declared.
+// (cli/options.h); nothing else reads raw option strings. A field's default is
+// its initializer here; its name, help, parsing, range check and effect class
+// are its one row in the option table (cli/option_table.cpp).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -42,21 +43,20 @@ struct OptimizerOptions {
   double momentum = 0.9;
   bool nesterov = false;
   double weight_decay = 0;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
+  std::vector<double> betas = {0.9, 0.999};  // AdamW (beta1, beta2)
   double eps = 1e-8;
   double grad_clip_norm = 0;  // 0: no clipping
 };
 
 struct RunOptions {
   int64_t epochs = 1;
-  int64_t max_steps = 0;  // 0: no limit
+  int64_t max_steps = 0;  // stop after this many steps (0: no limit); the schedule's horizon is --epochs
   uint64_t seed = 0;
   bool shuffle = true;
   std::string out_dir = "runs/latest";
   int64_t log_every = 50;
   int64_t eval_every = 0;  // 0: evaluate at the end of each epoch only
-  int threads = 1;
+  int threads = 0;  // intra-op threads per rank; 0: auto (comm/cpu_share.h)
 };
 
 struct DataOptions {

@@ -198,11 +198,10 @@ MpiCommunicator::MpiCommunicator() : comm_(MPI_COMM_WORLD) {
   MPI_CHECK(MPI_Comm_size(comm_, &world_size_));
   // Ranks sharing memory share a host; our rank among them is the local rank.
   // Works under mpirun and srun alike, without launcher-specific variables.
-  MPI_Comm node_comm;
-  MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_comm));
-  MPI_CHECK(MPI_Comm_rank(node_comm, &local_rank_));
-  MPI_CHECK(MPI_Comm_size(node_comm, &local_size_));
-  MPI_CHECK(MPI_Comm_free(&node_comm));
+  MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &host_comm_));
+  MPI_CHECK(MPI_Comm_set_errhandler(host_comm_, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_rank(host_comm_, &local_rank_));
+  MPI_CHECK(MPI_Comm_size(host_comm_, &local_size_));
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -212,6 +211,7 @@ MpiCommunicator::~MpiCommunicator() {
   if (finalized) return;
   MPI_Op_free(&bfloat16_sum_);
   MPI_Op_free(&float16_sum_);
+  if (host_comm_ != MPI_COMM_NULL) MPI_Comm_free(&host_comm_);
 }
 
 MPI_Datatype MpiCommunicator::datatype_of(const at::Tensor& tensor) const {
@@ -293,6 +293,19 @@ std::vector<int64_t> MpiCommunicator::all_gather(int64_t value) {
   drain();
   MPI_CHECK(MPI_Allgather(&value, 1, MPI_INT64_T, values.data(), 1, MPI_INT64_T, comm_));
   return values;
+}
+
+std::vector<std::vector<uint64_t>> MpiCommunicator::all_gather_on_host(const std::vector<uint64_t>& words) {
+  std::vector<uint64_t> flat(words.size() * static_cast<size_t>(local_size_));
+  drain();
+  MPI_CHECK(MPI_Allgather(words.data(), static_cast<int>(words.size()), MPI_UINT64_T, flat.data(),
+                          static_cast<int>(words.size()), MPI_UINT64_T, host_comm_));
+  std::vector<std::vector<uint64_t>> gathered;
+  for (int r = 0; r < local_size_; ++r) {
+    gathered.emplace_back(flat.begin() + static_cast<std::ptrdiff_t>(r * words.size()),
+                          flat.begin() + static_cast<std::ptrdiff_t>((r + 1) * words.size()));
+  }
+  return gathered;
 }
 
 void MpiCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {

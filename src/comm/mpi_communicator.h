@@ -50,6 +50,9 @@ class MpiCommunicator final : public Communicator {
   const char* backend_name() const override { return "mpi"; }
   void barrier() override;
   std::vector<int64_t> all_gather(int64_t value) override;
+  // Collective over the ranks of this host (they share memory): each gives
+  // `words` (the same length everywhere); returns them in local-rank order.
+  std::vector<std::vector<uint64_t>> all_gather_on_host(const std::vector<uint64_t>& words);
 
  protected:
   void do_all_reduce(at::Tensor& tensor, ReduceOp op) override;
@@ -68,6 +71,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Op op_for(const at::Tensor& tensor, ReduceOp op) const;
 
   MPI_Comm comm_;
+  MPI_Comm host_comm_ = MPI_COMM_NULL;  // the ranks of this host (MPI_COMM_TYPE_SHARED)
   MPI_Op bfloat16_sum_ = MPI_OP_NULL;
   MPI_Op float16_sum_ = MPI_OP_NULL;
   std::unique_ptr<Worker> worker_;  // null without MPI_THREAD_SERIALIZED

@@ -4,8 +4,6 @@
 
 #include <torch/cuda.h>
 
-#include <thread>
-
 #ifdef DTRAIN_HAVE_NCCL
 #include "comm/nccl_communicator.h"
 #endif
@@ -31,8 +29,7 @@ int usable_gpu_count() {
   return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
 }
 
-Placement choose_placement(const DistributedOptions& options, int local_rank, int ranks_on_host,
-                           int threads_per_rank) {
+Placement choose_placement(const DistributedOptions& options, int local_rank) {
   const int gpus = usable_gpu_count();
   const std::string no_gpu =
       "LibTorch sees no GPU (a CPU-only LibTorch build, or no CUDA driver or device on this host)";
@@ -87,19 +84,6 @@ Placement choose_placement(const DistributedOptions& options, int local_rank, in
       if (nccl_usable) placement.backend = BackendKind::Nccl;
       else if (mpi_usable) placement.backend = BackendKind::Mpi;
       else throw UsageError("training on a GPU needs the NCCL backend, which this dtrain was built without");
-      break;
-    }
-  }
-  switch (options.overlap) {
-    case Switch::On: placement.overlap = true; break;
-    case Switch::Off: placement.overlap = false; break;
-    case Switch::Auto: {
-      // NCCL runs on the GPU, so overlapping costs no CPU. MPI's collectives
-      // run on a CPU thread per rank: with no core to spare it steals time
-      // from backward (measured slower on 2 ranks x 1 thread on 2 cores).
-      const int cores = static_cast<int>(std::thread::hardware_concurrency());
-      placement.overlap = placement.backend == BackendKind::Nccl ||
-                          cores >= ranks_on_host * (threads_per_rank + 1);
       break;
     }
   }

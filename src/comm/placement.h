@@ -15,20 +15,18 @@ struct Placement {
   DeviceKind device = DeviceKind::Cpu;    // resolved: Cpu or Cuda
   BackendKind backend = BackendKind::Mpi; // resolved: Mpi or Nccl
   int device_index = -1;                  // the GPU, for Cuda
-  bool overlap = true;                    // resolved --overlap
-  std::string describe() const;           // "cpu, mpi" / "cuda:1, nccl"
+  bool overlap = false;                   // resolved --overlap (plan_threads in comm/cpu_share.h)
+  std::string describe() const;           // "cpu, mpi, buckets after backward" / "cuda:1, nccl, overlapped buckets"
 };
 
 // Whether this build has the NCCL backend, and how many GPUs LibTorch sees.
 bool nccl_compiled();
 int usable_gpu_count();
 
-// Throws UsageError naming the missing piece (no GPU, no NCCL in this build,
-// a CPU backend asked to move GPU tensors).
-// `ranks_on_host` x `threads_per_rank` against the host's cores decides
-// --overlap auto on CPUs.
-Placement choose_placement(const DistributedOptions& options, int local_rank, int ranks_on_host = 1,
-                           int threads_per_rank = 1);
+// Device and backend. Throws UsageError naming the missing piece (no GPU, no
+// NCCL in this build, a CPU backend asked to move GPU tensors). Overlap is
+// left to plan_threads (comm/cpu_share.h), which decides it with the threads.
+Placement choose_placement(const DistributedOptions& options, int local_rank);
 
 // Collective: every rank must have resolved "auto" the same way (a host
 // without a GPU would otherwise join different collectives). Throws

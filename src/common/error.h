@@ -26,4 +26,9 @@ class CommError : public Error {
   using Error::Error;
 };
 
+// At most `max_chars` of `text` for an error message, with bytes that are not
+// printable ASCII escaped as \xNN and "..." where it was cut, so a message
+// quoting bad input stays one short, readable line.
+std::string printable_excerpt(const std::string& text, size_t max_chars = 60);
+
 }  // namespace dtrain

@@ -165,6 +165,16 @@ void load_into(torch::nn::Module& model, const NamedTensors& tensors, const std:
     throw Error(source + " does not match the model (" + list +
                 "); check --model and --hidden, see docs/models.md for the names");
   }
+  // A tied weight is one tensor under several names: the file must give it
+  // one value, or which name wins would be an accident of order.
+  std::map<const c10::TensorImpl*, std::string> first_name;
+  for (const auto& [name, target] : expected) {
+    const auto [first, inserted] = first_name.emplace(target.unsafeGetTensorImpl(), name);
+    if (!inserted && !torch::equal(given.at(name).to(target.dtype()), given.at(first->second).to(target.dtype()))) {
+      throw Error(source + " holds different values for " + first->second + " and " + name +
+                  ", which are one tied weight in the model; save them equal (as the model's own state_dict does)");
+    }
+  }
   torch::NoGradGuard no_grad;
   for (const auto& [name, target] : expected) target.copy_(given.at(name));
 }

@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include <unordered_set>
+
 namespace dtrain {
 
 Mlp::Mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t num_classes) {
@@ -37,6 +39,15 @@ torch::Tensor SmallCnn::forward(const torch::Tensor& inputs) {
   x = torch::max_pool2d(torch::relu(conv2_->forward(x)), 2);
   x = torch::relu(fc_->forward(x.flatten(1)));
   return head_->forward(x);
+}
+
+std::vector<torch::Tensor> trainable_parameters(const torch::nn::Module& model) {
+  std::vector<torch::Tensor> unique;
+  std::unordered_set<const c10::TensorImpl*> seen;
+  for (const auto& parameter : model.parameters()) {
+    if (seen.insert(parameter.unsafeGetTensorImpl()).second) unique.push_back(parameter);
+  }
+  return unique;
 }
 
 std::shared_ptr<Classifier> make_model(const ModelOptions& options, const std::vector<int64_t>& input_shape,

@@ -44,6 +44,14 @@ class SmallCnn : public Classifier {
   torch::nn::Linear fc_{nullptr}, head_{nullptr};
 };
 
+// The parameters to train: each distinct tensor once, in order of first
+// appearance, as PyTorch's Module.parameters() gives them. A weight shared by
+// two modules (tied weights) is registered under both names, and LibTorch's
+// parameters() lists it twice; the reducer, the optimizer, the parameter count
+// and the gradient norm must see it once. Weight files keep every name
+// (io/weights.h).
+std::vector<torch::Tensor> trainable_parameters(const torch::nn::Module& model);
+
 // `input_shape` is one sample's shape, e.g. {1, 28, 28}.
 std::shared_ptr<Classifier> make_model(const ModelOptions& options, const std::vector<int64_t>& input_shape,
                                        int64_t num_classes);

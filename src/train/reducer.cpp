@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <unordered_set>
 
 namespace dtrain {
 
@@ -46,8 +47,14 @@ class GradientReducer::ReadyHook final : public torch::autograd::FunctionPostHoo
 GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicator& comm, ReducerOptions options)
     : parameters_(std::move(parameters)), comm_(comm), options_(options) {
   if (parameters_.empty()) throw Error("the model has no parameters to train");
+  std::unordered_set<const c10::TensorImpl*> distinct;
   std::vector<int64_t> bytes;
   for (const auto& p : parameters_) {
+    // A tensor listed twice would get two bucket views, and the second would
+    // replace the first: pass each tensor once (models/models.h trainable_parameters).
+    if (!distinct.insert(p.unsafeGetTensorImpl()).second) {
+      throw Error("a parameter is listed twice (a tied weight?); give the reducer each tensor once");
+    }
     if (p.scalar_type() != at::kFloat) throw Error("the gradient reducer needs float32 parameters");
     if (p.device() != parameters_.front().device()) throw Error("all parameters must be on one device");
     bytes.push_back(p.numel() * static_cast<int64_t>(p.element_size()));
@@ -77,7 +84,8 @@ GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicato
     }
   }
   hooks_ = std::make_unique<Hooks>();
-  if (options_.overlap) {
+  // At world size 1 there is nothing to communicate: no hooks, no collectives.
+  if (options_.overlap && comm_.world_size() > 1) {
     for (size_t i = 0; i < parameters_.size(); ++i) {
       auto accumulator = torch::autograd::impl::grad_accumulator(parameters_[i]);
       if (!accumulator) throw Error("parameter " + std::to_string(i) + " is not a leaf that requires grad");
@@ -111,6 +119,7 @@ void GradientReducer::begin_micro_step(bool is_last) {
     bucket.started = false;
   }
   next_to_start_ = 0;
+  first_in_flight_ = 0;
   started_in_backward_ = 0;
 }
 
@@ -127,9 +136,10 @@ void GradientReducer::on_gradient_ready(size_t parameter) {
     started_in_backward_ += static_cast<int64_t>(next_to_start_ - before);
   }
   // MPI advances nonblocking collectives only inside MPI calls: poll the
-  // buckets in flight so they progress while backward computes.
-  for (size_t b = 0; b < next_to_start_; ++b) {
-    if (buckets_[b].work) buckets_[b].work->test();
+  // buckets still in flight, each once, so they progress while backward
+  // computes. Buckets complete in start order, so finished ones are a prefix.
+  for (size_t b = first_in_flight_; b < next_to_start_; ++b) {
+    if (buckets_[b].work->test() && b == first_in_flight_) ++first_in_flight_;
   }
 }
 
@@ -142,7 +152,9 @@ void GradientReducer::start_ready_buckets() {
 
 void GradientReducer::start(Bucket& bucket) {
   if (!bucket.wire.is_same(bucket.buffer)) bucket.wire.copy_(bucket.buffer);
-  bucket.work = comm_.all_reduce_async(bucket.wire, ReduceOp::Sum);
+  // World size 1: the sum over one rank is the bucket itself.
+  bucket.work = comm_.world_size() > 1 ? comm_.all_reduce_async(bucket.wire, ReduceOp::Sum)
+                                       : std::make_unique<CompletedWork>();
   bucket.started = true;
 }
 
@@ -158,12 +170,10 @@ void GradientReducer::finish() {
 }
 
 double GradientReducer::grad_norm() const {
-  double sum_of_squares = 0;
-  for (const auto& bucket : buckets_) {
-    const double norm = bucket.buffer.norm().item<double>();
-    sum_of_squares += norm * norm;
-  }
-  return std::sqrt(sum_of_squares);
+  // On the device, read once: each .item() would stall a GPU stream.
+  std::vector<at::Tensor> norms;
+  for (const auto& bucket : buckets_) norms.push_back(bucket.buffer.norm());
+  return torch::stack(norms).norm().item<double>();
 }
 
 void GradientReducer::scale(double factor) {

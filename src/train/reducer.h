@@ -82,6 +82,7 @@ class GradientReducer {
   std::unique_ptr<Hooks> hooks_;
   bool last_micro_step_ = false;
   size_t next_to_start_ = 0;
+  size_t first_in_flight_ = 0;  // buckets before it have completed their all-reduce
   int64_t total_bytes_ = 0;
   int64_t started_in_backward_ = 0;
 };

@@ -55,7 +55,7 @@ void run_agreed(Communicator& comm, const std::function<void()>& step) {
 }
 
 void check_same_config(Communicator& comm, const Config& config) {
-  const auto hashes = comm.all_gather(static_cast<int64_t>(config_hash(config)));
+  const auto hashes = comm.all_gather(static_cast<int64_t>(launch_hash(config)));
   for (size_t r = 1; r < hashes.size(); ++r) {
     if (hashes[r] != hashes[0]) {
       std::ostringstream message;

@@ -27,7 +27,7 @@ class AgreedFailure : public std::exception {
 // Exit codes: 2 for UsageError (bad flags or config), 1 for other errors.
 void run_agreed(Communicator& comm, const std::function<void()>& step);
 
-// Compares the resolved configuration's hash across ranks (collective).
+// Compares the configuration's launch hash across ranks (collective).
 // Throws UsageError on every rank if any rank differs.
 void check_same_config(Communicator& comm, const Config& config);
 

@@ -28,7 +28,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
                                                                  .weight_decay(options.weight_decay));
     case OptimizerKind::AdamW:
       return std::make_unique<torch::optim::AdamW>(parameters, torch::optim::AdamWOptions(lr)
-                                                                   .betas({options.beta1, options.beta2})
+                                                                   .betas({options.betas.at(0), options.betas.at(1)})
                                                                    .eps(options.eps)
                                                                    .weight_decay(options.weight_decay));
   }
@@ -65,10 +65,12 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   if (__builtin_mul_overflow(config_.run.epochs, steps_per_epoch_, &total_steps_)) {
     throw UsageError("--epochs " + std::to_string(config_.run.epochs) + " is too large");
   }
-  if (config_.run.max_steps > 0) total_steps_ = std::min(total_steps_, config_.run.max_steps);
+  // The schedule's horizon is --epochs alone; --max-steps only stops early,
+  // so a run stopped there and resumed follows the same trajectory.
   schedule_ = make_lr_schedule(config_.lr, plan_.global_batch_size, steps_per_epoch_, total_steps_);
+  steps_to_run_ = config_.run.max_steps > 0 ? std::min(total_steps_, config_.run.max_steps) : total_steps_;
 
-  std::vector<torch::Tensor> parameters = model_->parameters();
+  const std::vector<torch::Tensor> parameters = trainable_parameters(*model_);
   device_ = parameters.front().device();
   local_loss_sum_ = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
@@ -85,8 +87,7 @@ Trainer::~Trainer() = default;
 
 void Trainer::broadcast_initial_state() {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> tensors;
-  for (const auto& p : model_->parameters()) tensors.push_back(p);
+  std::vector<torch::Tensor> tensors = trainable_parameters(*model_);
   for (const auto& b : model_->buffers()) tensors.push_back(b);
   if (tensors.empty()) return;
   std::vector<torch::Tensor> flat_views;
@@ -138,7 +139,10 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
   if (compute_grad_norm || config_.optimizer.grad_clip_norm > 0) {
     result.grad_norm = reducer_->grad_norm();
     const double clip = config_.optimizer.grad_clip_norm;
-    if (clip > 0 && result.grad_norm > clip) reducer_->scale(clip / (result.grad_norm + 1e-6));
+    // A non-finite norm never scales: it would turn every gradient into 0 or NaN.
+    if (clip > 0 && std::isfinite(result.grad_norm) && result.grad_norm > clip) {
+      reducer_->scale(clip / (result.grad_norm + 1e-6));
+    }
   }
   optimizer_->step();
   return result;
@@ -217,9 +221,12 @@ nlohmann::json Trainer::run(MetricsLog& log) {
   if (is_root()) {
     std::fprintf(stdout, "%s; lr %g -> %g (%s, base batch %lld)\n", plan_.describe().c_str(), schedule_.base_lr,
                  schedule_.peak_lr, to_string(config_.lr.scaling), static_cast<long long>(config_.lr.base_batch_size));
+    const std::string stop = steps_to_run_ < total_steps_
+                                 ? " (stopping after " + std::to_string(steps_to_run_) + " by --max-steps)"
+                                 : "";
     std::fprintf(stdout, "%lld steps/epoch x %lld epochs = %lld steps%s; %lld samples dropped per epoch (incomplete last batch); warmup %lld steps\n",
                  static_cast<long long>(steps_per_epoch_), static_cast<long long>(config_.run.epochs),
-                 static_cast<long long>(total_steps_), config_.run.max_steps > 0 ? " (capped by --max-steps)" : "",
+                 static_cast<long long>(total_steps_), stop.c_str(),
                  static_cast<long long>(dropped_per_epoch(data_.train.size(), plan_)),
                  static_cast<long long>(schedule_.warmup_steps));
     std::fflush(stdout);
@@ -229,8 +236,8 @@ nlohmann::json Trainer::run(MetricsLog& log) {
   double interval_seconds = 0;
   int64_t interval_steps = 0;
   nlohmann::json last_eval;
-  for (int64_t step = 0; step < total_steps_; ++step) {
-    const bool log_now = (step + 1) % config_.run.log_every == 0 || step + 1 == total_steps_;
+  for (int64_t step = 0; step < steps_to_run_; ++step) {
+    const bool log_now = (step + 1) % config_.run.log_every == 0 || step + 1 == steps_to_run_;
     const auto step_start = Clock::now();
     const StepResult result = train_step(step, log_now);
     const double step_seconds = seconds_since(step_start);
@@ -242,7 +249,7 @@ nlohmann::json Trainer::run(MetricsLog& log) {
     if (log_now) {
       const double loss = take_mean_train_loss();
       const double samples_per_second = static_cast<double>(interval_steps * global_batch) / interval_seconds;
-      const double eta = train_seconds / static_cast<double>(steps_done) * static_cast<double>(total_steps_ - steps_done);
+      const double eta = train_seconds / static_cast<double>(steps_done) * static_cast<double>(steps_to_run_ - steps_done);
       const double epoch = static_cast<double>(steps_done) / static_cast<double>(steps_per_epoch_);
       log.record({{"event", "train"},
                   {"step", steps_done},
@@ -255,14 +262,14 @@ nlohmann::json Trainer::run(MetricsLog& log) {
                   {"elapsed_sec", seconds_since(run_start)}});
       if (is_root()) {
         std::fprintf(stderr, "step %lld/%lld | epoch %.2f | loss %.4f | lr %.4g | grad norm %.3g | %.0f samples/s | eta %s\n",
-                     static_cast<long long>(steps_done), static_cast<long long>(total_steps_), epoch, loss, result.lr,
+                     static_cast<long long>(steps_done), static_cast<long long>(steps_to_run_), epoch, loss, result.lr,
                      result.grad_norm, samples_per_second, format_duration(eta).c_str());
       }
       interval_seconds = 0;
       interval_steps = 0;
     }
     const bool end_of_epoch = steps_done % steps_per_epoch_ == 0;
-    const bool eval_now = end_of_epoch || steps_done == total_steps_ ||
+    const bool eval_now = end_of_epoch || steps_done == steps_to_run_ ||
                           (config_.run.eval_every > 0 && steps_done % config_.run.eval_every == 0);
     if (eval_now) {
       last_eval = evaluate_all(steps_done);
@@ -270,12 +277,13 @@ nlohmann::json Trainer::run(MetricsLog& log) {
       log.record(last_eval);
     }
   }
-  if (total_steps_ == 0) last_eval = evaluate_all(0);  // e.g. --epochs 0: evaluate given weights
+  if (steps_to_run_ == 0) last_eval = evaluate_all(0);  // e.g. --epochs 0: evaluate given weights
 
   nlohmann::json summary = {
-      {"steps", total_steps_},
-      {"epochs", static_cast<double>(total_steps_) / static_cast<double>(steps_per_epoch_)},
-      {"samples_seen", total_steps_ * global_batch},
+      {"steps", steps_to_run_},
+      {"schedule_steps", total_steps_},
+      {"epochs", static_cast<double>(steps_to_run_) / static_cast<double>(steps_per_epoch_)},
+      {"samples_seen", steps_to_run_ * global_batch},
       {"global_batch_size", global_batch},
       {"micro_batch_size", plan_.micro_batch_size},
       {"grad_accum_steps", plan_.grad_accum_steps},
@@ -283,7 +291,7 @@ nlohmann::json Trainer::run(MetricsLog& log) {
       {"peak_lr", schedule_.peak_lr},
       {"train_seconds", train_seconds},
       {"wall_seconds", seconds_since(run_start)},
-      {"samples_per_sec", train_seconds > 0 ? static_cast<double>(total_steps_ * global_batch) / train_seconds : 0.0},
+      {"samples_per_sec", train_seconds > 0 ? static_cast<double>(steps_to_run_ * global_batch) / train_seconds : 0.0},
       {"test_accuracy", last_eval["test_accuracy"]},
       {"test_loss", last_eval["test_loss"]},
       {"train_eval_accuracy", last_eval["train_eval_accuracy"]},

@@ -70,7 +70,10 @@ class Trainer {
   nlohmann::json run(MetricsLog& log);
 
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  // The schedule's horizon: --epochs x steps per epoch.
   int64_t total_steps() const { return total_steps_; }
+  // Where run() stops: total_steps(), or --max-steps if that is sooner.
+  int64_t steps_to_run() const { return steps_to_run_; }
   const LrSchedule& schedule() const { return schedule_; }
   const GradientReducer& reducer() const { return *reducer_; }
 
@@ -90,6 +93,7 @@ class Trainer {
   std::unique_ptr<GradientReducer> reducer_;
   int64_t steps_per_epoch_ = 0;
   int64_t total_steps_ = 0;
+  int64_t steps_to_run_ = 0;
   LrSchedule schedule_;
 
   int64_t permutation_epoch_ = -1;

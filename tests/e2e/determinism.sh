@@ -15,3 +15,17 @@ losses() { grep '"event":"train"' "$1/metrics.jsonl" | sed -E 's/.*"train_loss":
 diff <(losses "$WORK/a") <(losses "$WORK/b") >/dev/null || fail "same seed, different losses"
 pass "bitwise-identical weights and identical losses ($(losses "$WORK/a" | wc -l) records)"
 echo "determinism: all passed"
+
+# --max-steps only stops early: the LR schedule still spans --epochs, so the
+# first 5 steps of a full run and a run stopped at 5 log the same LR and loss.
+SHORT=(--dataset synthetic --synthetic-train-samples 1024 --synthetic-test-samples 256 --micro-batch-size 32
+       --epochs 1 --hidden 32 --schedule linear --log-every 1 --seed 2)
+"$DTRAIN" "${SHORT[@]}" --max-steps 5 --out-dir "$WORK/stopped" >"$WORK/stopped.out" 2>&1 || fail "stopped run failed"
+"$DTRAIN" "${SHORT[@]}" --out-dir "$WORK/full" >/dev/null 2>&1 || fail "full run failed"
+grep -q "32 steps/epoch x 1 epochs = 32 steps (stopping after 5 by --max-steps)" "$WORK/stopped.out" \
+  || { cat "$WORK/stopped.out"; fail "no stop line"; }
+records() { grep '"event":"train"' "$1/metrics.jsonl" | sed -E 's/.*"lr":([^,]*).*"train_loss":([^,}]*).*/\1 \2/' | head -5; }
+[ "$(records "$WORK/stopped" | wc -l)" -eq 5 ] || fail "stopped run logged $(records "$WORK/stopped" | wc -l) steps"
+diff <(records "$WORK/stopped") <(records "$WORK/full") || fail "--max-steps changed the trajectory"
+pass "--max-steps 5 follows the full run's first 5 steps (LR and loss)"
+echo "determinism (--max-steps): all passed"

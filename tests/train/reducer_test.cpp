@@ -98,8 +98,8 @@ TEST(Reducer, ABucketNoRankUsedCompletesWithZeros) {
   EXPECT_EQ(named["middle.bias"].grad().abs().max().item<float>(), 0.f);
   EXPECT_GT(named["head.weight"].grad().abs().max().item<float>(), 0.f);
   // The skipped layer's buckets could only start in finish(); the others
-  // started from hooks during backward.
-  EXPECT_EQ(reducer.buckets_started_in_backward(), 2);
+  // started from hooks during backward. A world of one installs no hooks.
+  EXPECT_EQ(reducer.buckets_started_in_backward(), comm.world_size() > 1 ? 2 : 0);
 }
 
 TEST(Reducer, BucketsStartDuringBackwardOnlyOnTheLastMicroStep) {
@@ -112,9 +112,11 @@ TEST(Reducer, BucketsStartDuringBackwardOnlyOnTheLastMicroStep) {
   comm.reset_stats();
   step(*model, overlapped, comm.rank(), 0, 3, 0.0);
   EXPECT_EQ(overlapped.num_buckets(), 6u);
-  EXPECT_EQ(overlapped.buckets_started_in_backward(), 6);
-  EXPECT_EQ(comm.stats().all_reduce_calls, 6) << "one call per bucket, none on the first micro-steps";
-  EXPECT_EQ(comm.stats().all_reduce_bytes, overlapped.bytes());
+  // A world of one has nothing to communicate: no hooks and no collectives.
+  const bool communicates = comm.world_size() > 1;
+  EXPECT_EQ(overlapped.buckets_started_in_backward(), communicates ? 6 : 0);
+  EXPECT_EQ(comm.stats().all_reduce_calls, communicates ? 6 : 0) << "one call per bucket, none on the first micro-steps";
+  EXPECT_EQ(comm.stats().all_reduce_bytes, communicates ? overlapped.bytes() : 0);
 }
 
 TEST(Reducer, WithoutOverlapEveryBucketStartsAfterBackward) {
@@ -142,7 +144,9 @@ TEST(Reducer, ReducedPrecisionHalvesTheBytesAndStaysClose) {
     step(*exact_model, exact, comm.rank(), 0, 1, 0.0);
     comm.reset_stats();
     step(*compressed_model, compressed, comm.rank(), 0, 1, 0.0);
-    EXPECT_EQ(comm.stats().all_reduce_bytes, compressed.bytes() / 2);
+    // At world size 1 nothing is sent, but the gradients still take the
+    // 16-bit round trip, so rounding does not depend on the world size.
+    EXPECT_EQ(comm.stats().all_reduce_bytes, comm.world_size() > 1 ? compressed.bytes() / 2 : 0);
     const auto a = exact_model->parameters();
     const auto b = compressed_model->parameters();
     for (size_t i = 0; i < a.size(); ++i) {

@@ -1,0 +1,433 @@
+#include "cli/option_table.h"
+
+#include "common/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <sstream>
+
+namespace dtrain {
+
+const char* to_string(Effect effect) {
+  switch (effect) {
+    case Effect::Exact: return "exact";
+    case Effect::Rounding: return "rounding";
+    case Effect::None: return "none";
+  }
+  return "?";
+}
+
+namespace {
+
+// The first four columns of a row: name, group, effect class, example value.
+struct Row {
+  const char* name;
+  const char* group;
+  Effect effect;
+  const char* example;
+  const char* help;
+};
+
+[[noreturn]] void bad_value(const std::string& name, const std::string& text, const std::string& what) {
+  throw UsageError("--" + name + " '" + printable_excerpt(text) + "' is not " + what);
+}
+
+// Integers as written, the whole text, nothing else ("12abc", "1.5", " " fail).
+template <typename Int>
+Int parse_integer(const std::string& name, const std::string& text, const char* example) {
+  if (std::is_unsigned_v<Int> && !text.empty() && text[0] == '-') {
+    throw UsageError("--" + name + " must be a non-negative integer (got " + printable_excerpt(text) + ")");
+  }
+  const char* begin = text.data() + (!text.empty() && text[0] == '+' ? 1 : 0);
+  const char* end = text.data() + text.size();
+  Int value{};
+  const auto [stop, error] = std::from_chars(begin, end, value);
+  if (error == std::errc::result_out_of_range) {
+    throw UsageError("--" + name + " " + printable_excerpt(text) + " is out of range");
+  }
+  if (error != std::errc() || stop != end || begin == end) {
+    bad_value(name, text, std::string("an integer (example: --") + name + " " + example + ")");
+  }
+  return value;
+}
+
+double parse_number(const std::string& name, const std::string& text, const char* example) {
+  const char* begin = text.data() + (!text.empty() && text[0] == '+' ? 1 : 0);
+  const char* end = text.data() + text.size();
+  double value = 0;
+  const auto [stop, error] = std::from_chars(begin, end, value);
+  if (error != std::errc() || stop != end || begin == end) {
+    bad_value(name, text, std::string("a number (example: --") + name + " " + example + ")");
+  }
+  if (!std::isfinite(value)) throw UsageError("--" + name + " must be a finite number");
+  return value;
+}
+
+// The shortest %g text that reads back as the same double: 0.1, not
+// 0.10000000000000001, and 0.0005, not 5e-04.
+std::string format_number(double value) {
+  char buffer[64];
+  if (value == std::floor(value) && std::fabs(value) < 1e15) {
+    std::snprintf(buffer, sizeof buffer, "%.0f", value);  // 30, not 3e+01
+    return buffer;
+  }
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buffer, sizeof buffer, "%.*g", precision, value);
+    if (std::strtod(buffer, nullptr) == value) break;
+  }
+  return buffer;
+}
+
+std::string format_limit(double value) {
+  return std::isinf(value) ? (value > 0 ? "inf" : "-inf") : format_number(value);
+}
+
+// An interval of accepted numbers and the words that say it.
+struct Range {
+  double low = -std::numeric_limits<double>::infinity();
+  double high = std::numeric_limits<double>::infinity();
+  bool low_open = false;
+  bool high_open = false;
+
+  bool contains(double value) const {
+    return (low_open ? value > low : value >= low) && (high_open ? value < high : value <= high);
+  }
+  std::string describe() const {
+    const bool unbounded_above = std::isinf(high);
+    if (unbounded_above && low == 0 && low_open) return "must be positive";
+    if (unbounded_above) return std::string("must be >") + (low_open ? " " : "= ") + format_limit(low);
+    return "must be in " + std::string(low_open ? "(" : "[") + format_limit(low) + ", " + format_limit(high) +
+           (high_open ? ")" : "]");
+  }
+};
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+const Range kPositive{0, kInf, true, false};
+const Range kNonNegative{0, kInf, false, false};
+
+// Binds a row to a field through `access` (Config& -> field&) with a parser
+// (name, text -> value, range-checked) and a formatter (value -> text).
+template <typename Access, typename Parse, typename Format, typename ToJson>
+OptionSpec make_spec(const Row& row, std::string kind, Access access, Parse parse, Format format, ToJson to_json) {
+  OptionSpec spec;
+  spec.name = row.name;
+  spec.group = row.group;
+  spec.help = row.help;
+  spec.kind = std::move(kind);
+  spec.example = row.example;
+  spec.effect = row.effect;
+  const std::string name = row.name;
+  spec.set = [access, parse, name](Config& config, const std::string& text) { access(config) = parse(name, text); };
+  spec.text = [access, format](const Config& config) { return format(access(const_cast<Config&>(config))); };
+  spec.json = [access, to_json](const Config& config) -> nlohmann::json {
+    return to_json(access(const_cast<Config&>(config)));
+  };
+  return spec;
+}
+
+template <typename Access>
+OptionSpec integer(const Row& row, Access access, int64_t low, int64_t high = std::numeric_limits<int64_t>::max()) {
+  const char* example = row.example;
+  auto parse = [low, high, example](const std::string& name, const std::string& text) {
+    const auto value = parse_integer<int64_t>(name, text, example);
+    if (value < low || value > high) {
+      const std::string range = high == std::numeric_limits<int64_t>::max()
+                                    ? (low == 1 ? "must be positive" : "must be >= " + std::to_string(low))
+                                    : "must be between " + std::to_string(low) + " and " + std::to_string(high);
+      throw UsageError("--" + name + " " + range + " (got " + text + ")");
+    }
+    return value;
+  };
+  return make_spec(row, "integer", access, parse, [](int64_t v) { return std::to_string(v); },
+                   [](int64_t v) { return nlohmann::json(v); });
+}
+
+template <typename Access>
+OptionSpec seed(const Row& row, Access access) {
+  const char* example = row.example;
+  auto parse = [example](const std::string& name, const std::string& text) {
+    return parse_integer<uint64_t>(name, text, example);
+  };
+  return make_spec(row, "integer >= 0", access, parse, [](uint64_t v) { return std::to_string(v); },
+                   [](uint64_t v) { return nlohmann::json(v); });
+}
+
+// A batch size that may be left out (0 in Config): derived from the others.
+template <typename Access>
+OptionSpec optional_size(const Row& row, Access access) {
+  const char* example = row.example;
+  auto parse = [example](const std::string& name, const std::string& text) {
+    const auto value = parse_integer<int64_t>(name, text, example);
+    if (value <= 0) throw UsageError("--" + name + " must be positive (got " + text + ")");
+    return value;
+  };
+  return make_spec(row, "integer", access, parse, [](int64_t v) { return v > 0 ? std::to_string(v) : ""; },
+                   [](int64_t v) { return v > 0 ? nlohmann::json(v) : nlohmann::json(nullptr); });
+}
+
+template <typename Access>
+OptionSpec number(const Row& row, Access access, Range range) {
+  const char* example = row.example;
+  auto parse = [range, example](const std::string& name, const std::string& text) {
+    const double value = parse_number(name, text, example);
+    if (!range.contains(value)) throw UsageError("--" + name + " " + range.describe() + " (got " + text + ")");
+    return value;
+  };
+  return make_spec(row, "number", access, parse, format_number, [](double v) { return nlohmann::json(v); });
+}
+
+template <typename Access>
+OptionSpec boolean(const Row& row, Access access) {
+  auto parse = [](const std::string& name, const std::string& text) {
+    if (text == "true" || text == "yes" || text == "on" || text == "1") return true;
+    if (text == "false" || text == "no" || text == "off" || text == "0") return false;
+    bad_value(name, text, "true or false");
+  };
+  return make_spec(row, "true|false", access, parse, [](bool v) { return std::string(v ? "true" : "false"); },
+                   [](bool v) { return nlohmann::json(v); });
+}
+
+// One of a fixed set of words, spelled by to_string(Enum).
+template <typename Enum, typename Access>
+OptionSpec choice(const Row& row, Access access, std::initializer_list<Enum> listed) {
+  const std::vector<Enum> choices(listed);
+  std::string accepted;
+  for (Enum c : choices) accepted += (accepted.empty() ? "" : "|") + std::string(to_string(c));
+  auto parse = [choices, accepted](const std::string& name, const std::string& text) {
+    for (Enum c : choices) {
+      if (text == to_string(c)) return c;
+    }
+    throw UsageError("--" + name + " " + printable_excerpt(text) + " is not one of " + accepted);
+  };
+  return make_spec(row, accepted, access, parse, [](Enum v) { return std::string(to_string(v)); },
+                   [](Enum v) { return nlohmann::json(to_string(v)); });
+}
+
+// A path or other free text. Optional ones may be empty (unset).
+template <typename Access>
+OptionSpec text(const Row& row, Access access, bool optional) {
+  auto parse = [optional](const std::string& name, const std::string& value) {
+    if (!optional && value.empty()) throw UsageError("--" + name + " must not be empty");
+    return value;
+  };
+  return make_spec(row, "path", access, parse, [](const std::string& v) { return v; },
+                   [optional](const std::string& v) {
+                     return optional && v.empty() ? nlohmann::json(nullptr) : nlohmann::json(v);
+                   });
+}
+
+template <typename Number>
+std::string join(const std::vector<Number>& values) {
+  std::string out;
+  for (size_t i = 0; i < values.size(); ++i) {
+    if constexpr (std::is_floating_point_v<Number>) out += (i ? "," : "") + format_number(values[i]);
+    else out += (i ? "," : "") + std::to_string(values[i]);
+  }
+  return out;
+}
+
+// A comma-separated list; `check(name, values)` validates the whole list.
+template <typename Number, typename Access, typename Check>
+OptionSpec list(const Row& row, Access access, Check check) {
+  const char* example = row.example;
+  auto parse = [check, example](const std::string& name, const std::string& text) {
+    std::vector<Number> values;
+    if (!text.empty()) {
+      std::stringstream stream(text);
+      std::string item;
+      while (std::getline(stream, item, ',')) {
+        try {
+          if constexpr (std::is_floating_point_v<Number>) values.push_back(parse_number(name, item, example));
+          else values.push_back(parse_integer<Number>(name, item, example));
+        } catch (const UsageError&) {
+          bad_value(name, text, std::string("a comma-separated list of numbers (example: --") + name + " " +
+                                    example + ")");
+        }
+      }
+      if (text.back() == ',') bad_value(name, text, "a comma-separated list (it ends with a comma)");
+    }
+    check(name, values);
+    return values;
+  };
+  return make_spec(row, "list", access, parse, join<Number>,
+                   [](const std::vector<Number>& v) { return nlohmann::json(join(v)); });
+}
+
+// --threads: a count, or auto (0 in Config).
+template <typename Access>
+OptionSpec count_or_auto(const Row& row, Access access, int high) {
+  const char* example = row.example;
+  auto parse = [high, example](const std::string& name, const std::string& text) {
+    if (text == "auto") return 0;
+    const auto value = parse_integer<int64_t>(name, text, example);
+    if (value < 1 || value > high) {
+      throw UsageError("--" + name + " must be auto or between 1 and " + std::to_string(high) + " (got " + text + ")");
+    }
+    return static_cast<int>(value);
+  };
+  auto format = [](int v) { return v == 0 ? std::string("auto") : std::to_string(v); };
+  return make_spec(row, "auto|integer", access, parse, format, [format](int v) { return nlohmann::json(format(v)); });
+}
+
+#define DTRAIN_FIELD(path) [](Config & c) -> auto& { return c.path; }
+
+std::vector<OptionSpec> build_table() {
+  using E = Effect;
+  return {
+      // Batch.
+      optional_size({"micro-batch-size", "batch", E::Rounding, "64",
+                     "samples per rank per forward/backward pass"},
+                    DTRAIN_FIELD(batch.micro_batch_size)),
+      optional_size({"grad-accum-steps", "batch", E::Rounding, "4",
+                     "micro-batches accumulated per optimizer step (1 unless derived)"},
+                    DTRAIN_FIELD(batch.grad_accum_steps)),
+      optional_size({"global-batch-size", "batch", E::Exact, "1024",
+                     "samples per optimizer step across all ranks"},
+                    DTRAIN_FIELD(batch.global_batch_size)),
+
+      // Learning rate.
+      number({"lr", "lr", E::Exact, "0.2", "learning rate at the reference batch --base-batch-size"},
+             DTRAIN_FIELD(lr.lr), kPositive),
+      integer({"base-batch-size", "lr", E::Exact, "128", "reference batch of --lr"}, DTRAIN_FIELD(lr.base_batch_size),
+              1),
+      choice({"lr-scaling", "lr", E::Exact, "sqrt", "peak LR = lr x f(global/base): linear, sqrt or none"},
+             DTRAIN_FIELD(lr.scaling), {LrScaling::Linear, LrScaling::Sqrt, LrScaling::None}),
+      integer({"warmup-steps", "lr", E::Exact, "100", "optimizer steps of linear warmup from lr to the peak"},
+              DTRAIN_FIELD(lr.warmup_steps), 0),
+      number({"warmup-epochs", "lr", E::Exact, "2.5", "warmup length in epochs (converted to steps)"},
+             DTRAIN_FIELD(lr.warmup_epochs), Range{0, 1e6}),
+      choice({"schedule", "lr", E::Exact, "cosine", "after warmup: constant, cosine, linear or step"},
+             DTRAIN_FIELD(lr.schedule),
+             {LrScheduleKind::Constant, LrScheduleKind::Cosine, LrScheduleKind::Linear, LrScheduleKind::Step}),
+      list<double>({"lr-milestones", "lr", E::Exact, "30,60",
+                    "step schedule: epochs at which the LR is multiplied by --lr-gamma"},
+                   DTRAIN_FIELD(lr.milestones_epochs),
+                   [](const std::string& name, const std::vector<double>& epochs) {
+                     for (size_t i = 0; i < epochs.size(); ++i) {
+                       if (epochs[i] <= 0 || (i > 0 && epochs[i] <= epochs[i - 1])) {
+                         throw UsageError("--" + name + " must be positive and increasing (epochs, e.g. 30,60,80)");
+                       }
+                     }
+                   }),
+      number({"lr-gamma", "lr", E::Exact, "0.5", "step schedule decay factor"}, DTRAIN_FIELD(lr.gamma),
+             Range{0, 1, true, false}),
+      number({"min-lr", "lr", E::Exact, "0.001", "final LR of the cosine and linear schedules"},
+             DTRAIN_FIELD(lr.min_lr), kNonNegative),
+
+      // Optimizer.
+      choice({"optimizer", "optimizer", E::Exact, "adamw", "sgd or adamw"}, DTRAIN_FIELD(optimizer.kind),
+             {OptimizerKind::Sgd, OptimizerKind::AdamW}),
+      number({"momentum", "optimizer", E::Exact, "0.8", "SGD momentum"}, DTRAIN_FIELD(optimizer.momentum),
+             Range{0, 1, false, true}),
+      boolean({"nesterov", "optimizer", E::Exact, "true", "SGD Nesterov momentum"}, DTRAIN_FIELD(optimizer.nesterov)),
+      number({"weight-decay", "optimizer", E::Exact, "0.0005", "L2 penalty (SGD) or decoupled weight decay (AdamW)"},
+             DTRAIN_FIELD(optimizer.weight_decay), kNonNegative),
+      list<double>({"betas", "optimizer", E::Exact, "0.8,0.95", "AdamW betas, two comma-separated numbers"},
+                   DTRAIN_FIELD(optimizer.betas),
+                   [](const std::string& name, const std::vector<double>& betas) {
+                     if (betas.size() != 2 || betas[0] < 0 || betas[0] >= 1 || betas[1] < 0 || betas[1] >= 1) {
+                       throw UsageError("--" + name + " needs two numbers in [0, 1), e.g. 0.9,0.999");
+                     }
+                   }),
+      number({"eps", "optimizer", E::Exact, "1e-06", "AdamW epsilon"}, DTRAIN_FIELD(optimizer.eps), kPositive),
+      number({"grad-clip-norm", "optimizer", E::Exact, "1", "clip the global gradient norm to this (0: off)"},
+             DTRAIN_FIELD(optimizer.grad_clip_norm), kNonNegative),
+
+      // Run.
+      integer({"epochs", "run", E::Exact, "90", "passes over the training set; the LR schedule's horizon"},
+              DTRAIN_FIELD(run.epochs), 0),
+      integer({"max-steps", "run", E::None, "500",
+               "stop after this many optimizer steps (0: no limit); the schedule still ends at --epochs"},
+              DTRAIN_FIELD(run.max_steps), 0),
+      seed({"seed", "run", E::Exact, "7", "seed of the initial weights and the sample order"}, DTRAIN_FIELD(run.seed)),
+      boolean({"shuffle", "run", E::Exact, "false", "reshuffle the training set each epoch"},
+              DTRAIN_FIELD(run.shuffle)),
+      text({"out-dir", "run", E::None, "runs/example",
+            "where rank 0 writes config.json, metrics.jsonl and summary.json"},
+           DTRAIN_FIELD(run.out_dir), /*optional=*/false),
+      integer({"log-every", "run", E::None, "10", "optimizer steps between progress lines and metrics records"},
+              DTRAIN_FIELD(run.log_every), 1),
+      integer({"eval-every", "run", E::None, "200", "optimizer steps between evaluations (0: end of each epoch only)"},
+              DTRAIN_FIELD(run.eval_every), 0),
+      count_or_auto({"threads", "run", E::Rounding, "4",
+                     "intra-op CPU threads per rank; auto: OMP_NUM_THREADS, else this rank's share of its CPUs"},
+                    DTRAIN_FIELD(run.threads), 1024),
+
+      // Data and model.
+      choice({"dataset", "data", E::Exact, "synthetic", "fashion-mnist or synthetic"}, DTRAIN_FIELD(data.dataset),
+             {DatasetKind::FashionMnist, DatasetKind::Synthetic}),
+      text({"data-dir", "data", E::Exact, "/data/fashion-mnist", "folder with Fashion-MNIST's *-ubyte.gz files"},
+           DTRAIN_FIELD(data.data_dir), /*optional=*/false),
+      integer({"synthetic-train-samples", "data", E::Exact, "1024", "synthetic training set size"},
+              DTRAIN_FIELD(data.synthetic_train_samples), 1),
+      integer({"synthetic-test-samples", "data", E::Exact, "512", "synthetic test set size"},
+              DTRAIN_FIELD(data.synthetic_test_samples), 1),
+      integer({"synthetic-classes", "data", E::Exact, "4", "synthetic number of classes"},
+              DTRAIN_FIELD(data.synthetic_classes), 2, 1 << 20),
+      seed({"synthetic-seed", "data", E::Exact, "5", "seed of the synthetic inputs and teacher network"},
+           DTRAIN_FIELD(data.synthetic_seed)),
+      choice({"model", "data", E::Exact, "cnn", "mlp or cnn"}, DTRAIN_FIELD(model.kind), {ModelKind::Mlp, ModelKind::Cnn}),
+      list<int64_t>({"hidden", "data", E::Exact, "1024,1024", "MLP hidden widths, comma-separated"},
+                    DTRAIN_FIELD(model.hidden),
+                    [](const std::string& name, const std::vector<int64_t>& widths) {
+                      for (int64_t width : widths) {
+                        if (width <= 0 || width > (int64_t{1} << 24)) {
+                          throw UsageError("--" + name + " widths must be positive and at most 16777216");
+                        }
+                      }
+                    }),
+
+      // Distributed.
+      choice({"backend", "distributed", E::Rounding, "mpi", "collectives: auto (NCCL on GPUs, MPI on CPUs), nccl or mpi"},
+             DTRAIN_FIELD(distributed.backend), {BackendKind::Auto, BackendKind::Nccl, BackendKind::Mpi}),
+      choice({"device", "distributed", E::Rounding, "cpu", "auto, cpu or cuda (the GPU of this rank's local rank)"},
+             DTRAIN_FIELD(distributed.device), {DeviceKind::Auto, DeviceKind::Cpu, DeviceKind::Cuda}),
+      number({"bucket-cap-mb", "distributed", E::Rounding, "4",
+              "gradient bucket size in MiB (the first bucket is at most 1 MiB)"},
+             DTRAIN_FIELD(distributed.bucket_cap_mb), Range{0, 1e6, true, false}),
+      choice({"overlap", "distributed", E::Rounding, "false",
+              "start each bucket's all-reduce during backward: auto (on with NCCL; with MPI when a rank has 2+ CPUs), "
+              "true or false"},
+             DTRAIN_FIELD(distributed.overlap), {Switch::Auto, Switch::On, Switch::Off}),
+      choice({"grad-reduce-dtype", "distributed", E::Exact, "bf16",
+              "all-reduce gradients as fp32, bf16 or fp16 (accumulated back in fp32)"},
+             DTRAIN_FIELD(distributed.grad_reduce_dtype), {ReduceDtype::Fp32, ReduceDtype::Bf16, ReduceDtype::Fp16}),
+
+      // Weights.
+      text({"init-from", "weights", E::Exact, "w.pt",
+            "start from these weights (dtrain --export output or PyTorch torch.save(state_dict))"},
+           DTRAIN_FIELD(init_from), /*optional=*/true),
+      text({"export", "weights", E::None, "final.pt",
+            "write the final weights here (torch.load reads them as a name -> tensor dict)"},
+           DTRAIN_FIELD(export_path), /*optional=*/true),
+  };
+}
+
+#undef DTRAIN_FIELD
+
+}  // namespace
+
+const std::vector<OptionSpec>& option_table() {
+  static const std::vector<OptionSpec> table = build_table();
+  return table;
+}
+
+const std::vector<OptionGroup>& option_groups() {
+  static const std::vector<OptionGroup> groups = {
+      {"batch", "Batch (global = micro x accum x world; give any two)"},
+      {"lr", "Learning rate"},
+      {"optimizer", "Optimizer"},
+      {"run", "Run"},
+      {"data", "Data and model"},
+      {"distributed", "Distributed"},
+      {"weights", "Weights"},
+  };
+  return groups;
+}
+
+}  // namespace dtrain
