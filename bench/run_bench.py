@@ -11,6 +11,10 @@ the repetitions. Prints tables and writes everything to a JSON file.
   3. trainer overhead: dtrain at world size 1 vs a bare LibTorch loop
   4. bytes and calls per optimizer step from the communicator's counters
   5. a ~100 MB-gradient model: overlapped buckets vs one flat all-reduce
+  6. --threads auto vs --threads 1 for one rank on two CPUs (taskset -c 0,1)
+
+--only overhead,threads runs just those sections (names: allreduce, e2e,
+overhead, traffic, big, threads).
 """
 import argparse
 import json
@@ -90,12 +94,35 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per end-to-end run")
     parser.add_argument("--json", default=os.path.join(ROOT, "runs", "bench", "bench.json"))
+    parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads",
+                        help="comma-separated sections to run")
     args = parser.parse_args()
+    sections = set(args.only.split(","))
     dtrain = os.path.join(args.build, "dtrain")
     bench = os.path.join(args.build, "dtrain_bench")
     results = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "repeats": args.repeats}
 
     # 1. All-reduce path vs raw MPI.
+    if "allreduce" in sections:
+        allreduce(args, bench, results)
+    if "e2e" in sections:
+        end_to_end(args, dtrain, results)
+    if "overhead" in sections:
+        overhead(args, dtrain, bench, results)
+    if "traffic" in sections:
+        traffic(bench, results)
+    if "big" in sections:
+        big_model(args, dtrain, results)
+    if "threads" in sections:
+        auto_threads(args, dtrain, results)
+
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwrote {args.json}")
+
+
+def allreduce(args, bench, results):
     per_size = {}
     for _ in range(args.repeats):
         record = last_json(run(["mpirun", "-np", "2", bench, "allreduce", "--mb", "1,4,16,64", "--iters", "10"]).stdout)
@@ -113,7 +140,9 @@ def main():
     table("1. all-reduce, 2 ranks (GiB/s of buffer; ratio = our throughput / raw MPI's, target >= 0.9)",
           ["MiB", "raw MPI", "communicator", "reducer", "comm/raw", "reducer/raw"], rows)
 
-    # 2 and 3. End to end, interleaved.
+
+def end_to_end(args, dtrain, results):
+    # 2. End to end, interleaved.
     have_torch2 = os.path.exists(os.path.join(args.torch2_build, "dtrain")) and os.path.exists(args.torch2_python)
     samples, versions = {}, {}
     for _ in range(args.repeats):
@@ -130,11 +159,6 @@ def main():
                 samples.setdefault(f"ceiling2_a{accum}", []).append(ceiling_rate(d2, extra, steps))
                 rate, versions["ddp_pypi"] = ddp_rate(args.torch2_python, accum, steps)
                 samples.setdefault(f"ddp_pypi_a{accum}", []).append(rate)
-    for repeat in range(args.repeats + 2):  # noisiest comparison: two more repeats, alternating order
-        pair = [("dtrain_w1", lambda: dtrain_rate(dtrain, 0, [], args.steps)),
-                ("bare_loop", lambda: last_json(run([bench, "loop", "--steps", str(args.steps)]).stdout)["samples_per_sec"])]
-        for name, measure in (pair if repeat % 2 == 0 else reversed(pair)):
-            samples.setdefault(name, []).append(measure())
     m = median_of(samples)
     results["end_to_end"] = m
     results["torch_versions"] = versions
@@ -150,9 +174,65 @@ def main():
     table("2. MLP 784-1024-1024-10, micro 64, SGD momentum, 2 ranks x 1 thread (samples/s; targets: "
           "dtrain/DDP >= 1.5, dtrain/ceiling >= 0.85 at accum 1 and >= 0.95 at accum 8)",
           ["torch", "accum", "dtrain", "DDP", "dtrain/DDP", "ceiling", "dtrain/ceiling"], rows)
-    table("3. trainer overhead, 1 process (samples/s; target >= 0.97)", ["dtrain w=1", "bare loop", "ratio"],
-          [[f"{m['dtrain_w1']:.0f}", f"{m['bare_loop']:.0f}", f"{m['dtrain_w1'] / m['bare_loop']:.2f}"]])
 
+
+# The world-1 pair of the options issue: dtrain and a bare LibTorch loop of
+# the same network, Fashion-MNIST and SGD, steady ms/step (first 20 steps
+# untimed, no evaluation or logging in the timed part).
+OVERHEAD = ["--model", "mlp", "--hidden", "1024,1024", "--micro-batch-size", "64", "--optimizer", "sgd",
+            "--momentum", "0.9", "--lr", "0.01", "--lr-scaling", "none", "--threads", "1", "--log-every", "100000"]
+
+
+def dtrain_summary(binary, flags, launcher=()):
+    with tempfile.TemporaryDirectory() as out:
+        run(list(launcher) + [binary] + flags + ["--out-dir", out])
+        with open(os.path.join(out, "summary.json")) as f:
+            return json.load(f)
+
+
+def overhead(args, dtrain, bench, results):
+    repeats = max(args.repeats, 5)
+    samples = {"dtrain_w1": [], "bare_loop": []}
+    for repeat in range(repeats):  # alternating order: the machine drifts
+        pair = [("dtrain_w1", lambda: dtrain_summary(dtrain, OVERHEAD + ["--max-steps", str(args.steps + 20)])["steady_ms_per_step"]),
+                ("bare_loop", lambda: last_json(run([bench, "loop", "--steps", str(args.steps)]).stdout)["ms_per_step"])]
+        for name, measure in (pair if repeat % 2 == 0 else reversed(pair)):
+            samples[name].append(measure())
+    m = median_of(samples)
+    ratios = [d / b for d, b in zip(samples["dtrain_w1"], samples["bare_loop"])]
+    results["overhead"] = {"medians_ms": m, "samples_ms": samples, "repeats": repeats}
+    table(f"3. trainer overhead at world size 1, Fashion-MNIST MLP 784-1024-1024-10, micro 64, 1 thread "
+          f"(steady ms/step, median of {repeats} interleaved runs; target: dtrain/bare <= 1.01)",
+          ["dtrain w=1", "bare loop", "dtrain/bare", "pairwise range"],
+          [[f"{m['dtrain_w1']:.3f}", f"{m['bare_loop']:.3f}", f"{m['dtrain_w1'] / m['bare_loop']:.3f}",
+            f"{min(ratios):.3f}-{max(ratios):.3f}"]])
+
+
+def auto_threads(args, dtrain, results):
+    """One rank on two CPUs (taskset -c 0,1), the default job: --threads auto vs 1."""
+    repeats = max(args.repeats, 5)
+    env_without_omp = {k: v for k, v in ENV.items() if k != "OMP_NUM_THREADS"}
+    flags = ["--config", os.path.join(ROOT, "configs", "fashion_mnist_mlp.ini"), "--max-steps", str(args.steps * 2),
+             "--log-every", "100000"]
+    samples = {"auto": [], "one": []}
+    for repeat in range(repeats):
+        pair = [("auto", ["--threads", "auto"]), ("one", ["--threads", "1"])]
+        for name, extra in (pair if repeat % 2 == 0 else reversed(pair)):
+            with tempfile.TemporaryDirectory() as out:
+                result = subprocess.run(["taskset", "-c", "0,1", dtrain] + flags + extra + ["--out-dir", out],
+                                        env=env_without_omp, capture_output=True, text=True)
+                if result.returncode != 0:
+                    sys.exit(f"bench: failed: {result.stderr}")
+                samples[name].append(json.load(open(os.path.join(out, "summary.json")))["samples_per_sec"])
+    m = median_of(samples)
+    ratios = [a / o for a, o in zip(samples["auto"], samples["one"])]
+    results["auto_threads"] = {"medians": m, "samples": samples, "repeats": repeats}
+    table(f"6. one rank under taskset -c 0,1, default job (samples/s, median of {repeats} interleaved runs)",
+          ["--threads auto", "--threads 1", "auto/1", "pairwise range"],
+          [[f"{m['auto']:.0f}", f"{m['one']:.0f}", f"{m['auto'] / m['one']:.2f}", f"{min(ratios):.2f}-{max(ratios):.2f}"]])
+
+
+def traffic(bench, results):
     # 4. Traffic.
     record = last_json(run(["mpirun", "-np", "2", bench, "traffic", "--accum", "1,8"]).stdout)
     results["traffic"] = record["rows"]
@@ -161,6 +241,9 @@ def main():
           [[r["accum"], r["bytes_per_step"], r["parameter_bytes"], r["calls_per_step"], r["buckets"]]
            for r in record["rows"]])
 
+
+
+def big_model(args, dtrain, results):
     # 5. ~100 MB of gradients: buckets with overlap vs one flat all-reduce after backward.
     big = DATA + ["--hidden", "4096,4096,1024", "--micro-batch-size", "32"]
     variants = {"buckets 25 MiB, overlap": ["--bucket-cap-mb", "25", "--overlap", "true"],
@@ -175,11 +258,6 @@ def main():
     flat = mb["one flat bucket, after backward"]
     table("5. MLP 784-4096-4096-1024-10 (97 MB of gradients), micro 32, 2 ranks (samples/s)",
           ["variant", "samples/s", "vs flat"], [[k, f"{v:.1f}", f"{v / flat:.2f}"] for k, v in mb.items()])
-
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

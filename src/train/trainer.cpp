@@ -233,6 +233,8 @@ nlohmann::json Trainer::run(MetricsLog& log) {
   }
 
   double train_seconds = 0;        // excludes evaluation
+  double steady_seconds = 0;       // the same, past the first kWarmupSteps (allocator and cache warm-up)
+  constexpr int64_t kWarmupSteps = 20;
   double interval_seconds = 0;
   int64_t interval_steps = 0;
   nlohmann::json last_eval;
@@ -242,6 +244,7 @@ nlohmann::json Trainer::run(MetricsLog& log) {
     const StepResult result = train_step(step, log_now);
     const double step_seconds = seconds_since(step_start);
     train_seconds += step_seconds;
+    if (step >= kWarmupSteps) steady_seconds += step_seconds;
     interval_seconds += step_seconds;
     ++interval_steps;
     const int64_t steps_done = step + 1;
@@ -290,6 +293,10 @@ nlohmann::json Trainer::run(MetricsLog& log) {
       {"world_size", plan_.world_size},
       {"peak_lr", schedule_.peak_lr},
       {"train_seconds", train_seconds},
+      {"steady_ms_per_step",
+       steps_to_run_ > kWarmupSteps
+           ? nlohmann::json(1000 * steady_seconds / static_cast<double>(steps_to_run_ - kWarmupSteps))
+           : nlohmann::json(nullptr)},
       {"wall_seconds", seconds_since(run_start)},
       {"samples_per_sec", train_seconds > 0 ? static_cast<double>(steps_to_run_ * global_batch) / train_seconds : 0.0},
       {"test_accuracy", last_eval["test_accuracy"]},
