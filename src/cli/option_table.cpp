@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -43,7 +44,7 @@ Int parse_integer(const std::string& name, const std::string& text, const char* 
   if (std::is_unsigned_v<Int> && !text.empty() && text[0] == '-') {
     throw UsageError("--" + name + " must be a non-negative integer (got " + printable_excerpt(text) + ")");
   }
-  const char* begin = text.data() + (!text.empty() && text[0] == '+' ? 1 : 0);
+  const char* begin = text.data() + (text.size() > 1 && text[0] == '+' && std::isdigit(static_cast<unsigned char>(text[1])) ? 1 : 0);
   const char* end = text.data() + text.size();
   Int value{};
   const auto [stop, error] = std::from_chars(begin, end, value);
@@ -57,7 +58,7 @@ Int parse_integer(const std::string& name, const std::string& text, const char* 
 }
 
 double parse_number(const std::string& name, const std::string& text, const char* example) {
-  const char* begin = text.data() + (!text.empty() && text[0] == '+' ? 1 : 0);
+  const char* begin = text.data() + (text.size() > 1 && text[0] == '+' && text[1] != '-' && text[1] != '+' ? 1 : 0);
   const char* end = text.data() + text.size();
   double value = 0;
   const auto [stop, error] = std::from_chars(begin, end, value);
@@ -213,6 +214,16 @@ template <typename Access>
 OptionSpec text(const Row& row, Access access, bool optional) {
   auto parse = [optional](const std::string& name, const std::string& value) {
     if (!optional && value.empty()) throw UsageError("--" + name + " must not be empty");
+    // What an INI line could not carry back: a comment mark, surrounding
+    // blanks, control characters.
+    const bool blank_edge = !value.empty() && (std::isspace(static_cast<unsigned char>(value.front())) ||
+                                               std::isspace(static_cast<unsigned char>(value.back())));
+    bool control = false;
+    for (unsigned char byte : value) control = control || byte < 0x20 || byte == 0x7f;
+    if (value.find('#') != std::string::npos || blank_edge || control) {
+      throw UsageError("--" + name + " '" + printable_excerpt(value) +
+                       "' holds a '#', a control character or blanks at its ends; choose another path");
+    }
     return value;
   };
   return make_spec(row, "path", access, parse, [](const std::string& v) { return v; },
@@ -271,7 +282,8 @@ OptionSpec count_or_auto(const Row& row, Access access, int high) {
     return static_cast<int>(value);
   };
   auto format = [](int v) { return v == 0 ? std::string("auto") : std::to_string(v); };
-  return make_spec(row, "auto|integer", access, parse, format, [format](int v) { return nlohmann::json(format(v)); });
+  return make_spec(row, "auto|integer", access, parse, format,
+                   [](int v) { return v == 0 ? nlohmann::json("auto") : nlohmann::json(v); });
 }
 
 #define DTRAIN_FIELD(path) [](Config & c) -> auto& { return c.path; }

@@ -136,22 +136,23 @@ struct GivenValue {
 // so that an error can name the line (Boost's own errors do not).
 std::map<std::string, GivenValue> read_config_file(const std::string& path, const po::options_description& options) {
   std::ifstream file(path, std::ios::binary);
+  const std::string shown = printable_excerpt(path, 200);
   if (!file || !std::filesystem::is_regular_file(path)) {
-    throw UsageError("cannot open config file " + path + ": check the --config path");
+    throw UsageError("cannot open config file " + shown + ": check the --config path");
   }
   constexpr std::streamsize kMaxBytes = 1 << 20;
   std::string content(static_cast<size_t>(kMaxBytes) + 1, '\0');
   file.read(content.data(), kMaxBytes + 1);
   content.resize(static_cast<size_t>(file.gcount()));
   if (static_cast<std::streamsize>(content.size()) > kMaxBytes) {
-    throw UsageError("config file " + path + " is larger than 1 MiB: --config takes a short INI file of `name = value` lines");
+    throw UsageError("config file " + shown + " is larger than 1 MiB: --config takes a short INI file of `name = value` lines");
   }
   std::map<std::string, GivenValue> given;
   std::istringstream lines(content);
   std::string line;
   for (int number = 1; std::getline(lines, line); ++number) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    const std::string where = path + ":" + std::to_string(number);
+    const std::string where = shown + ":" + std::to_string(number);
     if (line.find('\0') != std::string::npos) {
       throw UsageError(where + ": binary data; --config takes a text file of `name = value` lines, not '" +
                        printable_excerpt(line, 20) + "'");
@@ -205,6 +206,7 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
 
   std::map<std::string, GivenValue> command_line;
   std::string config_path;
+  bool config_given = false;
   try {
     // Stray words are collected into a hidden option so the error can name them.
     po::options_description parseable;
@@ -222,7 +224,8 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
       } else if (option.string_key == "dump-config") {
         parsed.dump_requested = true;
       } else if (option.string_key == "config") {
-        if (!config_path.empty()) throw UsageError("--config is given twice; give one config file");
+        if (config_given) throw UsageError("--config is given twice; give one config file");
+        config_given = true;
         config_path = text;
       } else if (!command_line.emplace(option.string_key, GivenValue{text, "the command line"}).second) {
         throw UsageError("--" + option.string_key + " is given twice on the command line; give it once");
@@ -239,7 +242,7 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
   }
   parsed.config.config_file = config_path;
   const auto from_file =
-      config_path.empty() ? std::map<std::string, GivenValue>{} : read_config_file(config_path, options);
+      config_given ? read_config_file(config_path, options) : std::map<std::string, GivenValue>{};
 
   for (const auto& spec : option_table()) {
     const GivenValue* given = nullptr;
@@ -265,11 +268,20 @@ nlohmann::json config_to_json(const Config& config) {
   return json;
 }
 
+namespace {
+// An empty value is written only where it differs from the default (an
+// empty --hidden for the CNN): elsewhere empty means unset, the default.
+bool written_empty(const OptionSpec& spec, const std::string& text) {
+  static const Config defaults;
+  return text.empty() && !spec.text(defaults).empty();
+}
+}  // namespace
+
 std::string config_to_ini(const Config& config) {
   std::ostringstream out;
   for (const auto& spec : option_table()) {
     const std::string text = spec.text(config);
-    if (!text.empty()) out << spec.name << " = " << text << "\n";
+    if (!text.empty() || written_empty(spec, text)) out << spec.name << " = " << text << "\n";
   }
   return out.str();
 }
@@ -285,7 +297,7 @@ std::string dump_config(const ParsedOptions& parsed) {
       const std::string text = spec.text(parsed.config);
       const auto source = parsed.sources.find(spec.name);
       out << "\n# " << spec.help << " [" << to_string(spec.effect) << "]\n";
-      if (text.empty()) {
+      if (text.empty() && !written_empty(spec, text)) {
         out << "# unset" << (spec.group == "batch" ? " (derived from the other batch sizes)" : "")
             << (source != parsed.sources.end() ? "; given empty in " + source->second : "") << "\n"
             << "# " << spec.name << " =\n";

@@ -5,6 +5,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -68,36 +69,53 @@ CpuShare compute_cpu_share(const std::vector<CpuMask>& host_masks, int local_ran
   share.ranks_sharing = 0;
   for (const auto& other : host_masks) share.ranks_sharing += overlaps(mine, other) ? 1 : 0;
   share.ranks_sharing = std::max(1, share.ranks_sharing);
-  double cpus = share.cpus_in_mask;
-  if (quota_cpus > 0) cpus = std::min(cpus, std::floor(quota_cpus));
-  share.share = std::max(1, static_cast<int>(cpus) / share.ranks_sharing);
+  // The mask is shared with the ranks that overlap it; a quota (a
+  // container's --cpus, usually) with every rank on the host.
+  int cpus = share.cpus_in_mask / share.ranks_sharing;
+  if (quota_cpus > 0) cpus = std::min(cpus, static_cast<int>(std::floor(quota_cpus / share.ranks_on_host)));
+  share.share = std::max(1, cpus);
   return share;
 }
 
 CpuMask this_process_mask() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CpuMask mask(CPU_SETSIZE / 64, 0);
-  if (sched_getaffinity(0, sizeof set, &set) != 0) {
-    mask[0] = 1;  // unknown: count one CPU rather than guess the machine
-    return mask;
+  // Grow the set until the kernel's mask fits (hosts with over 1024 CPUs).
+  for (int cpus = 1024; cpus <= (1 << 16); cpus *= 2) {
+    cpu_set_t* set = CPU_ALLOC(cpus);
+    const size_t size = CPU_ALLOC_SIZE(cpus);
+    CPU_ZERO_S(size, set);
+    if (sched_getaffinity(0, size, set) == 0) {
+      CpuMask mask(static_cast<size_t>(cpus) / 64, 0);
+      for (int cpu = 0; cpu < cpus; ++cpu) {
+        if (CPU_ISSET_S(cpu, size, set)) mask[cpu / 64] |= uint64_t{1} << (cpu % 64);
+      }
+      CPU_FREE(set);
+      return mask;
+    }
+    CPU_FREE(set);
+    if (errno != EINVAL) break;
   }
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-    if (CPU_ISSET(cpu, &set)) mask[cpu / 64] |= uint64_t{1} << (cpu % 64);
-  }
-  return mask;
+  CpuMask unknown(16, 0);
+  unknown[0] = 1;  // unknown: count one CPU rather than guess the machine
+  return unknown;
 }
 
 double cgroup_cpu_quota() {
+  std::ifstream file("/proc/self/cgroup");
+  std::stringstream text;
+  text << file.rdbuf();
+  return cgroup_cpu_quota(text.str(), "/sys/fs/cgroup");
+}
+
+double cgroup_cpu_quota(const std::string& proc_self_cgroup, const std::filesystem::path& mount) {
   // /proc/self/cgroup: "0::/path" (v2) or "N:cpu,cpuacct:/path" (v1).
-  std::ifstream cgroups("/proc/self/cgroup");
+  std::istringstream cgroups(proc_self_cgroup);
   std::string line;
   double smallest = 0;
   while (std::getline(cgroups, line)) {
     const size_t first = line.find(':'), second = line.find(':', first + 1);
     if (first == std::string::npos || second == std::string::npos) continue;
     const std::string controllers = line.substr(first + 1, second - first - 1);
-    std::filesystem::path root = "/sys/fs/cgroup";
+    std::filesystem::path root = mount;
     if (controllers.empty()) {
       // v2: the unified hierarchy.
     } else if (controllers.find("cpu") != std::string::npos && controllers.find("cpuset") == std::string::npos) {

@@ -1,14 +1,16 @@
 // How many CPU threads a rank uses, from the CPUs it owns. A rank's share is
 // the CPUs in its affinity mask (what mpirun's binding, srun
-// --cpus-per-task or taskset gave it), capped by the cgroup's CPU quota, and
-// divided among the ranks on its host whose masks overlap it (ranks started
-// with --bind-to none share the node). --threads auto and --overlap auto are
+// --cpus-per-task or taskset gave it) divided among the ranks on its host
+// whose masks overlap it (ranks started with --bind-to none share the node),
+// and capped by its part of the cgroup's CPU quota, which all the ranks of
+// the host are taken to share. --threads auto and --overlap auto are
 // decided together from that share: MPI's communication thread needs a CPU of
 // its own to overlap with backward.
 #pragma once
 #include "cli/config.h"
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -24,7 +26,7 @@ struct CpuShare {
   double quota_cpus = 0;   // the cgroup's CPU quota in CPUs (0: none set)
   int ranks_sharing = 1;   // ranks on this host whose masks overlap ours, us included
   int ranks_on_host = 1;
-  int share = 1;           // CPUs this rank counts on: min(mask, quota) / ranks_sharing, at least 1
+  int share = 1;           // min(mask / ranks_sharing, quota / ranks_on_host), at least 1
   std::string describe() const;  // "4 CPUs in this rank's affinity mask; 2 ranks on this host"
 };
 
@@ -37,6 +39,8 @@ CpuMask this_process_mask();
 // The CPU quota of this process's cgroup in CPUs (cgroup v2 cpu.max, or v1
 // cpu.cfs_quota_us / cpu.cfs_period_us; the smallest along the path), or 0.
 double cgroup_cpu_quota();
+// The same from the text of /proc/self/cgroup and the cgroup mount (tests).
+double cgroup_cpu_quota(const std::string& proc_self_cgroup, const std::filesystem::path& mount);
 // Collective over the ranks of this host: gathers their masks and computes
 // this rank's share.
 CpuShare measure_cpu_share(MpiCommunicator& comm);

@@ -170,10 +170,13 @@ void GradientReducer::finish() {
 }
 
 double GradientReducer::grad_norm() const {
-  // On the device, read once: each .item() would stall a GPU stream.
+  // On the device, read once: each .item() would stall a GPU stream. In
+  // double, so that large finite gradients do not overflow to inf.
   std::vector<at::Tensor> norms;
-  for (const auto& bucket : buckets_) norms.push_back(bucket.buffer.norm());
-  return torch::stack(norms).norm().item<double>();
+  for (const auto& bucket : buckets_) {
+    norms.push_back(at::linalg_vector_norm(bucket.buffer, 2, c10::nullopt, false, at::kDouble));
+  }
+  return at::linalg_vector_norm(torch::stack(norms), 2).item<double>();
 }
 
 void GradientReducer::scale(double factor) {

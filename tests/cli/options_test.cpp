@@ -117,6 +117,12 @@ TEST(Options, BadInputGivesOneLineNamingTheProblem) {
       {{"--epochs", "3.5"}, "--epochs '3.5' is not an integer"},
       {{"--lr", "0.1", "--lr", "0.2"}, "--lr is given twice"},
       {{"--hidden", "512,"}, "ends with a comma"},
+      {{"--min-lr", "+-0"}, "--min-lr '+-0' is not a number"},
+      {{"--epochs", "+-3"}, "--epochs '+-3' is not an integer"},
+      {{"--out-dir", "runs/#3"}, "holds a '#'"},
+      {{"--export", " a.pt"}, "blanks at its ends"},
+      {{"--config", ""}, "cannot open config file"},
+      {{"--config", "", "--config", "x.ini"}, "--config is given twice"},
       {{"--config", "/tmp"}, "cannot open config file /tmp"},
       {{"--overlap", "sometimes"}, "auto|true|false"},
   };
@@ -241,6 +247,15 @@ TEST(Options, DumpConfigSaysWhereEachValueCameFrom) {
                 dump.find("\n# " + spec.name + " =") != std::string::npos)
         << spec.name;
   }
+}
+
+TEST(Options, AnEmptyValueThatIsNotTheDefaultSurvivesTheDump) {
+  const ParsedOptions parsed = parse_options({"--model", "cnn", "--hidden", ""});
+  EXPECT_TRUE(parsed.config.model.hidden.empty());
+  const TempFile dumped(dump_config(parsed));
+  const Config again = parse({"--config", dumped.path()});
+  EXPECT_EQ(config_to_json(again), config_to_json(parsed.config));
+  EXPECT_EQ(trajectory_hash(again), trajectory_hash(parsed.config));
 }
 
 TEST(Options, TrajectoryHashIgnoresHowTheBatchIsSplit) {

@@ -4,6 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 #include <initializer_list>
 
 namespace dtrain {
@@ -34,6 +38,8 @@ TEST(CpuShare, FromMasksQuotasAndNeighbours) {
       {"a quota of 2.5 CPUs caps 8", {cpus({0, 1, 2, 3, 4, 5, 6, 7})}, 0, 2.5, 8, 1, 2},
       {"a quota above the mask changes nothing", {cpus({0, 1})}, 0, 8, 2, 1, 2},
       {"a quota of half a CPU still leaves 1", {cpus({0, 1})}, 0, 0.5, 2, 1, 1},
+      {"a quota of 4 CPUs shared by 4 bound ranks of 16 CPUs each",
+       {cpus({0, 1, 2, 3}), cpus({4, 5, 6, 7}), cpus({8, 9, 10, 11}), cpus({12, 13, 14, 15})}, 1, 4, 4, 1, 1},
       {"3 ranks on 2 shared CPUs: at least 1", std::vector<CpuMask>(3, cpus({0, 1})), 0, 0, 2, 3, 1},
       {"partly overlapping neighbours", {cpus({0, 1, 2, 3}), cpus({2, 3, 4, 5}), cpus({6, 7})}, 0, 0, 4, 2, 2},
   };
@@ -98,6 +104,30 @@ TEST(CpuShare, DescribesWhereTheNumbersCameFrom) {
   EXPECT_EQ(capped.describe(), "4 CPUs in this rank's affinity mask, capped at 2 by the cgroup CPU quota; 1 rank on this host");
   EXPECT_EQ(plan_threads(0, "2", share, Switch::Auto, BackendKind::Mpi, 1).reason, "OMP_NUM_THREADS=2");
   EXPECT_EQ(plan_threads(3, nullptr, share, Switch::Auto, BackendKind::Mpi, 1).reason, "--threads 3");
+}
+
+TEST(CpuShare, CgroupQuotasV1AndV2) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() / ("dtrain_cgroup_" + std::to_string(::getpid()));
+  auto write = [](const fs::path& file, const std::string& text) {
+    fs::create_directories(file.parent_path());
+    std::ofstream(file) << text;
+  };
+  // v2: no limit at the leaf, 1.5 CPUs on the parent, 4 at the root.
+  write(root / "v2/cpu.max", "400000 100000\n");
+  write(root / "v2/job/cpu.max", "150000 100000\n");
+  write(root / "v2/job/step/cpu.max", "max 100000\n");
+  EXPECT_DOUBLE_EQ(cgroup_cpu_quota("0::/job/step\n", root / "v2"), 1.5);
+  EXPECT_DOUBLE_EQ(cgroup_cpu_quota("0::/\n", root / "v2"), 4.0);
+  // v1: the cpu controller's quota; -1 means none.
+  write(root / "v1/cpu,cpuacct/docker/cpu.cfs_quota_us", "200000\n");
+  write(root / "v1/cpu,cpuacct/docker/cpu.cfs_period_us", "100000\n");
+  write(root / "v1/cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
+  write(root / "v1/cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+  EXPECT_DOUBLE_EQ(cgroup_cpu_quota("4:cpuset:/docker\n3:cpu,cpuacct:/docker\n", root / "v1"), 2.0);
+  EXPECT_DOUBLE_EQ(cgroup_cpu_quota("3:cpu,cpuacct:/\n", root / "v1"), 0.0);
+  EXPECT_DOUBLE_EQ(cgroup_cpu_quota("", root / "v1"), 0.0);
+  fs::remove_all(root);
 }
 
 TEST(CpuShare, ThisProcessHasAtLeastOneCpu) {

@@ -3,7 +3,8 @@
 # ctest sets OMP_NUM_THREADS=1 for every test; these unset it.
 source "$(dirname "$0")/common.sh"
 unset OMP_NUM_THREADS
-[ "$(nproc --all)" -ge 2 ] || { echo "threads: needs 2 CPUs, skipped"; exit 0; }
+# The launch lines name CPUs 0 and 1: this process must be allowed both.
+taskset -c 0,1 true 2>/dev/null && [ "$(nproc)" -ge 2 ] || { echo "threads: needs CPUs 0 and 1, skipped"; exit 0; }
 SYN=(--dataset synthetic --synthetic-train-samples 256 --synthetic-test-samples 64 --micro-batch-size 32
      --max-steps 2 --hidden 16 --out-dir "$WORK/run")
 
@@ -34,7 +35,8 @@ expect_threads "; 1 thread(s) per rank (1 CPU in this rank's affinity mask; 2 ra
 expect_threads "overlapped buckets; 1 thread(s) per rank + 1 for communication" -- \
   taskset -c 0,1 "$MPIRUN_BIN" -np 2 --bind-to none "$DTRAIN" "${SYN[@]}" --overlap true
 # config.json records what ran; --dump-config keeps auto.
-"$DTRAIN" "${SYN[@]}" --dump-config | grep -qx "threads = auto" || fail "--dump-config froze threads"
-grep -q '"threads":"1"\|"threads": "1"' "$WORK/run/config.json" || { cat "$WORK/run/config.json"; fail "config.json lacks resolved threads"; }
+"$DTRAIN" "${SYN[@]}" --dump-config >"$WORK/dump.ini" || fail "--dump-config failed"
+grep -qx "threads = auto" "$WORK/dump.ini" || fail "--dump-config froze threads"
+grep -q '"threads":1\|"threads": 1' "$WORK/run/config.json" || { cat "$WORK/run/config.json"; fail "config.json lacks resolved threads"; }
 pass "--dump-config keeps threads = auto; config.json records the resolved count"
 echo "threads: all passed"
