@@ -198,7 +198,10 @@ template <typename Enum, typename Access>
 OptionSpec choice(const Row& row, Access access, std::initializer_list<Enum> listed) {
   const std::vector<Enum> choices(listed);
   std::string accepted;
-  for (Enum c : choices) accepted += (accepted.empty() ? "" : "|") + std::string(to_string(c));
+  for (Enum c : choices) {
+    if (!accepted.empty()) accepted += '|';
+    accepted += to_string(c);  // appended: GCC 12 -O2 warns wrongly on "a" + string (PR 105329)
+  }
   auto parse = [choices, accepted](const std::string& name, const std::string& text) {
     for (Enum c : choices) {
       if (text == to_string(c)) return c;
@@ -236,8 +239,9 @@ template <typename Number>
 std::string join(const std::vector<Number>& values) {
   std::string out;
   for (size_t i = 0; i < values.size(); ++i) {
-    if constexpr (std::is_floating_point_v<Number>) out += (i ? "," : "") + format_number(values[i]);
-    else out += (i ? "," : "") + std::to_string(values[i]);
+    if (i > 0) out += ',';
+    if constexpr (std::is_floating_point_v<Number>) out += format_number(values[i]);
+    else out += std::to_string(values[i]);
   }
   return out;
 }
