@@ -132,9 +132,8 @@ struct GivenValue {
   std::string source;  // "the command line" or "FILE:LINE"
 };
 
-// The options of one config file, each with its line. Boost parses each line,
-// so that an error can name the line (Boost's own errors do not).
-std::map<std::string, GivenValue> read_config_file(const std::string& path, const po::options_description& options) {
+// A config file's text, at most 1 MiB.
+std::string read_config_text(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   const std::string shown = printable_excerpt(path, 200);
   if (!file || !std::filesystem::is_regular_file(path)) {
@@ -147,6 +146,14 @@ std::map<std::string, GivenValue> read_config_file(const std::string& path, cons
   if (static_cast<std::streamsize>(content.size()) > kMaxBytes) {
     throw UsageError("config file " + shown + " is larger than 1 MiB: --config takes a short INI file of `name = value` lines");
   }
+  return content;
+}
+
+// The options of one config file's text, each with its line. Boost parses
+// each line, so that an error can name the line (Boost's own errors do not).
+std::map<std::string, GivenValue> parse_config_lines(const std::string& content, const std::string& path,
+                                                     const po::options_description& options) {
+  const std::string shown = printable_excerpt(path, 200);
   std::map<std::string, GivenValue> given;
   std::istringstream lines(content);
   std::string line;
@@ -199,7 +206,11 @@ uint64_t hash_options(const Config& config, bool exact_only) {
 
 }  // namespace
 
-ParsedOptions parse_options(const std::vector<std::string>& args) {
+namespace {
+
+// parse_options, with the config file's text given (`config_text`) or read
+// from the --config path (null).
+ParsedOptions parse(const std::vector<std::string>& args, const std::string* config_text) {
   ParsedOptions parsed;
   const po::options_description help = table_description(/*with_defaults=*/true);
   const po::options_description options = table_description(/*with_defaults=*/false);
@@ -241,8 +252,10 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
     return parsed;
   }
   parsed.config.config_file = config_path;
-  const auto from_file =
-      config_given ? read_config_file(config_path, options) : std::map<std::string, GivenValue>{};
+  std::map<std::string, GivenValue> from_file;
+  if (config_given) {
+    from_file = parse_config_lines(config_text ? *config_text : read_config_text(config_path), config_path, options);
+  }
 
   for (const auto& spec : option_table()) {
     const GivenValue* given = nullptr;
@@ -259,6 +272,14 @@ ParsedOptions parse_options(const std::vector<std::string>& args) {
   }
   validate(parsed.config);
   return parsed;
+}
+
+}  // namespace
+
+ParsedOptions parse_options(const std::vector<std::string>& args) { return parse(args, nullptr); }
+
+ParsedOptions parse_config_text(const std::string& text, const std::string& name) {
+  return parse({"--config", name}, &text);
 }
 
 nlohmann::json config_to_json(const Config& config) {

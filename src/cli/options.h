@@ -31,6 +31,10 @@ struct ParsedOptions {
 // (train/batch_plan.h).
 ParsedOptions parse_options(const std::vector<std::string>& args);
 
+// As `--config NAME` whose file holds `text`: the in-memory entry point of
+// the config fuzz harness, through the same code as --config.
+ParsedOptions parse_config_text(const std::string& text, const std::string& name);
+
 // The configuration as a flat JSON object keyed by option name; values left
 // unset (a derived batch size, no --init-from) are null.
 nlohmann::json config_to_json(const Config& config);

@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 
+#include <caffe2/serialize/in_memory_adapter.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/unpickler.h>
 #include <torch/torch.h>
@@ -97,13 +98,65 @@ void save_weights(const NamedTensors& tensors, const std::string& path) {
   }
 }
 
-NamedTensors read_weights(const std::string& path) {
-  if (!std::filesystem::is_regular_file(path)) {
-    throw Error("weights file " + path + " does not exist: check the --init-from path");
+namespace {
+
+uint32_t le32(const uint8_t* p) { return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24; }
+uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
+
+// What can be checked before LibTorch's zip reader and unpickler see the
+// bytes (LibTorch 1.13 has known crashes on malformed input): a zip whose
+// central directory lies inside the file, whose entries are stored (torch.save
+// does not compress) with sizes and offsets inside the file, one of them
+// <archive>/data.pkl. Throws Error naming the first problem.
+void check_zip_layout(const uint8_t* bytes, size_t size, const std::string& name) {
+  auto refuse = [&](const std::string& problem) {
+    throw Error("cannot read weights from " + name + " (" + problem + "); " + kResaveHint);
+  };
+  if (size < 22 || le32(bytes) != 0x04034b50) refuse("not a zip archive");
+  // The end-of-central-directory record: within the last 64 KiB + 22 bytes.
+  size_t end = std::string::npos;
+  for (size_t at = size - 22 + 1; at-- > 0 && size - at <= 65535 + 22;) {
+    if (le32(bytes + at) == 0x06054b50) {
+      end = at;
+      break;
+    }
   }
+  if (end == std::string::npos) refuse("no zip directory at its end: truncated?");
+  const size_t entries = le16(bytes + end + 10);
+  const uint64_t directory_size = le32(bytes + end + 12), directory_offset = le32(bytes + end + 16);
+  if (entries == 0xffff || directory_offset == 0xffffffff) return;  // zip64: left to LibTorch's own checks
+  if (directory_offset + directory_size > end) refuse("its zip directory points past the end of the file");
+  bool has_pickle = false;
+  size_t at = directory_offset;
+  for (size_t i = 0; i < entries; ++i) {
+    if (at + 46 > end || le32(bytes + at) != 0x02014b50) refuse("a damaged zip directory");
+    const uint16_t method = le16(bytes + at + 10);
+    const uint64_t compressed = le32(bytes + at + 20), uncompressed = le32(bytes + at + 24);
+    const size_t name_length = le16(bytes + at + 28), extra = le16(bytes + at + 30), comment = le16(bytes + at + 32);
+    const uint64_t local = le32(bytes + at + 42);
+    if (at + 46 + name_length > end) refuse("a damaged zip directory");
+    const std::string entry(reinterpret_cast<const char*>(bytes + at + 46), name_length);
+    if (compressed == 0xffffffff || uncompressed == 0xffffffff || local == 0xffffffff) return;  // zip64
+    if (method != 0 || compressed != uncompressed) refuse("entry " + printable_excerpt(entry) + " is compressed; torch.save writes stored entries");
+    if (local + 30 + name_length + uncompressed > size) {
+      refuse("entry " + printable_excerpt(entry) + " claims " + std::to_string(uncompressed) +
+             " bytes past the end of the file");
+    }
+    const size_t slash = entry.find('/');
+    has_pickle = has_pickle || (slash != std::string::npos && entry.compare(slash, std::string::npos, "/data.pkl") == 0);
+    at += 46 + name_length + extra + comment;
+  }
+  if (!has_pickle) refuse("no data.pkl entry: not a file written by torch.save");
+}
+
+}  // namespace
+
+NamedTensors parse_weights(const uint8_t* bytes, size_t size, const std::string& name) {
+  check_zip_layout(bytes, size, name);
   c10::IValue root;
   try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
+    caffe2::serialize::PyTorchStreamReader reader(
+        std::make_shared<caffe2::serialize::MemoryReadAdapter>(bytes, static_cast<off_t>(size)));
     at::DataPtr pickle_data;
     size_t pickle_size = 0;
     std::tie(pickle_data, pickle_size) = reader.getRecord("data.pkl");
@@ -111,33 +164,45 @@ NamedTensors read_weights(const std::string& path) {
     const bool adapted = adapt_state_dict_pickle(pickle);
 
     size_t offset = 0;
-    auto read = [&](char* buffer, size_t size) {
-      size = std::min(size, pickle.size() - offset);
-      std::memcpy(buffer, pickle.data() + offset, size);
-      offset += size;
-      return size;
+    auto read = [&](char* buffer, size_t want) {
+      want = std::min(want, pickle.size() - offset);
+      std::memcpy(buffer, pickle.data() + offset, want);
+      offset += want;
+      return want;
     };
-    auto read_record = [&](const std::string& name) { return std::get<0>(reader.getRecord("data/" + name)); };
+    auto read_record = [&](const std::string& record) { return std::get<0>(reader.getRecord("data/" + record)); };
     torch::jit::Unpickler unpickler(read, nullptr, nullptr, read_record, c10::Device(c10::kCPU));
     root = unpickler.parse_ivalue();
     if (adapted) root = root.toTupleRef().elements().at(1);
   } catch (const c10::Error& e) {
-    throw Error("cannot read weights from " + path + " (" + first_line(e.what_without_backtrace()) + "); " +
-                kResaveHint);
+    throw Error("cannot read weights from " + name + " (" + printable_excerpt(first_line(e.what_without_backtrace()), 120) +
+                "); " + kResaveHint);
   } catch (const std::exception& e) {
-    throw Error("cannot read weights from " + path + " (" + first_line(e.what()) + "); " + kResaveHint);
+    throw Error("cannot read weights from " + name + " (" + printable_excerpt(first_line(e.what()), 120) + "); " +
+                kResaveHint);
   }
   if (!root.isGenericDict()) {
-    throw Error(path + " does not hold a dict of name -> tensor (found " + root.tagKind() + "); " + kResaveHint);
+    throw Error(name + " does not hold a dict of name -> tensor (found " + root.tagKind() + "); " + kResaveHint);
   }
   NamedTensors tensors;
   for (const auto& item : root.toGenericDict()) {
     if (!item.key().isString() || !item.value().isTensor()) {
-      throw Error(path + " holds an entry that is not name -> tensor; " + kResaveHint);
+      throw Error(name + " holds an entry that is not name -> tensor; " + kResaveHint);
     }
     tensors.emplace_back(item.key().toStringRef(), item.value().toTensor());
   }
   return tensors;
+}
+
+NamedTensors read_weights(const std::string& path) {
+  if (!std::filesystem::is_regular_file(path)) {
+    throw Error("weights file " + path + " does not exist: check the --init-from path");
+  }
+  std::ifstream file(path, std::ios::binary);
+  std::vector<uint8_t> bytes(static_cast<size_t>(std::filesystem::file_size(path)));
+  file.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (!file) throw Error("cannot read weights from " + path + ": " + std::strerror(errno));
+  return parse_weights(bytes.data(), bytes.size(), path);
 }
 
 void load_into(torch::nn::Module& model, const NamedTensors& tensors, const std::string& source) {

@@ -5,6 +5,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,6 +30,11 @@ void save_weights(const NamedTensors& tensors, const std::string& path);
 // torch.save (plain dict or state_dict OrderedDict). Throws Error with a
 // one-line message on anything else.
 NamedTensors read_weights(const std::string& path);
+
+// The same from the file's bytes in memory (`name` is what errors call it):
+// the entry point of the fuzz harness. The zip's layout is checked before
+// LibTorch's reader sees it.
+NamedTensors parse_weights(const uint8_t* bytes, size_t size, const std::string& name);
 
 // Copies `tensors` into the model. Every name must match and every shape
 // agree; otherwise throws Error listing the differences.

@@ -7,6 +7,7 @@
 #include <zlib.h>
 
 #include <filesystem>
+#include <fstream>
 
 namespace dtrain {
 namespace {
@@ -72,6 +73,41 @@ TEST_F(IdxReader, RejectsBadFiles) {
   write_gz(path("long.gz"), idx_bytes({0, 0, 8, 1}, {5}, 6));
   expect_error(path("long.gz"), 1, "past the size");
   expect_error(path("missing.gz"), 1, "apt-get install dataset-fashion-mnist");
+}
+
+// Headers that claim far more than the file holds: one line naming the file
+// and the mismatch, and nothing of the claimed size is allocated.
+TEST_F(IdxReader, HugeClaimsAreCheckedAgainstTheDataBeforeAllocating) {
+  struct Case {
+    std::vector<uint32_t> dims;
+    const char* must_mention;
+  };
+  const Case cases[] = {
+      {{2147483647u, 28, 28}, "header claims 2147483647 images of 28x28 (1.7 TB), but the file holds 1000 bytes of data"},
+      {{60000, 65536, 65536}, "header claims 60000 images of 65536x65536 (257.7 TB), but the file holds 1000 bytes"},
+      {{4294967295u, 4294967295u, 4294967295u}, "more than the"},
+  };
+  for (const auto& c : cases) {
+    for (bool gzip : {true, false}) {
+      const auto bytes = idx_bytes({0, 0, 8, 3}, c.dims, 1000);
+      const std::string file = path(gzip ? "huge.gz" : "huge.idx");
+      if (gzip) {
+        write_gz(file, bytes);
+      } else {
+        std::ofstream(file, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+      }
+      expect_error(file, 3, c.must_mention);
+      expect_error(file, 3, file);
+    }
+  }
+  // In memory, as the fuzz harness calls it: gzip that inflates past the claim.
+  const auto long_data = idx_bytes({0, 0, 8, 1}, {4}, 1 << 21);
+  try {
+    parse_idx(long_data.data(), long_data.size(), "labels", 1);
+    ADD_FAILURE() << "accepted data past the claim";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("labels has bytes past the size its header declares"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(IdxReader, FashionMnistChecksThatImagesAndLabelsBelongTogether) {
