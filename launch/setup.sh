@@ -10,21 +10,33 @@
 #                              NVIDIA libraries (~5 GB) go to a cached venv,
 #                              $DTRAIN_TORCH2_VENV (default ~/.cache/dtrain/torch2-venv),
 #                              installed once.
+#   launch/setup.sh --sanitize also build with AddressSanitizer and
+#                              UndefinedBehaviorSanitizer (build-asan/), without
+#                              the NCCL backend (CUDA's runtime and ASan's shadow
+#                              memory do not mix, and no GPU runs it here)
+#   launch/setup.sh --fuzz     also build the libFuzzer harnesses with clang
+#                              (build-fuzz/; see docs/reliability.md)
 #   DTRAIN_BUILD_DIR=dir       build somewhere else (default: build/)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${DTRAIN_BUILD_DIR:-$ROOT/build}
 WITH_TORCH2=0
+WITH_SANITIZE=0
+WITH_FUZZ=0
 for arg in "$@"; do
   case "$arg" in
     --torch2) WITH_TORCH2=1 ;;
-    *) echo "setup: unknown argument $arg (known: --torch2)" >&2; exit 2 ;;
+    --sanitize) WITH_SANITIZE=1 ;;
+    --fuzz) WITH_FUZZ=1 ;;
+    *) echo "setup: unknown argument $arg (known: --torch2, --sanitize, --fuzz)" >&2; exit 2 ;;
   esac
 done
 # The torch wheel dtrain is tested against; change it here and only here.
 TORCH2_SPEC=${DTRAIN_TORCH2_SPEC:-torch==2.15.0}
 TORCH2_VENV=${DTRAIN_TORCH2_VENV:-$HOME/.cache/dtrain/torch2-venv}
 TORCH2_BUILD_DIR=${DTRAIN_TORCH2_BUILD_DIR:-$ROOT/build-torch2}
+SANITIZE_BUILD_DIR=${DTRAIN_SANITIZE_BUILD_DIR:-$ROOT/build-asan}
+FUZZ_BUILD_DIR=${DTRAIN_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
 
 PACKAGES=(
   g++ make cmake ccache                    # toolchain
@@ -37,6 +49,8 @@ PACKAGES=(
   dataset-fashion-mnist                    # the default dataset
   python3-torch                            # PyTorch peer for interop tests (/usr/bin/python3)
 )
+# The fuzz harnesses: clang 14 and its libFuzzer runtime.
+[ "$WITH_FUZZ" = 1 ] && PACKAGES+=(clang libclang-rt-14-dev)
 
 missing=()
 for package in "${PACKAGES[@]}"; do
@@ -50,6 +64,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   # With recommends: the combination this project is tested with.
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# ccache hashes paths relative to the checkout, so a fresh clone (CI) finds
+# what an earlier build of the same sources compiled.
+export CCACHE_BASEDIR="$ROOT"
 
 # build DIR [cmake configure arguments...]: configure once, then build.
 build() {
@@ -67,6 +85,24 @@ build() {
 }
 
 build "$BUILD_DIR"
+
+if [ "$WITH_SANITIZE" = 1 ]; then
+  build "$SANITIZE_BUILD_DIR" -DDTRAIN_SANITIZE=address,undefined -DDTRAIN_WITH_NCCL=OFF
+fi
+if [ "$WITH_FUZZ" = 1 ]; then
+  # Only the harnesses: the library code they need, compiled by clang with
+  # -fsanitize=fuzzer,address,undefined.
+  if [ ! -f "$FUZZ_BUILD_DIR/CMakeCache.txt" ]; then
+    CC=clang CXX=clang++ cmake -S "$ROOT" -B "$FUZZ_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DDTRAIN_FUZZ=ON -DDTRAIN_BUILD_TESTS=OFF -DDTRAIN_WITH_NCCL=OFF >/dev/null
+  fi
+  echo "setup: building the fuzz harnesses in $FUZZ_BUILD_DIR (log: $FUZZ_BUILD_DIR/build.log)"
+  if ! cmake --build "$FUZZ_BUILD_DIR" -j2 --target fuzz_harnesses >"$FUZZ_BUILD_DIR/build.log" 2>&1; then
+    grep -E "error|Error" "$FUZZ_BUILD_DIR/build.log" | head -30
+    echo "setup: fuzz build failed; the full log is $FUZZ_BUILD_DIR/build.log" >&2
+    exit 1
+  fi
+fi
 
 if [ "$WITH_TORCH2" = 1 ]; then
   if [ ! -x "$TORCH2_VENV/bin/python" ] || ! "$TORCH2_VENV/bin/python" -c "import torch" 2>/dev/null; then

@@ -5,24 +5,50 @@
 #
 #   launch/test.sh --with-torch2   also builds against the CUDA LibTorch 2.x of
 #                                  the PyPI torch wheel and runs the same suite
-#                                  there (what CI runs; see launch/setup.sh)
-# Other arguments go to ctest (e.g. launch/test.sh -R mpi).
+#                                  there (see launch/setup.sh)
+#   launch/test.sh --sanitize      also builds with AddressSanitizer and
+#                                  UndefinedBehaviorSanitizer (build-asan/, on
+#                                  Debian's LibTorch) and runs the same suite,
+#                                  multi-rank tests included, halting on the
+#                                  first report (tests/sanitizers/ holds the
+#                                  suppressions for uninstrumented libraries)
+#   launch/test.sh --fuzz          also runs each fuzz harness for 60 s with a
+#                                  fixed seed, after replaying its regression
+#                                  inputs (launch/fuzz.sh all 1)
+# CI runs all three (.ci/run). Other arguments go to ctest (e.g. -R mpi).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 builds=("${DTRAIN_BUILD_DIR:-$ROOT/build}")
 setup_args=()
 ctest_args=()
+fuzz=0
 for arg in "$@"; do
-  if [ "$arg" = --with-torch2 ]; then
-    setup_args+=(--torch2)
-    builds+=("${DTRAIN_TORCH2_BUILD_DIR:-$ROOT/build-torch2}")
-  else
-    ctest_args+=("$arg")
-  fi
+  case "$arg" in
+    --with-torch2) setup_args+=(--torch2); builds+=("${DTRAIN_TORCH2_BUILD_DIR:-$ROOT/build-torch2}") ;;
+    --sanitize) setup_args+=(--sanitize); builds+=("${DTRAIN_SANITIZE_BUILD_DIR:-$ROOT/build-asan}") ;;
+    --fuzz) fuzz=1 ;;
+    *) ctest_args+=("$arg") ;;
+  esac
 done
 "$ROOT/launch/setup.sh" "${setup_args[@]}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 for build in "${builds[@]}"; do
   echo "== tests in $build"
-  ctest --test-dir "$build" --output-on-failure "${ctest_args[@]}"
+  if grep -q "^DTRAIN_SANITIZE:STRING=.\+" "$build/CMakeCache.txt" 2>/dev/null; then
+    (
+      # Halt on the first report; suppressions only for uninstrumented libraries.
+      export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:suppressions=$ROOT/tests/sanitizers/asan.supp"
+      export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$ROOT/tests/sanitizers/ubsan.supp"
+      export LSAN_OPTIONS="suppressions=$ROOT/tests/sanitizers/lsan.supp:print_suppressions=0"
+      # Open MPI's memory hooks (the patcher) intercept malloc and mmap, which
+      # ASan must own.
+      export OMPI_MCA_memory=^patcher
+      ctest --test-dir "$build" --output-on-failure "${ctest_args[@]}"
+    )
+  else
+    ctest --test-dir "$build" --output-on-failure "${ctest_args[@]}"
+  fi
 done
+if [ "$fuzz" = 1 ]; then
+  "$ROOT/launch/fuzz.sh" all 1
+fi

@@ -2,7 +2,7 @@
 
 #include "common/error.h"
 
-#include <caffe2/serialize/in_memory_adapter.h>
+#include <caffe2/serialize/read_adapter_interface.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/unpickler.h>
 #include <torch/torch.h>
@@ -149,18 +149,107 @@ void check_zip_layout(const uint8_t* bytes, size_t size, const std::string& name
   if (!has_pickle) refuse("no data.pkl entry: not a file written by torch.save");
 }
 
+// The file's bytes for LibTorch's zip reader. LibTorch's own
+// MemoryReadAdapter copies whatever range miniz asks for, even past the end
+// (undefined behaviour, found by the weights fuzz harness on a damaged zip);
+// this one returns only the bytes that exist.
+class BoundedMemoryReader final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  BoundedMemoryReader(const uint8_t* bytes, size_t size) : bytes_(bytes), size_(size) {}
+  size_t size() const override { return size_; }
+  size_t read(uint64_t position, void* out, size_t count, const char* /*what*/) const override {
+    if (position >= size_) return 0;
+    count = static_cast<size_t>(std::min<uint64_t>(count, size_ - position));
+    std::memcpy(out, bytes_ + position, count);
+    return count;
+  }
+
+ private:
+  const uint8_t* bytes_;
+  size_t size_;
+};
+
+// Walks the pickle's opcodes before LibTorch's unpickler runs them: every
+// opcode must be one a torch.save pickle (protocol 2) may hold, and every
+// length an opcode claims must fit in what is left. LibTorch 1.13 reserves a
+// claimed string length before reading it, so a 4-byte length of 4 GB is an
+// allocation of 4 GB.
+void check_pickle_layout(const std::string& pickle, const std::string& name) {
+  auto refuse = [&](const std::string& problem) {
+    throw Error("cannot read weights from " + name + " (" + problem + "); " + kResaveHint);
+  };
+  const auto* bytes = reinterpret_cast<const uint8_t*>(pickle.data());
+  const size_t size = pickle.size();
+  size_t at = 0;
+  // Skips `count` argument bytes, or to and past the next newline (count < 0).
+  auto skip = [&](int64_t count) {
+    if (count < 0) {
+      const size_t newline = pickle.find('\n', at);
+      if (newline == std::string::npos) refuse("a pickle opcode's argument runs past the end");
+      at = newline + 1;
+    } else {
+      if (static_cast<uint64_t>(count) > size - at) refuse("a pickle opcode claims more bytes than the file holds");
+      at += static_cast<size_t>(count);
+    }
+  };
+  auto length = [&](int width) -> uint64_t {
+    if (static_cast<size_t>(width) > size - at) refuse("a pickle opcode's length runs past the end");
+    uint64_t value = 0;
+    for (int i = width - 1; i >= 0; --i) value = value << 8 | bytes[at + static_cast<size_t>(i)];
+    at += static_cast<size_t>(width);
+    return value;
+  };
+  while (at < size) {
+    const uint8_t opcode = bytes[at++];
+    switch (opcode) {
+      case '.': return;  // STOP
+      // No argument.
+      case '(': case ')': case ']': case '}': case 'N': case 'R': case 'a': case 'b': case 'e': case 'l':
+      case 's': case 't': case 'u': case 'd': case '0': case '1': case '2': case 0x85: case 0x86: case 0x87:
+      case 0x88: case 0x89: case 0x94: case 'Q':
+        break;
+      case 0x80: skip(1); break;                          // PROTO
+      case 'K': case 'q': case 'h': skip(1); break;       // BININT1, BINPUT, BINGET
+      case 'M': skip(2); break;                           // BININT2
+      case 'J': case 'r': case 'j': skip(4); break;       // BININT, LONG_BINPUT, LONG_BINGET
+      case 'G': case 0x95: skip(8); break;                // BINFLOAT, FRAME
+      case 'c': skip(-1); skip(-1); break;                // GLOBAL module\nname\n
+      case 'I': case 'L': case 'F': case 'S': case 'V': case 'p': case 'g': case 'P': skip(-1); break;
+      case 'U': case 'C': case 0x8a: skip(static_cast<int64_t>(length(1))); break;  // short strings, LONG1
+      case 'X': case 'T': case 'B': case 0x8b: {          // BINUNICODE, BINSTRING, BINBYTES, LONG4
+        const uint64_t count = length(4);
+        if (count > size - at) refuse("a pickle string claims " + std::to_string(count) + " bytes past the end");
+        skip(static_cast<int64_t>(count));
+        break;
+      }
+      case 0x8d: case 0x8e: case 0x96: {                  // BINUNICODE8, BINBYTES8, BYTEARRAY8
+        const uint64_t count = length(8);
+        if (count > size - at) refuse("a pickle string claims " + std::to_string(count) + " bytes past the end");
+        skip(static_cast<int64_t>(count));
+        break;
+      }
+      default: {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "0x%02x", opcode);
+        refuse(std::string("pickle opcode ") + hex + " is not one torch.save writes");
+      }
+    }
+  }
+  refuse("the pickle has no STOP opcode: truncated");
+}
+
 }  // namespace
 
 NamedTensors parse_weights(const uint8_t* bytes, size_t size, const std::string& name) {
   check_zip_layout(bytes, size, name);
   c10::IValue root;
   try {
-    caffe2::serialize::PyTorchStreamReader reader(
-        std::make_shared<caffe2::serialize::MemoryReadAdapter>(bytes, static_cast<off_t>(size)));
+    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryReader>(bytes, size));
     at::DataPtr pickle_data;
     size_t pickle_size = 0;
     std::tie(pickle_data, pickle_size) = reader.getRecord("data.pkl");
     std::string pickle(static_cast<const char*>(pickle_data.get()), pickle_size);
+    check_pickle_layout(pickle, name);
     const bool adapted = adapt_state_dict_pickle(pickle);
 
     size_t offset = 0;
@@ -174,6 +263,8 @@ NamedTensors parse_weights(const uint8_t* bytes, size_t size, const std::string&
     torch::jit::Unpickler unpickler(read, nullptr, nullptr, read_record, c10::Device(c10::kCPU));
     root = unpickler.parse_ivalue();
     if (adapted) root = root.toTupleRef().elements().at(1);
+  } catch (const Error&) {
+    throw;  // our own checks: already one line
   } catch (const c10::Error& e) {
     throw Error("cannot read weights from " + name + " (" + printable_excerpt(first_line(e.what_without_backtrace()), 120) +
                 "); " + kResaveHint);

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs dtrain's libFuzzer harnesses (tests/fuzz/; docs/reliability.md).
+#
+#   launch/fuzz.sh HARNESS MINUTES [libFuzzer flags]   one campaign
+#   launch/fuzz.sh all MINUTES                         each harness in turn
+#
+# HARNESS: idx, config, option_values or weights. Builds the harnesses first
+# (launch/setup.sh --fuzz). Each run first replays the harness's regression
+# inputs (tests/fuzz/regressions/HARNESS/: every crash found, kept) and its
+# seed corpus, then fuzzes for MINUTES (fractions allowed) with a fixed seed
+# (DTRAIN_FUZZ_SEED, default 1) so a run is repeatable, one process at a time.
+# New corpus units go to runs/fuzz/HARNESS/corpus, findings to
+# runs/fuzz/HARNESS/ (crash-*, timeout-*, oom-*); the checked-in seed corpus
+# is never written. Limits: 10 s per input, 2 GiB of memory.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HARNESSES=(idx config option_values weights)
+[ $# -ge 2 ] || { echo "usage: launch/fuzz.sh idx|config|option_values|weights|all MINUTES [libFuzzer flags]" >&2; exit 2; }
+target=$1
+minutes=$2
+shift 2
+if [ "$target" = all ]; then
+  selected=("${HARNESSES[@]}")
+else
+  [[ " ${HARNESSES[*]} " == *" $target "* ]] || { echo "fuzz: unknown harness $target (known: ${HARNESSES[*]})" >&2; exit 2; }
+  selected=("$target")
+fi
+seconds=$(awk -v m="$minutes" 'BEGIN { s = int(m * 60); if (s < 1) s = 1; print s }')
+"$ROOT/launch/setup.sh" --fuzz >/dev/null
+FUZZ_BUILD=${DTRAIN_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
+# LeakSanitizer: leaks whose allocation lies wholly in LibTorch (not
+# instrumented) are silenced by tests/sanitizers/lsan.supp.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$ROOT/tests/sanitizers/lsan.supp:print_suppressions=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:suppressions=$ROOT/tests/sanitizers/ubsan.supp}
+
+for harness in "${selected[@]}"; do
+  out="$ROOT/runs/fuzz/$harness"
+  mkdir -p "$out/corpus"
+  regressions="$ROOT/tests/fuzz/regressions/$harness"
+  if compgen -G "$regressions/*" >/dev/null; then
+    echo "== fuzz $harness: replaying $(ls "$regressions" | wc -l) regression input(s)"
+    "$FUZZ_BUILD/fuzz_$harness" -timeout=10 -rss_limit_mb=2048 "$regressions"/* 2>&1 | tail -n 2
+  fi
+  echo "== fuzz $harness: ${seconds}s, seed ${DTRAIN_FUZZ_SEED:-1}"
+  "$FUZZ_BUILD/fuzz_$harness" -seed="${DTRAIN_FUZZ_SEED:-1}" -max_total_time="$seconds" -timeout=10 \
+    -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$out/" "$@" \
+    "$out/corpus" "$ROOT/tests/fuzz/corpus/$harness" >"$out/log" 2>&1 || {
+      tail -n 40 "$out/log"
+      echo "fuzz: $harness found a problem; the input is in $out/ (see docs/reliability.md)" >&2
+      exit 1
+    }
+  # The last status line has the coverage; the final stats the executions.
+  status=$(grep -E '^#[0-9]+' "$out/log" | tail -n 1)
+  execs=$(grep -E 'stat::number_of_executed_units' "$out/log" | awk '{print $2}')
+  echo "fuzz $harness: ok, $execs executions in ${seconds}s; last status: $status"
+done
