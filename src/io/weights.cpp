@@ -151,8 +151,9 @@ void check_zip_layout(const uint8_t* bytes, size_t size, const std::string& name
 
 // The file's bytes for LibTorch's zip reader. LibTorch's own
 // MemoryReadAdapter copies whatever range miniz asks for, even past the end
-// (undefined behaviour, found by the weights fuzz harness on a damaged zip);
-// this one returns only the bytes that exist.
+// (undefined behaviour, found by the weights fuzz harness on a damaged zip;
+// fixed upstream after 1.13 in pytorch/pytorch#181193); this one returns only
+// the bytes that exist.
 class BoundedMemoryReader final : public caffe2::serialize::ReadAdapterInterface {
  public:
   BoundedMemoryReader(const uint8_t* bytes, size_t size) : bytes_(bytes), size_(size) {}
@@ -173,7 +174,8 @@ class BoundedMemoryReader final : public caffe2::serialize::ReadAdapterInterface
 // opcode must be one a torch.save pickle (protocol 2) may hold, and every
 // length an opcode claims must fit in what is left. LibTorch 1.13 reserves a
 // claimed string length before reading it, so a 4-byte length of 4 GB is an
-// allocation of 4 GB.
+// allocation of 4 GB (pytorch/pytorch#185443); memo ids are bounded the same
+// way.
 void check_pickle_layout(const std::string& pickle, const std::string& name) {
   auto refuse = [&](const std::string& problem) {
     throw Error("cannot read weights from " + name + " (" + problem + "); " + kResaveHint);
@@ -211,7 +213,12 @@ void check_pickle_layout(const std::string& pickle, const std::string& name) {
       case 0x80: skip(1); break;                          // PROTO
       case 'K': case 'q': case 'h': skip(1); break;       // BININT1, BINPUT, BINGET
       case 'M': skip(2); break;                           // BININT2
-      case 'J': case 'r': case 'j': skip(4); break;       // BININT, LONG_BINPUT, LONG_BINGET
+      case 'J': skip(4); break;                           // BININT
+      case 'r': case 'j':                                 // LONG_BINPUT, LONG_BINGET
+        // LibTorch sizes its memo table by the largest id; a pickle puts at
+        // most one memo per byte, so a larger id is a damaged file.
+        if (length(4) >= size) refuse("a pickle memo id past the pickle's size");
+        break;
       case 'G': case 0x95: skip(8); break;                // BINFLOAT, FRAME
       case 'c': skip(-1); skip(-1); break;                // GLOBAL module\nname\n
       case 'I': case 'L': case 'F': case 'S': case 'V': case 'p': case 'g': case 'P': skip(-1); break;

@@ -35,6 +35,22 @@ cp /usr/share/datasets/fashion-mnist/*.gz "$WORK/data/"
 head -c 100000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz | gzip -dc 2>/dev/null | gzip >"$WORK/data/train-images-idx3-ubyte.gz" || true
 expect_error 1 "truncated" -- mpirun -np 2 "$DTRAIN" --micro-batch-size 8 --data-dir "$WORK/data" --out-dir "$WORK/run"
 
+# Headers that claim more than the file holds: one line naming the file, no allocation of the claim.
+mkdir "$WORK/huge"
+cp /usr/share/datasets/fashion-mnist/*.gz "$WORK/huge/"
+"$PYTHON" - "$WORK/huge/train-images-idx3-ubyte.gz" <<'PY'
+import gzip, struct, sys
+open(sys.argv[1], "wb").write(gzip.compress(struct.pack(">IIII", 0x803, 2147483647, 28, 28) + bytes(1000)))
+PY
+expect_error 1 "train-images-idx3-ubyte.gz is truncated: its header claims 2147483647 images of 28x28 (1.7 TB), but the file holds 1000 bytes of data" -- \
+  mpirun -np 2 "$DTRAIN" --micro-batch-size 8 --data-dir "$WORK/huge" --out-dir "$WORK/run"
+# A weights file given as a config, and a negative number for an unsigned option.
+"$DTRAIN" --dataset synthetic --synthetic-train-samples 64 --micro-batch-size 8 --epochs 0 --hidden 4 \
+  --export "$WORK/model.pt" --out-dir "$WORK/run" >/dev/null
+expect_error 2 "model.pt:1: binary data; --config takes a text file" -- "$DTRAIN" --config "$WORK/model.pt"
+expect_error 2 "--seed must be a non-negative integer (got -1)" -- "$DTRAIN" --seed -1
+expect_error 2 "--out-dir 'runs/#1' holds a '#'" -- "$DTRAIN" --out-dir 'runs/#1'
+
 # Weights that do not exist, are not weights, or do not fit the model.
 expect_error 1 "does not exist" -- mpirun -np 2 "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --init-from "$WORK/none.pt"
 echo "not a zip" >"$WORK/junk.pt"

@@ -1,0 +1,42 @@
+// Every seed-corpus file and every kept fuzz finding
+// (tests/fuzz/regressions/HARNESS/), replayed through its harness in the
+// ordinary builds too (Debian's and the PyPI LibTorch, and the sanitized
+// build): each must give a result or one clean error, as when it was fixed.
+#include "harnesses.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <vector>
+
+namespace dtrain {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(FuzzRegressions, EveryKeptInputGivesAResultOrOneCleanError) {
+  const fs::path root = fs::path(DTRAIN_SOURCE_DIR) / "tests" / "fuzz";
+  const std::vector<std::pair<std::string, void (*)(const uint8_t*, size_t)>> harnesses = {
+      {"idx", fuzz::idx}, {"config", fuzz::config}, {"option_values", fuzz::option_values}, {"weights", fuzz::weights}};
+  int replayed = 0;
+  for (const auto& [name, harness] : harnesses) {
+    for (const char* kind : {"corpus", "regressions"}) {
+      const fs::path dir = root / kind / name;
+      if (!fs::is_directory(dir)) continue;
+      for (const auto& entry : fs::directory_iterator(dir)) {
+        if (!entry.is_regular_file() || entry.path().filename().string().front() == '.') continue;
+        SCOPED_TRACE(entry.path().string());
+        std::ifstream file(entry.path(), std::ios::binary);
+        const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+        harness(bytes.data(), bytes.size());  // aborts on a finding
+        ++replayed;
+      }
+    }
+  }
+  EXPECT_GE(replayed, 50) << "the seed corpus and regressions should be there";
+}
+
+}  // namespace
+}  // namespace dtrain
