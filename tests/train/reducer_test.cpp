@@ -119,6 +119,60 @@ TEST(Reducer, BucketsStartDuringBackwardOnlyOnTheLastMicroStep) {
   EXPECT_EQ(comm.stats().all_reduce_bytes, communicates ? overlapped.bytes() : 0);
 }
 
+// A pretend world of two whose all-reduces finish on their first poll and
+// count the polls they get once finished: the reducer's hooks must poll only
+// buckets still in flight. No real collective runs, so each rank can run it.
+class PollCountingCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 2; }
+  int local_rank() const override { return 0; }
+  int local_size() const override { return 1; }
+  const char* backend_name() const override { return "poll-counting"; }
+  void barrier() override {}
+  std::vector<int64_t> all_gather(int64_t value) override { return {value, value}; }
+  int polls = 0;
+  int polls_after_done = 0;
+
+ protected:
+  void do_all_reduce(at::Tensor&, ReduceOp) override {}
+  void do_broadcast(at::Tensor&, int) override {}
+  std::unique_ptr<Work> do_all_reduce_async(at::Tensor&, ReduceOp) override {
+    return std::make_unique<CountingWork>(this);
+  }
+
+ private:
+  class CountingWork final : public Work {
+   public:
+    explicit CountingWork(PollCountingCommunicator* owner) : owner_(owner) {}
+    void wait() override { done_ = true; }
+    bool test() override {
+      ++owner_->polls;
+      if (done_) ++owner_->polls_after_done;
+      done_ = true;
+      return true;
+    }
+
+   private:
+    PollCountingCommunicator* owner_;
+    bool done_ = false;
+  };
+};
+
+TEST(Reducer, HooksPollOnlyTheBucketsStillInFlight) {
+  torch::manual_seed(0);
+  ModelOptions options;
+  options.hidden = {32, 32, 32};
+  auto model = make_model(options, {1, 28, 28}, 10);
+  PollCountingCommunicator comm;
+  GradientReducer reducer(model->parameters(), comm, {1, 1, true, torch::kFloat});  // a bucket per tensor
+  ASSERT_EQ(reducer.num_buckets(), 8u);
+  step(*model, reducer, 0, 0, 1, 0.0);
+  EXPECT_EQ(reducer.buckets_started_in_backward(), 8);
+  EXPECT_GT(comm.polls, 0) << "buckets in flight are polled while backward runs";
+  EXPECT_EQ(comm.polls_after_done, 0) << "a finished bucket was polled again";
+}
+
 TEST(Reducer, WithoutOverlapEveryBucketStartsAfterBackward) {
   auto& comm = world();
   torch::manual_seed(0);
