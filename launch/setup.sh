@@ -94,7 +94,8 @@ if [ "$WITH_FUZZ" = 1 ]; then
   # -fsanitize=fuzzer,address,undefined.
   if [ ! -f "$FUZZ_BUILD_DIR/CMakeCache.txt" ]; then
     CC=clang CXX=clang++ cmake -S "$ROOT" -B "$FUZZ_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DDTRAIN_FUZZ=ON -DDTRAIN_BUILD_TESTS=OFF -DDTRAIN_WITH_NCCL=OFF >/dev/null
+      -DDTRAIN_FUZZ=ON -DDTRAIN_BUILD_TESTS=OFF -DDTRAIN_WITH_NCCL=OFF >/dev/null ||
+      { rm -f "$FUZZ_BUILD_DIR/CMakeCache.txt"; echo "setup: configuring the fuzz build failed" >&2; exit 1; }
   fi
   echo "setup: building the fuzz harnesses in $FUZZ_BUILD_DIR (log: $FUZZ_BUILD_DIR/build.log)"
   if ! cmake --build "$FUZZ_BUILD_DIR" -j2 --target fuzz_harnesses >"$FUZZ_BUILD_DIR/build.log" 2>&1; then

@@ -78,11 +78,15 @@ class ByteSource {
       const int code = inflate(&stream_, Z_NO_FLUSH);
       done += before - stream_.avail_out;
       if (code == Z_STREAM_END) {
-        // Another gzip member may follow; anything else after the end is not data.
-        if (stream_.avail_in == 0 && consumed_ >= size_) {
-          finished_ = true;
-        } else if (stream_.avail_in >= 2 && stream_.next_in[0] == 0x1f && stream_.next_in[1] == 0x8b) {
+        // Another gzip member may follow; anything else after the end is not
+        // data. The input is one buffer: look at it directly, not at what
+        // zlib still holds, so a member starting at a refill boundary counts.
+        const size_t position = consumed_ - stream_.avail_in;
+        if (size_ - position >= 2 && bytes_[position] == 0x1f && bytes_[position + 1] == 0x8b) {
           inflateReset(&stream_);
+          stream_.next_in = const_cast<Bytef*>(bytes_ + position);
+          stream_.avail_in = static_cast<uInt>(std::min<size_t>(size_ - position, 1u << 30));
+          consumed_ = position + stream_.avail_in;
         } else {
           finished_ = true;
         }

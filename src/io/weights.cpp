@@ -7,6 +7,11 @@
 #include <torch/csrc/jit/serialization/unpickler.h>
 #include <torch/torch.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -124,7 +129,14 @@ void check_zip_layout(const uint8_t* bytes, size_t size, const std::string& name
   if (end == std::string::npos) refuse("no zip directory at its end: truncated?");
   const size_t entries = le16(bytes + end + 10);
   const uint64_t directory_size = le32(bytes + end + 12), directory_offset = le32(bytes + end + 16);
-  if (entries == 0xffff || directory_offset == 0xffffffff) return;  // zip64: left to LibTorch's own checks
+  // Zip64 fields (all ones) are genuine only in an archive of 4 GiB or more;
+  // in a smaller one they would let miniz allocate a claimed 4 GiB.
+  constexpr uint64_t kZip64 = 0xffffffff;
+  const bool large = size >= (uint64_t{1} << 32);
+  if (entries == 0xffff || directory_offset == kZip64) {
+    if (!large) refuse("zip64 fields in a file under 4 GiB");
+    return;  // a genuine zip64 archive: its layout is left to LibTorch's own checks
+  }
   if (directory_offset + directory_size > end) refuse("its zip directory points past the end of the file");
   bool has_pickle = false;
   size_t at = directory_offset;
@@ -136,9 +148,18 @@ void check_zip_layout(const uint8_t* bytes, size_t size, const std::string& name
     const uint64_t local = le32(bytes + at + 42);
     if (at + 46 + name_length > end) refuse("a damaged zip directory");
     const std::string entry(reinterpret_cast<const char*>(bytes + at + 46), name_length);
-    if (compressed == 0xffffffff || uncompressed == 0xffffffff || local == 0xffffffff) return;  // zip64
+    if (compressed == kZip64 || uncompressed == kZip64 || local == kZip64) {
+      if (!large) refuse("zip64 fields in a file under 4 GiB");
+      return;
+    }
     if (method != 0 || compressed != uncompressed) refuse("entry " + printable_excerpt(entry) + " is compressed; torch.save writes stored entries");
-    if (local + 30 + name_length + uncompressed > size) {
+    // The data starts after the local header, whose name and extra field may
+    // differ in length from the directory's.
+    if (local + 30 > size || le32(bytes + local) != 0x04034b50) {
+      refuse("entry " + printable_excerpt(entry) + " has no local header where the directory says");
+    }
+    const uint64_t data_start = local + 30 + le16(bytes + local + 26) + le16(bytes + local + 28);
+    if (data_start + uncompressed > size) {
       refuse("entry " + printable_excerpt(entry) + " claims " + std::to_string(uncompressed) +
              " bytes past the end of the file");
     }
@@ -208,7 +229,7 @@ void check_pickle_layout(const std::string& pickle, const std::string& name) {
       // No argument.
       case '(': case ')': case ']': case '}': case 'N': case 'R': case 'a': case 'b': case 'e': case 'l':
       case 's': case 't': case 'u': case 'd': case '0': case '1': case '2': case 0x85: case 0x86: case 0x87:
-      case 0x88: case 0x89: case 0x94: case 'Q':
+      case 0x88: case 0x89: case 0x94: case 'Q': case 0x81: case 0x8f: case 0x90: case 0x91: case 0x92: case 0x93:
         break;
       case 0x80: skip(1); break;                          // PROTO
       case 'K': case 'q': case 'h': skip(1); break;       // BININT1, BINPUT, BINGET
@@ -222,7 +243,9 @@ void check_pickle_layout(const std::string& pickle, const std::string& name) {
       case 'G': case 0x95: skip(8); break;                // BINFLOAT, FRAME
       case 'c': skip(-1); skip(-1); break;                // GLOBAL module\nname\n
       case 'I': case 'L': case 'F': case 'S': case 'V': case 'p': case 'g': case 'P': skip(-1); break;
-      case 'U': case 'C': case 0x8a: skip(static_cast<int64_t>(length(1))); break;  // short strings, LONG1
+      case 'U': case 'C': case 0x8a: case 0x8c:           // short strings, LONG1, SHORT_BINUNICODE
+        skip(static_cast<int64_t>(length(1)));
+        break;
       case 'X': case 'T': case 'B': case 0x8b: {          // BINUNICODE, BINSTRING, BINBYTES, LONG4
         const uint64_t count = length(4);
         if (count > size - at) refuse("a pickle string claims " + std::to_string(count) + " bytes past the end");
@@ -258,6 +281,7 @@ NamedTensors parse_weights(const uint8_t* bytes, size_t size, const std::string&
     std::string pickle(static_cast<const char*>(pickle_data.get()), pickle_size);
     check_pickle_layout(pickle, name);
     const bool adapted = adapt_state_dict_pickle(pickle);
+    if (adapted) check_pickle_layout(pickle, name);  // the rewrite cut at a byte pattern: check what it left
 
     size_t offset = 0;
     auto read = [&](char* buffer, size_t want) {
@@ -293,14 +317,31 @@ NamedTensors parse_weights(const uint8_t* bytes, size_t size, const std::string&
 }
 
 NamedTensors read_weights(const std::string& path) {
-  if (!std::filesystem::is_regular_file(path)) {
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) {
     throw Error("weights file " + path + " does not exist: check the --init-from path");
   }
-  std::ifstream file(path, std::ios::binary);
-  std::vector<uint8_t> bytes(static_cast<size_t>(std::filesystem::file_size(path)));
-  file.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  if (!file) throw Error("cannot read weights from " + path + ": " + std::strerror(errno));
-  return parse_weights(bytes.data(), bytes.size(), path);
+  // Mapped, not copied: a checkpoint is not held twice while it is read.
+  const int descriptor = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat status {};
+  if (descriptor < 0 || ::fstat(descriptor, &status) != 0) {
+    const std::string reason = std::strerror(errno);
+    if (descriptor >= 0) ::close(descriptor);
+    throw Error("cannot read weights from " + path + ": " + reason);
+  }
+  const size_t size = static_cast<size_t>(status.st_size);
+  void* mapped = size > 0 ? ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, descriptor, 0) : nullptr;
+  ::close(descriptor);
+  if (size > 0 && mapped == MAP_FAILED) throw Error("cannot read weights from " + path + ": " + std::strerror(errno));
+  struct Unmap {
+    void* address;
+    size_t size;
+    ~Unmap() {
+      if (address) ::munmap(address, size);
+    }
+  } unmap{size > 0 ? mapped : nullptr, size};
+  static const uint8_t kEmpty = 0;
+  return parse_weights(size > 0 ? static_cast<const uint8_t*>(mapped) : &kEmpty, size, path);
 }
 
 void load_into(torch::nn::Module& model, const NamedTensors& tensors, const std::string& source) {

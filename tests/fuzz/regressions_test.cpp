@@ -4,6 +4,8 @@
 // build): each must give a result or one clean error, as when it was fixed.
 #include "harnesses.h"
 
+#include "io/weights.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -36,6 +38,19 @@ TEST(FuzzRegressions, EveryKeptInputGivesAResultOrOneCleanError) {
     }
   }
   EXPECT_GE(replayed, 50) << "the seed corpus and regressions should be there";
+}
+
+// The seed weight files are real torch.save and dtrain --export files: the
+// checks in front of LibTorch must let them through.
+TEST(FuzzRegressions, TheRealWeightFilesOfTheCorpusLoad) {
+  const fs::path dir = fs::path(DTRAIN_SOURCE_DIR) / "tests" / "fuzz" / "corpus" / "weights";
+  int loaded = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    SCOPED_TRACE(entry.path().string());
+    EXPECT_FALSE(read_weights(entry.path().string()).empty());
+    ++loaded;
+  }
+  EXPECT_GE(loaded, 3);
 }
 
 }  // namespace
