@@ -26,7 +26,8 @@ expect_error 1 "apt-get install dataset-fashion-mnist" -- \
 if ! nvidia-smi -L >/dev/null 2>&1; then
   # The sanitized build leaves the NCCL backend out: then the error says so.
   nccl_error="--backend nccl needs a GPU"
-  ldd "$DTRAIN" | grep -q libnccl || nccl_error="--backend nccl: this dtrain was built without NCCL"
+  ldd "$DTRAIN" >"$WORK/ldd"  # to a file: grep -q closing a pipe early would fail the pipeline
+  grep -q libnccl "$WORK/ldd" || nccl_error="--backend nccl: this dtrain was built without NCCL"
   expect_error 2 "$nccl_error" -- mpirun -np 2 "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --backend nccl
   expect_error 2 "--device cuda: LibTorch sees no GPU" -- "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --device cuda
 fi
