@@ -4,7 +4,8 @@
 #   launch/fuzz.sh HARNESS MINUTES [libFuzzer flags]   one campaign
 #   launch/fuzz.sh all MINUTES                         each harness in turn
 #
-# HARNESS: idx, config, option_values or weights. Builds the harnesses first
+# HARNESS: idx, config, option_values or weights. MINUTES 0 replays the
+# regression inputs and the seed corpus only, without fuzzing. Builds the harnesses first
 # (launch/setup.sh --fuzz). Each run first replays the harness's regression
 # inputs (tests/fuzz/regressions/HARNESS/: every crash found, kept) and its
 # seed corpus, then fuzzes for MINUTES (fractions allowed) with a fixed seed
@@ -49,6 +50,13 @@ for harness in "${selected[@]}"; do
         echo "fuzz: $harness fails on a kept regression input (see $out/replay.log)" >&2
         exit 1
       }
+  fi
+  if [ "$minutes" = 0 ]; then
+    echo "== fuzz $harness: replaying the seed corpus only"
+    "$FUZZ_BUILD/fuzz_$harness" -runs=0 -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$out/" \
+      "$ROOT/tests/fuzz/corpus/$harness" >"$out/log" 2>&1 || { tail -n 40 "$out/log"; exit 1; }
+    echo "fuzz $harness: ok (replay)"
+    continue
   fi
   echo "== fuzz $harness: ${seconds}s, seed ${DTRAIN_FUZZ_SEED:-1}"
   "$FUZZ_BUILD/fuzz_$harness" -seed="${DTRAIN_FUZZ_SEED:-1}" -max_total_time="$seconds" -timeout=10 \
