@@ -12,11 +12,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <unordered_map>
+#include <vector>
 
 namespace dtrain {
 
@@ -191,12 +195,128 @@ class BoundedMemoryReader final : public caffe2::serialize::ReadAdapterInterface
   size_t size_;
 };
 
+// The unpickler's stack, simulated: what each opcode pops and pushes, the
+// marks, the memo and how deeply containers nest. LibTorch 1.13's unpickler
+// trusts the pickle here: an opcode that pops an empty stack or a missing mark
+// reads out of bounds (a SEGV found by the weights fuzz harness; upstream
+// pytorch/pytorch#94300), a list appended into itself is a reference cycle
+// that is never freed, and containers nested a million deep overflow the call
+// stack when they are destroyed. A torch.save pickle does none of these: it
+// builds each container fully before it puts it into another, nests a few
+// levels deep and ends with one value on the stack.
+class PickleStack {
+ public:
+  using Refuse = std::function<void(const std::string&)>;
+  explicit PickleStack(Refuse refuse) : refuse_(std::move(refuse)) {}
+
+  void mark() { marks_.push_back(stack_.size()); }
+  void push_leaf() { stack_.push_back(kLeaf); }
+  // Pops `count` values above the top mark; returns them bottom first.
+  std::vector<uint32_t> pop(size_t count) {
+    const size_t floor = marks_.empty() ? 0 : marks_.back();
+    if (stack_.size() < floor + count) refuse_("a pickle opcode pops more values than the stack holds");
+    std::vector<uint32_t> values(stack_.end() - static_cast<std::ptrdiff_t>(count), stack_.end());
+    stack_.resize(stack_.size() - count);
+    return values;
+  }
+  // Pops everything above the top mark, and the mark.
+  std::vector<uint32_t> pop_to_mark() {
+    if (marks_.empty()) refuse_("a pickle opcode needs a MARK that is not there");
+    std::vector<uint32_t> values(stack_.begin() + static_cast<std::ptrdiff_t>(marks_.back()), stack_.end());
+    stack_.resize(marks_.back());
+    marks_.pop_back();
+    return values;
+  }
+  uint32_t top() {
+    const size_t floor = marks_.empty() ? 0 : marks_.back();
+    if (stack_.size() <= floor) refuse_("a pickle opcode reads a value the stack does not hold");
+    return stack_.back();
+  }
+  // A new container holding `children`, which can no longer change.
+  void push_container(const std::vector<uint32_t>& children) {
+    uint32_t depth = 1;
+    for (uint32_t child : children) {
+      depth = std::max(depth, depth_of(child) + 1);
+      seal(child);
+    }
+    push_object(depth, false);
+  }
+  // What a REDUCE or BUILD leaves: it may be (part of) its argument.
+  void push_result(uint32_t callable, uint32_t argument) {
+    const uint32_t depth = std::max(depth_of(callable), depth_of(argument));
+    // An argument that holds containers may hand one back (build_intlist
+    // does): the result may then be a container that is already inside
+    // another, so it must not change.
+    push_object(depth, depth > 1);
+    seal(argument);
+  }
+  // Puts `children` into the container at `target` (APPEND, SETITEM, ...).
+  void fill(uint32_t target, const std::vector<uint32_t>& children) {
+    if (target == kLeaf) return;  // not a container: LibTorch refuses it
+    Object& object = objects_[target];
+    if (object.sealed) refuse_("a pickle changes a container after putting it into another");
+    for (uint32_t child : children) {
+      if (child == target) refuse_("a pickle puts a container into itself");
+      object.depth = std::max(object.depth, depth_of(child) + 1);
+      seal(child);
+    }
+    check_depth(object.depth);
+  }
+  // The value below the top mark (APPENDS and SETITEMS fill it).
+  uint32_t below_mark() {
+    if (marks_.empty()) refuse_("a pickle opcode needs a MARK that is not there");
+    const size_t floor = marks_.size() > 1 ? marks_[marks_.size() - 2] : 0;
+    if (marks_.back() <= floor) refuse_("a pickle opcode fills a container the stack does not hold");
+    return stack_[marks_.back() - 1];
+  }
+  void dup() { stack_.push_back(top()); }
+  void put(uint64_t id) { memo_[id] = top(); }
+  void memoize() { memo_[memo_.size()] = top(); }
+  void get(uint64_t id) {
+    const auto found = memo_.find(id);
+    if (found == memo_.end()) refuse_("a pickle reads a memo entry it never wrote");
+    stack_.push_back(found->second);
+  }
+  void stop() {
+    if (stack_.size() != 1 || !marks_.empty()) {
+      refuse_("the pickle ends with " + std::to_string(stack_.size()) + " values and " +
+              std::to_string(marks_.size()) + " marks instead of one value");
+    }
+  }
+
+ private:
+  static constexpr uint32_t kLeaf = 0;
+  static constexpr uint32_t kMaxDepth = 100;
+  struct Object {
+    uint32_t depth;
+    bool sealed;
+  };
+  uint32_t depth_of(uint32_t id) const { return id == kLeaf ? 0 : objects_[id].depth; }
+  void seal(uint32_t id) {
+    if (id != kLeaf) objects_[id].sealed = true;
+  }
+  void check_depth(uint32_t depth) {
+    if (depth > kMaxDepth) refuse_("containers in the pickle nest more than " + std::to_string(kMaxDepth) + " deep");
+  }
+  void push_object(uint32_t depth, bool sealed) {
+    check_depth(depth);
+    objects_.push_back({depth, sealed});
+    stack_.push_back(static_cast<uint32_t>(objects_.size() - 1));
+  }
+
+  Refuse refuse_;
+  std::vector<Object> objects_{{0, true}};  // id 0: every leaf (numbers, strings, tensors, None)
+  std::vector<uint32_t> stack_;
+  std::vector<size_t> marks_;
+  std::unordered_map<uint64_t, uint32_t> memo_;
+};
+
 // Walks the pickle's opcodes before LibTorch's unpickler runs them: every
-// opcode must be one a torch.save pickle (protocol 2) may hold, and every
-// length an opcode claims must fit in what is left. LibTorch 1.13 reserves a
-// claimed string length before reading it, so a 4-byte length of 4 GB is an
-// allocation of 4 GB (pytorch/pytorch#185443); memo ids are bounded the same
-// way.
+// opcode must be one a torch.save pickle (protocol 2) may hold, every length
+// an opcode claims must fit in what is left, and the stack effects must be
+// sound (PickleStack). LibTorch 1.13 reserves a claimed string length before
+// reading it, so a 4-byte length of 4 GB is an allocation of 4 GB
+// (pytorch/pytorch#185443); memo ids are bounded the same way.
 void check_pickle_layout(const std::string& pickle, const std::string& name) {
   auto refuse = [&](const std::string& problem) {
     throw Error("cannot read weights from " + name + " (" + problem + "); " + kResaveHint);
@@ -222,40 +342,92 @@ void check_pickle_layout(const std::string& pickle, const std::string& name) {
     at += static_cast<size_t>(width);
     return value;
   };
+  // LibTorch sizes its memo table by the largest id; a pickle puts at most
+  // one memo per byte, so a larger id is a damaged file.
+  auto memo_id = [&](int width) {
+    const uint64_t id = length(width);
+    if (id >= size) refuse("a pickle memo id past the pickle's size");
+    return id;
+  };
+  PickleStack stack(refuse);
   while (at < size) {
     const uint8_t opcode = bytes[at++];
     switch (opcode) {
-      case '.': return;  // STOP
-      // No argument.
-      case '(': case ')': case ']': case '}': case 'N': case 'R': case 'a': case 'b': case 'e': case 'l':
-      case 's': case 't': case 'u': case 'd': case '0': case '1': case '2': case 0x85: case 0x86: case 0x87:
-      case 0x88: case 0x89: case 0x94: case 'Q': case 0x81: case 0x8f: case 0x90: case 0x91: case 0x92: case 0x93:
+      case '.': stack.stop(); return;                     // STOP
+      case '(': stack.mark(); break;                      // MARK
+      case '0': stack.pop(1); break;                      // POP
+      case '1': stack.pop_to_mark(); break;               // POP_MARK
+      case '2': stack.dup(); break;                       // DUP
+      case 'N': case 0x88: case 0x89: stack.push_leaf(); break;  // None, True, False
+      case ')': case ']': case '}': case 0x8f: stack.push_container({}); break;  // empty containers
+      case 't': case 'l': case 'd': case 0x91: stack.push_container(stack.pop_to_mark()); break;
+      case 0x85: stack.push_container(stack.pop(1)); break;  // TUPLE1..3
+      case 0x86: stack.push_container(stack.pop(2)); break;
+      case 0x87: stack.push_container(stack.pop(3)); break;
+      case 'a': {                                          // APPEND
+        const auto item = stack.pop(1);
+        stack.fill(stack.top(), item);
         break;
-      case 0x80: skip(1); break;                          // PROTO
-      case 'K': case 'q': case 'h': skip(1); break;       // BININT1, BINPUT, BINGET
-      case 'M': skip(2); break;                           // BININT2
-      case 'J': skip(4); break;                           // BININT
-      case 'r': case 'j':                                 // LONG_BINPUT, LONG_BINGET
-        // LibTorch sizes its memo table by the largest id; a pickle puts at
-        // most one memo per byte, so a larger id is a damaged file.
-        if (length(4) >= size) refuse("a pickle memo id past the pickle's size");
+      }
+      case 's': {                                          // SETITEM
+        const auto item = stack.pop(2);
+        stack.fill(stack.top(), item);
         break;
-      case 'G': case 0x95: skip(8); break;                // BINFLOAT, FRAME
-      case 'c': skip(-1); skip(-1); break;                // GLOBAL module\nname\n
-      case 'I': case 'L': case 'F': case 'S': case 'V': case 'p': case 'g': case 'P': skip(-1); break;
-      case 'U': case 'C': case 0x8a: case 0x8c:           // short strings, LONG1, SHORT_BINUNICODE
+      }
+      case 'e': case 'u': case 0x90: {                     // APPENDS, SETITEMS, ADDITEMS
+        const uint32_t target = stack.below_mark();
+        stack.fill(target, stack.pop_to_mark());
+        break;
+      }
+      case 'R': case 'b': {                                // REDUCE, BUILD
+        const auto call = stack.pop(2);
+        stack.push_result(call[0], call[1]);
+        break;
+      }
+      case 0x81: stack.pop(1); stack.top(); break;         // NEWOBJ: pops the arguments
+      case 0x92: stack.pop(2); stack.top(); break;         // NEWOBJ_EX
+      case 0x93: stack.pop(2); stack.push_leaf(); break;   // STACK_GLOBAL
+      case 'Q': stack.pop(1); stack.push_leaf(); break;    // BINPERSID: a tensor
+      case 0x94: stack.memoize(); break;                   // MEMOIZE
+      case 0x80: skip(1); break;                           // PROTO
+      case 0x95: skip(8); break;                           // FRAME
+      case 'q': stack.put(memo_id(1)); break;              // BINPUT
+      case 'r': stack.put(memo_id(4)); break;              // LONG_BINPUT
+      case 'h': stack.get(memo_id(1)); break;              // BINGET
+      case 'j': stack.get(memo_id(4)); break;              // LONG_BINGET
+      case 'K': skip(1); stack.push_leaf(); break;         // BININT1
+      case 'M': skip(2); stack.push_leaf(); break;         // BININT2
+      case 'J': skip(4); stack.push_leaf(); break;         // BININT
+      case 'G': skip(8); stack.push_leaf(); break;         // BINFLOAT
+      case 'c': skip(-1); skip(-1); stack.push_leaf(); break;  // GLOBAL module\nname\n
+      case 'I': case 'L': case 'F': case 'S': case 'V': case 'P': skip(-1); stack.push_leaf(); break;
+      case 'p': case 'g': {                                // PUT, GET with a decimal id
+        const size_t line = at;
+        skip(-1);
+        uint64_t id = 0;
+        for (size_t i = line; i + 1 < at; ++i) {
+          if (bytes[i] < '0' || bytes[i] > '9' || id >= size) refuse("a damaged pickle memo id");
+          id = id * 10 + (bytes[i] - '0');
+        }
+        if (opcode == 'p') stack.put(id); else stack.get(id);
+        break;
+      }
+      case 'U': case 'C': case 0x8a: case 0x8c:            // short strings, LONG1, SHORT_BINUNICODE
         skip(static_cast<int64_t>(length(1)));
+        stack.push_leaf();
         break;
-      case 'X': case 'T': case 'B': case 0x8b: {          // BINUNICODE, BINSTRING, BINBYTES, LONG4
+      case 'X': case 'T': case 'B': case 0x8b: {           // BINUNICODE, BINSTRING, BINBYTES, LONG4
         const uint64_t count = length(4);
         if (count > size - at) refuse("a pickle string claims " + std::to_string(count) + " bytes past the end");
         skip(static_cast<int64_t>(count));
+        stack.push_leaf();
         break;
       }
-      case 0x8d: case 0x8e: case 0x96: {                  // BINUNICODE8, BINBYTES8, BYTEARRAY8
+      case 0x8d: case 0x8e: case 0x96: {                   // BINUNICODE8, BINBYTES8, BYTEARRAY8
         const uint64_t count = length(8);
         if (count > size - at) refuse("a pickle string claims " + std::to_string(count) + " bytes past the end");
         skip(static_cast<int64_t>(count));
+        stack.push_leaf();
         break;
       }
       default: {

@@ -4,6 +4,7 @@
 #include "common/error.h"
 #include "models/models.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -101,6 +102,65 @@ TEST_F(Weights, UnreadableFilesGiveOneLineWithTheFix) {
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
   EXPECT_THROW(read_weights(path("int.pt")), Error);
+}
+
+// A zip as torch.save writes it, holding `pickle` as its data.pkl.
+std::string archive_holding(const std::string& pickle) {
+  std::string archive;
+  caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t size) {
+    archive.append(static_cast<const char*>(data), size);
+    return size;
+  });
+  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+  writer.writeEndOfFile();
+  return archive;
+}
+
+std::string parse_error(const std::string& pickle) {
+  const std::string archive = archive_holding(pickle);
+  try {
+    parse_weights(reinterpret_cast<const uint8_t*>(archive.data()), archive.size(), "w.pt");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(accepted)";
+}
+
+// Pickles that LibTorch 1.13's unpickler would run out of bounds on, leak as
+// a reference cycle or overflow the stack destroying: each is refused by the
+// walk over the opcodes' stack effects before the unpickler sees it.
+TEST(WeightsPickle, UnsoundStackEffectsAreRefusedInOneLine) {
+  using namespace std::string_literals;  // the pickles hold zero bytes
+  const std::string proto = "\x80\x02"s;
+  // Containers nested `depth` deep, built with APPENDS.
+  auto nested = [](int depth) {
+    std::string pickle = "]";
+    for (int i = 1; i < depth; ++i) pickle = "](" + pickle + "e";
+    return pickle;
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {proto + "R.", "pops more values than the stack holds"},
+      {proto + "K\x01(0.", "pops more values than the stack holds"},  // POP across a MARK
+      {proto + "]e.", "needs a MARK that is not there"},
+      {proto + "(e.", "fills a container the stack does not hold"},
+      {proto + "]q\x00(h\x00" "e."s, "puts a container into itself"},
+      {proto + "]q\x00](h\x00" "eh\x00(K\x01" "e."s, "changes a container after putting it into another"},
+      {proto + nested(101) + ".", "nest more than 100 deep"},
+      {proto + "h\x01K\x01K\x01.", "reads a memo entry it never wrote"},
+      {proto + ".", "ends with 0 values and 0 marks"},
+      {proto + "K\x01K\x02.", "ends with 2 values"},
+      {proto + "(K\x01.", "ends with 1 values and 1 marks"},
+  };
+  for (const auto& [pickle, expected] : cases) {
+    const std::string message = parse_error(pickle);
+    EXPECT_NE(message.find(expected), std::string::npos) << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
+  // Sound pickles pass the walk and fail (if at all) on what they hold.
+  const std::string deep = parse_error(proto + nested(100) + ".");
+  EXPECT_NE(deep.find("does not hold a dict of name -> tensor"), std::string::npos) << deep;
+  const std::string shared = parse_error(proto + "(]q\x00h\x00t."s);  // one list twice in a tuple
+  EXPECT_NE(shared.find("does not hold a dict of name -> tensor"), std::string::npos) << shared;
 }
 
 TEST_F(Weights, UnwritableExportFailsWithoutDamage) {
