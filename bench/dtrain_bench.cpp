@@ -154,10 +154,10 @@ nlohmann::json bench_traffic(dtrain::MpiCommunicator& comm, const std::map<std::
     auto model = dtrain::make_model(config.model, data.input_shape, data.num_classes);
     int64_t parameter_bytes = 0;
     for (const auto& p : model->parameters()) parameter_bytes += p.numel() * 4;
-    dtrain::Trainer trainer(config, plan, comm, data, model);
+    dtrain::Trainer trainer(config, plan, comm, comm, data, model);
     comm.reset_stats();
     const int steps = 5;
-    for (int step = 0; step < steps; ++step) trainer.train_step(step, false);
+    for (int step = 0; step < steps; ++step) trainer.train_step(step);
     rows.push_back({{"accum", accum},
                     {"bytes_per_step", comm.stats().all_reduce_bytes / steps},
                     {"calls_per_step", comm.stats().all_reduce_calls / steps},

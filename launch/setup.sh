@@ -46,6 +46,7 @@ PACKAGES=(
   libboost-program-options-dev             # CLI and config files
   libgtest-dev                             # tests
   nlohmann-json3-dev zlib1g-dev            # metrics JSON, gzip IDX files
+  libssl-dev                               # SHA-256 of checkpoint files (OpenSSL)
   dataset-fashion-mnist                    # the default dataset
   python3-torch                            # PyTorch peer for interop tests (/usr/bin/python3)
 )

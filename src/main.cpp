@@ -8,6 +8,7 @@
 #include "io/weights.h"
 #include "models/models.h"
 #include "train/batch_plan.h"
+#include "train/checkpoint.h"
 #include "train/metrics.h"
 #include "train/startup.h"
 #include "train/trainer.h"
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 
 namespace {
 
@@ -89,36 +91,78 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
 
   Dataset data;
   run_agreed(mpi, [&] { data = load_dataset(config.data); });
+
+  // Where the run starts: rank 0 resolves --resume, every rank reads the
+  // same checkpoint.
+  std::string resume_path;
+  run_agreed(mpi, [&] {
+    if (root) resume_path = choose_resume(config, [](const std::string& warning) {
+      std::fprintf(stderr, "dtrain: warning: %s\n", warning.c_str());
+    });
+  });
+  const bool explicit_path = config.checkpoint.resume != "never" && config.checkpoint.resume != "auto";
+  const int64_t resume_step = mpi.all_gather(resume_path.empty() ? -1 : 0)[0];
+  if (resume_step == 0 && !explicit_path) {
+    // Rank 0 chose the newest valid checkpoint: tell the others which.
+    const auto chosen = mpi.all_gather(root ? static_cast<int64_t>(checkpoint_step(resume_path)) : 0);
+    resume_path = checkpoint_dir(config) + "/" + checkpoint_name(chosen[0]);
+  } else if (resume_step == 0) {
+    resume_path = config.checkpoint.resume;
+  }
+  std::optional<Checkpoint> resume;
+  run_agreed(mpi, [&] {
+    if (!resume_path.empty()) resume = read_checkpoint(resume_path);
+  });
+
   std::shared_ptr<Classifier> model;
   std::unique_ptr<Trainer> trainer;
   std::unique_ptr<MetricsLog> log;
   run_agreed(mpi, [&] {
     model = make_model(config.model, data.input_shape, data.num_classes);
-    if (!config.init_from.empty()) load_into(*model, read_weights(config.init_from), config.init_from);
+    if (!config.init_from.empty() && !resume) load_into(*model, read_weights(config.init_from), config.init_from);
     model->to(device);
-    trainer = std::make_unique<Trainer>(config, plan, comm, data, model);
-    log = std::make_unique<MetricsLog>(config.run.out_dir, root);
+    trainer = std::make_unique<Trainer>(config, plan, comm, mpi, data, model);
+    if (resume) trainer->restore(*resume, resume_path);
+    const int64_t keep_bytes = resume ? resume->trainer.value("metrics_bytes", int64_t{0}) : -1;
+    log = std::make_unique<MetricsLog>(config.run.out_dir, root, keep_bytes);
     log->write_json("config.json", config_to_json(config));
   });
-  // Identical weights everywhere, whether from --init-from or the seed.
-  trainer->broadcast_initial_state();
+  if (resume && root) {
+    std::printf("resuming from %s at step %lld of %lld\n", resume_path.c_str(),
+                static_cast<long long>(trainer->start_step()), static_cast<long long>(trainer->total_steps()));
+    if (!log->note().empty()) std::printf("note: %s\n", log->note().c_str());
+    std::fflush(stdout);
+  }
+  resume.reset();  // its tensors are in the model and optimizer now
+  // Identical weights everywhere, whether from --init-from or the seed (a
+  // checkpoint is the same file on every rank already).
+  if (trainer->start_step() == 0) trainer->broadcast_initial_state();
 
   nlohmann::json summary = trainer->run(*log);
   summary["launch_hash"] = hex(launch_hash(parsed.config));
   summary["trajectory_hash"] = hex(trajectory_hash(config));
+  const std::string status = summary["status"].get<std::string>();
   run_agreed(mpi, [&] {
-    if (root && !config.export_path.empty()) {
+    if (root && !config.export_path.empty() && status == "completed") {
       save_weights(model_state(*model), config.export_path);
       std::cout << "exported weights to " << config.export_path << "\n";
     }
-    if (root) {
-      log->write_json("summary.json", summary);
+    if (root) log->write_json("summary.json", summary);
+    if (!root) return;
+    if (status == "preempted") {
+      std::printf("preempted at step %lld; checkpoint %s; resume with --resume auto\n",
+                  static_cast<long long>(summary["steps"].get<int64_t>()),
+                  summary["checkpoint"].get<std::string>().c_str());
+    } else if (status == "completed") {
       std::printf("done: test accuracy %.4f, train-subset accuracy %.4f, %.1f s training, %.0f samples/s; see %s/\n",
                   summary["test_accuracy"].get<double>(), summary["train_eval_accuracy"].get<double>(),
                   summary["train_seconds"].get<double>(), summary["samples_per_sec"].get<double>(),
                   config.run.out_dir.c_str());
     }
+    std::fflush(stdout);
   });
+  if (status == "preempted") return kPreemptedExitCode;
+  if (status == "diverged") return kDivergedExitCode;
   return 0;
 }
 

@@ -18,6 +18,7 @@ enum class BackendKind { Auto, Mpi, Nccl };
 enum class DeviceKind { Auto, Cpu, Cuda };
 enum class ReduceDtype { Fp32, Bf16, Fp16 };
 enum class Switch { Auto, On, Off };
+enum class NonFinitePolicy { Stop, Skip };
 
 struct BatchOptions {
   // 0 means "not given": derive it from the other two (train/batch_plan.h).
@@ -84,6 +85,17 @@ struct DistributedOptions {
   ReduceDtype grad_reduce_dtype = ReduceDtype::Fp32;
 };
 
+// Checkpoints, resume and what to do when training fails (train/checkpoint.h,
+// train/preemption.h, train/nonfinite.h; docs/checkpoints.md).
+struct CheckpointOptions {
+  int64_t every_steps = 0;     // 0: no periodic checkpoints by step count
+  double every_minutes = 0;    // 0: none by time; whichever of the two comes first
+  std::string dir;             // "" = OUT_DIR/checkpoints
+  int64_t keep = 2;            // newest checkpoints kept
+  std::string resume = "never";  // never, auto or the path of a step-N folder
+  NonFinitePolicy on_nonfinite = NonFinitePolicy::Stop;
+};
+
 struct Config {
   BatchOptions batch;
   LrOptions lr;
@@ -92,6 +104,7 @@ struct Config {
   DataOptions data;
   ModelOptions model;
   DistributedOptions distributed;
+  CheckpointOptions checkpoint;
   std::string init_from;    // weights to start from ("" = random init)
   std::string export_path;  // where to write final weights ("" = nowhere)
   std::string config_file;  // the INI file the options came from, if any
@@ -106,5 +119,6 @@ const char* to_string(BackendKind value);
 const char* to_string(DeviceKind value);
 const char* to_string(ReduceDtype value);
 const char* to_string(Switch value);
+const char* to_string(NonFinitePolicy value);
 
 }  // namespace dtrain

@@ -421,6 +421,26 @@ std::vector<OptionSpec> build_table() {
       text({"export", "weights", E::None, "final.pt",
             "write the final weights here (torch.load reads them as a name -> tensor dict)"},
            DTRAIN_FIELD(export_path), /*optional=*/true),
+
+      // Checkpoints and failures. None of them touches the trajectory: a run
+      // may resume with other checkpoint settings.
+      integer({"checkpoint-every", "checkpoint", E::None, "500", "write a checkpoint every N optimizer steps (0: off)"},
+              DTRAIN_FIELD(checkpoint.every_steps), 0),
+      number({"checkpoint-every-minutes", "checkpoint", E::None, "30",
+              "also write one when this many minutes passed since the last (0: off); whichever comes first"},
+             DTRAIN_FIELD(checkpoint.every_minutes), Range{0, 1e7}),
+      text({"checkpoint-dir", "checkpoint", E::None, "/scratch/run1/checkpoints",
+            "where checkpoints go (default: OUT_DIR/checkpoints)"},
+           DTRAIN_FIELD(checkpoint.dir), /*optional=*/true),
+      integer({"keep-checkpoints", "checkpoint", E::None, "3", "newest checkpoints kept; older ones are deleted"},
+              DTRAIN_FIELD(checkpoint.keep), 1),
+      text({"resume", "checkpoint", E::None, "auto",
+            "never (refuse a checkpoint dir that holds checkpoints), auto (newest valid one, else start fresh) "
+            "or the path of a step-N checkpoint folder"},
+           DTRAIN_FIELD(checkpoint.resume), /*optional=*/false),
+      choice({"on-nonfinite", "checkpoint", E::None, "skip",
+              "a non-finite loss or gradient: stop (exit 3, status diverged) or skip the update (stop after 10 in a row)"},
+             DTRAIN_FIELD(checkpoint.on_nonfinite), {NonFinitePolicy::Stop, NonFinitePolicy::Skip}),
   };
 }
 
@@ -442,6 +462,7 @@ const std::vector<OptionGroup>& option_groups() {
       {"data", "Data and model"},
       {"distributed", "Distributed"},
       {"weights", "Weights"},
+      {"checkpoint", "Checkpoints, preemption and failures"},
   };
   return groups;
 }

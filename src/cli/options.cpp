@@ -62,6 +62,13 @@ const char* to_string(Switch value) {
   }
   return "?";
 }
+const char* to_string(NonFinitePolicy value) {
+  switch (value) {
+    case NonFinitePolicy::Stop: return "stop";
+    case NonFinitePolicy::Skip: return "skip";
+  }
+  return "?";
+}
 const char* to_string(ReduceDtype value) {
   switch (value) {
     case ReduceDtype::Fp32: return "fp32";

@@ -1,6 +1,7 @@
 #include "io/weights.h"
 
 #include "common/error.h"
+#include "io/files.h"
 
 #include <caffe2/serialize/read_adapter_interface.h>
 #include <caffe2/serialize/inline_container.h>
@@ -86,24 +87,18 @@ NamedTensors model_state(const torch::nn::Module& model) {
   return state;
 }
 
-void save_weights(const NamedTensors& tensors, const std::string& path) {
+std::vector<char> serialize_weights(const NamedTensors& tensors) {
   c10::Dict<std::string, at::Tensor> dict;
   for (const auto& [name, tensor] : tensors) dict.insert(name, tensor.detach().cpu().contiguous());
-  const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
-  const std::string temporary = path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.close();
-    if (!out) {
-      std::remove(temporary.c_str());
-      throw Error("cannot write weights to " + path + ": check that its folder exists and is writable");
-    }
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const std::string reason = std::strerror(errno);
-    std::remove(temporary.c_str());
-    throw Error("cannot move weights into place at " + path + ": " + reason);
+  return torch::pickle_save(c10::IValue(dict));
+}
+
+void save_weights(const NamedTensors& tensors, const std::string& path) {
+  const std::vector<char> bytes = serialize_weights(tensors);
+  try {
+    write_file_atomically(path, bytes.data(), bytes.size());
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + " (exporting weights; the earlier file, if any, is unchanged)");
   }
 }
 

@@ -22,8 +22,11 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 // Parameters then buffers, by their registered names.
 NamedTensors model_state(const torch::nn::Module& model);
 
+// The bytes torch.save would write for this dict of name -> tensor.
+std::vector<char> serialize_weights(const NamedTensors& tensors);
+
 // Writes atomically (temporary file, then rename): a failed write never leaves
-// a half-written file where the old one was.
+// a half-written file where the old one was. Errors name the OS's reason.
 void save_weights(const NamedTensors& tensors, const std::string& path);
 
 // Reads a name -> tensor dict written by save_weights or by Python's

@@ -41,12 +41,18 @@ torch::Tensor SmallCnn::forward(const torch::Tensor& inputs) {
   return head_->forward(x);
 }
 
+std::vector<std::pair<std::string, torch::Tensor>> named_trainable_parameters(const torch::nn::Module& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> unique;
+  std::unordered_set<const c10::TensorImpl*> seen;
+  for (const auto& item : model.named_parameters()) {
+    if (seen.insert(item.value().unsafeGetTensorImpl()).second) unique.emplace_back(item.key(), item.value());
+  }
+  return unique;
+}
+
 std::vector<torch::Tensor> trainable_parameters(const torch::nn::Module& model) {
   std::vector<torch::Tensor> unique;
-  std::unordered_set<const c10::TensorImpl*> seen;
-  for (const auto& parameter : model.parameters()) {
-    if (seen.insert(parameter.unsafeGetTensorImpl()).second) unique.push_back(parameter);
-  }
+  for (auto& item : named_trainable_parameters(model)) unique.push_back(std::move(item.second));
   return unique;
 }
 

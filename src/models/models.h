@@ -51,6 +51,8 @@ class SmallCnn : public Classifier {
 // and the gradient norm must see it once. Weight files keep every name
 // (io/weights.h).
 std::vector<torch::Tensor> trainable_parameters(const torch::nn::Module& model);
+// The same with each tensor's first registered name (optimizer state files).
+std::vector<std::pair<std::string, torch::Tensor>> named_trainable_parameters(const torch::nn::Module& model);
 
 // `input_shape` is one sample's shape, e.g. {1, 28, 28}.
 std::shared_ptr<Classifier> make_model(const ModelOptions& options, const std::vector<int64_t>& input_shape,

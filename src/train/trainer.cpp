@@ -2,6 +2,8 @@
 
 #include "common/error.h"
 #include "data/sampler.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
 
 #include <torch/torch.h>
 
@@ -16,23 +18,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
-                                                        std::vector<torch::Tensor> parameters, double lr) {
-  switch (options.kind) {
-    case OptimizerKind::Sgd:
-      return std::make_unique<torch::optim::SGD>(parameters, torch::optim::SGDOptions(lr)
-                                                                 .momentum(options.momentum)
-                                                                 .nesterov(options.nesterov)
-                                                                 .weight_decay(options.weight_decay));
-    case OptimizerKind::AdamW:
-      return std::make_unique<torch::optim::AdamW>(parameters, torch::optim::AdamWOptions(lr)
-                                                                   .betas({options.betas.at(0), options.betas.at(1)})
-                                                                   .eps(options.eps)
-                                                                   .weight_decay(options.weight_decay));
-  }
-  throw Error("unknown optimizer");
 }
 
 ReducerOptions reducer_options(const DistributedOptions& options) {
@@ -54,9 +39,25 @@ torch::Tensor as_index_tensor(const std::vector<int64_t>& indices) {
 
 }  // namespace
 
-Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm, const Dataset& data,
-                 std::shared_ptr<Classifier> model)
-    : config_(config), plan_(plan), comm_(comm), data_(data), model_(std::move(model)) {
+const char* to_string(RunStatus status) {
+  switch (status) {
+    case RunStatus::Completed: return "completed";
+    case RunStatus::Preempted: return "preempted";
+    case RunStatus::Diverged: return "diverged";
+  }
+  return "?";
+}
+
+Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm, Communicator& control,
+                 const Dataset& data, std::shared_ptr<Classifier> model)
+    : config_(config),
+      plan_(plan),
+      comm_(comm),
+      control_(control),
+      data_(data),
+      model_(std::move(model)),
+      nonfinite_(config.checkpoint.on_nonfinite),
+      checkpoint_dir_(checkpoint_dir(config)) {
   steps_per_epoch_ = dtrain::steps_per_epoch(data_.train.size(), plan_);
   if (steps_per_epoch_ == 0) {
     throw UsageError("global batch " + std::to_string(plan_.global_batch_size) + " exceeds the training set (" +
@@ -70,11 +71,14 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   schedule_ = make_lr_schedule(config_.lr, plan_.global_batch_size, steps_per_epoch_, total_steps_);
   steps_to_run_ = config_.run.max_steps > 0 ? std::min(total_steps_, config_.run.max_steps) : total_steps_;
 
-  const std::vector<torch::Tensor> parameters = trainable_parameters(*model_);
+  const NamedParameters named = named_trainable_parameters(*model_);
+  std::vector<torch::Tensor> parameters;
+  for (const auto& item : named) parameters.push_back(item.second);
   device_ = parameters.front().device();
   local_loss_sum_ = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
+  step_loss_ = torch::zeros_like(local_loss_sum_);
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
-  optimizer_ = make_optimizer(config_.optimizer, parameters, schedule_.at(0));
+  optimizer_ = make_optimizer(config_.optimizer, named, schedule_.at(0));
 
   test_shard_ = eval_shard(data_.test.size(), comm_.rank(), comm_.world_size());
   const auto subset = fixed_subset(data_.train.size(), data_.test.size(), config_.run.seed);
@@ -101,7 +105,7 @@ void Trainer::broadcast_initial_state() {
   }
 }
 
-StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
+StepResult Trainer::train_step(int64_t step) {
   const int64_t epoch = step / steps_per_epoch_;
   const int64_t step_in_epoch = step % steps_per_epoch_;
   if (epoch != permutation_epoch_) {
@@ -112,11 +116,14 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
   result.lr = schedule_.at(step);
   for (auto& group : optimizer_->param_groups()) group.options().set_lr(result.lr);
 
+  // 1. Zero the gradient buckets.
   model_->train();
   reducer_->zero_grad();
-  // The normalizer is the number of loss items in the whole global batch (here
-  // one per sample; a token-weighted loss will count tokens), so summing the
-  // ranks' gradients gives exactly the gradient of the global mean.
+  step_loss_.zero_();
+  // 2. Micro-batches. The normalizer is the number of loss items in the whole
+  // global batch (here one per sample; a token-weighted loss will count
+  // tokens), so summing the ranks' gradients gives exactly the gradient of the
+  // global mean.
   const double loss_items_per_step = static_cast<double>(plan_.global_batch_size);
   for (int64_t micro_step = 0; micro_step < plan_.grad_accum_steps; ++micro_step) {
     const auto indices = micro_batch_indices(permutation_, plan_, step_in_epoch, micro_step, comm_.rank());
@@ -131,19 +138,22 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
         loss_items_per_step;
     loss.backward();
     // Summed on the device; read only when logged, so no host sync per step.
-    local_loss_sum_ += loss.detach().to(torch::kDouble);
+    step_loss_ += loss.detach().to(torch::kDouble);
   }
-  ++loss_steps_;
 
+  // 3. Wait for every bucket's all-reduce.
   reducer_->finish();
-  if (compute_grad_norm || config_.optimizer.grad_clip_norm > 0) {
-    result.grad_norm = reducer_->grad_norm();
-    const double clip = config_.optimizer.grad_clip_norm;
-    // A non-finite norm never scales: it would turn every gradient into 0 or NaN.
-    if (clip > 0 && std::isfinite(result.grad_norm) && result.grad_norm > clip) {
-      reducer_->scale(clip / (result.grad_norm + 1e-6));
-    }
-  }
+  // 4. Judge the all-reduced gradient: the same on every rank.
+  const auto check_start = Clock::now();
+  result.grad_norm = reducer_->grad_norm();
+  nonfinite_check_seconds_ += seconds_since(check_start);
+  result.verdict = nonfinite_.judge(result.grad_norm);
+  if (result.verdict != StepVerdict::Update) return result;
+  local_loss_sum_ += step_loss_;
+  ++loss_steps_;
+  // 5. Clip, then step. A non-finite norm never reaches here.
+  const double clip = config_.optimizer.grad_clip_norm;
+  if (clip > 0 && result.grad_norm > clip) reducer_->scale(clip / (result.grad_norm + 1e-6));
   optimizer_->step();
   return result;
 }
@@ -215,96 +225,175 @@ nlohmann::json Trainer::evaluate_all(int64_t steps_done) {
   return event;
 }
 
-nlohmann::json Trainer::run(MetricsLog& log) {
-  const auto run_start = Clock::now();
-  const int64_t global_batch = plan_.global_batch_size;
+void Trainer::print_plan() const {
+  if (!is_root()) return;
+  std::fprintf(stdout, "%s; lr %g -> %g (%s, base batch %lld)\n", plan_.describe().c_str(), schedule_.base_lr,
+               schedule_.peak_lr, to_string(config_.lr.scaling), static_cast<long long>(config_.lr.base_batch_size));
+  const std::string stop = steps_to_run_ < total_steps_
+                               ? " (stopping after " + std::to_string(steps_to_run_) + " by --max-steps)"
+                               : "";
+  std::fprintf(stdout, "%lld steps/epoch x %lld epochs = %lld steps%s; %lld samples dropped per epoch (incomplete last batch); warmup %lld steps\n",
+               static_cast<long long>(steps_per_epoch_), static_cast<long long>(config_.run.epochs),
+               static_cast<long long>(total_steps_), stop.c_str(),
+               static_cast<long long>(dropped_per_epoch(data_.train.size(), plan_)),
+               static_cast<long long>(schedule_.warmup_steps));
+  std::fflush(stdout);
+}
+
+void Trainer::evaluate_and_log(int64_t steps_done, MetricsLog& log) {
+  last_eval_ = evaluate_all(steps_done);
+  last_eval_["elapsed_sec"] = seconds_since(run_start_);
+  log.record(last_eval_);
+}
+
+void Trainer::log_progress(int64_t steps_done, const StepResult& result, MetricsLog& log) {
+  const double loss = take_mean_train_loss();
+  const double samples_per_second =
+      static_cast<double>(interval_steps_ * plan_.global_batch_size) / interval_seconds_;
+  const int64_t steps_this_run = steps_done - start_step_;
+  const double eta = train_seconds_ / static_cast<double>(std::max<int64_t>(steps_this_run, 1)) *
+                     static_cast<double>(steps_to_run_ - steps_done);
+  const double epoch = static_cast<double>(steps_done) / static_cast<double>(steps_per_epoch_);
+  log.record({{"event", "train"},
+              {"step", steps_done},
+              {"epoch", epoch},
+              {"samples_seen", steps_done * plan_.global_batch_size},
+              {"lr", result.lr},
+              {"train_loss", loss},
+              {"grad_norm", result.grad_norm},
+              {"samples_per_sec", samples_per_second},
+              {"elapsed_sec", seconds_since(run_start_)}});
   if (is_root()) {
-    std::fprintf(stdout, "%s; lr %g -> %g (%s, base batch %lld)\n", plan_.describe().c_str(), schedule_.base_lr,
-                 schedule_.peak_lr, to_string(config_.lr.scaling), static_cast<long long>(config_.lr.base_batch_size));
-    const std::string stop = steps_to_run_ < total_steps_
-                                 ? " (stopping after " + std::to_string(steps_to_run_) + " by --max-steps)"
-                                 : "";
-    std::fprintf(stdout, "%lld steps/epoch x %lld epochs = %lld steps%s; %lld samples dropped per epoch (incomplete last batch); warmup %lld steps\n",
-                 static_cast<long long>(steps_per_epoch_), static_cast<long long>(config_.run.epochs),
-                 static_cast<long long>(total_steps_), stop.c_str(),
-                 static_cast<long long>(dropped_per_epoch(data_.train.size(), plan_)),
-                 static_cast<long long>(schedule_.warmup_steps));
-    std::fflush(stdout);
+    std::fprintf(stderr, "step %lld/%lld | epoch %.2f | loss %.4f | lr %.4g | grad norm %.3g | %.0f samples/s | eta %s\n",
+                 static_cast<long long>(steps_done), static_cast<long long>(steps_to_run_), epoch, loss, result.lr,
+                 result.grad_norm, samples_per_second, format_duration(eta).c_str());
   }
+  interval_seconds_ = 0;
+  interval_steps_ = 0;
+}
 
-  double train_seconds = 0;        // excludes evaluation
-  double steady_seconds = 0;       // the same, past the first kWarmupSteps (allocator and cache warm-up)
+void Trainer::report_nonfinite(int64_t steps_done, const StepResult& result, MetricsLog& log) {
+  // This step's loss over all ranks (every rank is here: the verdict is shared).
+  auto loss = step_loss_.reshape({1}).clone();
+  comm_.all_reduce(loss);
+  const double step_loss = loss.item<double>();
+  const bool diverged = result.verdict == StepVerdict::Diverge;
+  log.record({{"event", diverged ? "diverged" : "skip"},
+              {"step", steps_done},
+              {"loss", std::isfinite(step_loss) ? nlohmann::json(step_loss) : nlohmann::json(std::to_string(step_loss))},
+              {"grad_norm", std::to_string(result.grad_norm)},
+              {"lr", result.lr},
+              {"consecutive_skips", nonfinite_.consecutive()},
+              {"skipped_steps", nonfinite_.skipped_total()}});
+  if (!is_root()) return;
+  if (diverged) {
+    std::fprintf(stderr,
+                 "dtrain: diverged at step %lld: loss %g, gradient norm %g, lr %g%s; lower --lr, add warmup "
+                 "(--warmup-steps) or --grad-clip-norm, or resume from a checkpoint with --on-nonfinite skip\n",
+                 static_cast<long long>(steps_done), step_loss, result.grad_norm, result.lr,
+                 nonfinite_.consecutive() > 0
+                     ? (" after " + std::to_string(nonfinite_.consecutive()) + " non-finite steps in a row").c_str()
+                     : "");
+  } else {
+    std::fprintf(stderr, "step %lld: non-finite loss %g or gradient norm %g at lr %g: update skipped (%lld in a row)\n",
+                 static_cast<long long>(steps_done), step_loss, result.grad_norm, result.lr,
+                 static_cast<long long>(nonfinite_.consecutive()));
+  }
+  std::fflush(stderr);
+}
+
+bool Trainer::checkpoint_due(int64_t steps_done) const {
+  const int64_t every = config_.checkpoint.every_steps;
+  if (every > 0 && steps_done % every == 0) return true;
+  // A run stopped by --max-steps can be continued, when checkpoints are on.
+  const bool checkpoints_on = every > 0 || config_.checkpoint.every_minutes > 0;
+  return checkpoints_on && steps_done == steps_to_run_ && steps_to_run_ < total_steps_;
+}
+
+nlohmann::json Trainer::run(MetricsLog& log) {
+  run_start_ = Clock::now();
+  print_plan();
+  install_preemption_handlers();
+  StopAgreement agreement(control_, config_.checkpoint.every_minutes);
+  double agreement_seconds = 0;
+  double steady_seconds = 0;  // training time past the first kWarmupSteps (allocator and cache warm-up)
   constexpr int64_t kWarmupSteps = 20;
-  double interval_seconds = 0;
-  int64_t interval_steps = 0;
-  nlohmann::json last_eval;
-  for (int64_t step = 0; step < steps_to_run_; ++step) {
-    const bool log_now = (step + 1) % config_.run.log_every == 0 || step + 1 == steps_to_run_;
+  RunStatus status = RunStatus::Completed;
+  int64_t steps_done = start_step_;
+  for (int64_t step = start_step_; step < steps_to_run_; ++step) {
+    // Steps 1-5.
     const auto step_start = Clock::now();
-    const StepResult result = train_step(step, log_now);
+    const StepResult result = train_step(step);
     const double step_seconds = seconds_since(step_start);
-    train_seconds += step_seconds;
-    if (step >= kWarmupSteps) steady_seconds += step_seconds;
-    interval_seconds += step_seconds;
-    ++interval_steps;
-    const int64_t steps_done = step + 1;
-
-    if (log_now) {
-      const double loss = take_mean_train_loss();
-      const double samples_per_second = static_cast<double>(interval_steps * global_batch) / interval_seconds;
-      const double eta = train_seconds / static_cast<double>(steps_done) * static_cast<double>(steps_to_run_ - steps_done);
-      const double epoch = static_cast<double>(steps_done) / static_cast<double>(steps_per_epoch_);
-      log.record({{"event", "train"},
-                  {"step", steps_done},
-                  {"epoch", epoch},
-                  {"samples_seen", steps_done * global_batch},
-                  {"lr", result.lr},
-                  {"train_loss", loss},
-                  {"grad_norm", result.grad_norm},
-                  {"samples_per_sec", samples_per_second},
-                  {"elapsed_sec", seconds_since(run_start)}});
-      if (is_root()) {
-        std::fprintf(stderr, "step %lld/%lld | epoch %.2f | loss %.4f | lr %.4g | grad norm %.3g | %.0f samples/s | eta %s\n",
-                     static_cast<long long>(steps_done), static_cast<long long>(steps_to_run_), epoch, loss, result.lr,
-                     result.grad_norm, samples_per_second, format_duration(eta).c_str());
-      }
-      interval_seconds = 0;
-      interval_steps = 0;
+    train_seconds_ += step_seconds;
+    if (step - start_step_ >= kWarmupSteps) steady_seconds += step_seconds;
+    interval_seconds_ += step_seconds;
+    ++interval_steps_;
+    steps_done = step + 1;
+    if (result.verdict != StepVerdict::Update) report_nonfinite(steps_done, result, log);
+    if (result.verdict == StepVerdict::Diverge) {
+      status = RunStatus::Diverged;
+      break;
     }
-    const bool end_of_epoch = steps_done % steps_per_epoch_ == 0;
-    const bool eval_now = end_of_epoch || steps_done == steps_to_run_ ||
+    // Progress, metrics and evaluation on their schedules.
+    const bool log_now = steps_done % config_.run.log_every == 0;
+    const bool eval_now = steps_done % steps_per_epoch_ == 0 ||
                           (config_.run.eval_every > 0 && steps_done % config_.run.eval_every == 0);
-    if (eval_now) {
-      last_eval = evaluate_all(steps_done);
-      last_eval["elapsed_sec"] = seconds_since(run_start);
-      log.record(last_eval);
+    if (log_now) log_progress(steps_done, result, log);
+    if (eval_now) evaluate_and_log(steps_done, log);
+    // 6. Agree on a stop or a timed checkpoint. 7. Checkpoint; stop if preempted.
+    const auto agreement_start = Clock::now();
+    const StepDecision decision = agreement.decide();
+    agreement_seconds += seconds_since(agreement_start);
+    if (decision.stop || decision.checkpoint || checkpoint_due(steps_done)) {
+      save_checkpoint(steps_done, log);
+      agreement.checkpoint_written();
+    }
+    if (decision.stop) {
+      status = RunStatus::Preempted;
+      break;
+    }
+    // The last step always reports; after the checkpoint, so that a run
+    // continued from it logs exactly what an uninterrupted run logs.
+    if (steps_done == steps_to_run_) {
+      if (!log_now) log_progress(steps_done, result, log);
+      if (!eval_now) evaluate_and_log(steps_done, log);
     }
   }
-  if (steps_to_run_ == 0) last_eval = evaluate_all(0);  // e.g. --epochs 0: evaluate given weights
+  // E.g. --epochs 0 evaluates the given weights.
+  if (last_eval_.is_null() && status == RunStatus::Completed) last_eval_ = evaluate_all(steps_done);
 
+  const int64_t steps_this_run = steps_done - start_step_;
+  auto per_step_ms = [&](double seconds, int64_t steps) {
+    return steps > 0 ? nlohmann::json(1000 * seconds / static_cast<double>(steps)) : nlohmann::json(nullptr);
+  };
+  const int64_t global_batch = plan_.global_batch_size;
   nlohmann::json summary = {
-      {"steps", steps_to_run_},
+      {"status", to_string(status)},
+      {"steps", steps_done},
+      {"resumed_from_step", start_step_},
       {"schedule_steps", total_steps_},
-      {"epochs", static_cast<double>(steps_to_run_) / static_cast<double>(steps_per_epoch_)},
-      {"samples_seen", steps_to_run_ * global_batch},
+      {"epochs", static_cast<double>(steps_done) / static_cast<double>(steps_per_epoch_)},
+      {"samples_seen", steps_done * global_batch},
       {"global_batch_size", global_batch},
       {"micro_batch_size", plan_.micro_batch_size},
       {"grad_accum_steps", plan_.grad_accum_steps},
       {"world_size", plan_.world_size},
       {"peak_lr", schedule_.peak_lr},
-      {"train_seconds", train_seconds},
-      {"steady_ms_per_step",
-       steps_to_run_ > kWarmupSteps
-           ? nlohmann::json(1000 * steady_seconds / static_cast<double>(steps_to_run_ - kWarmupSteps))
-           : nlohmann::json(nullptr)},
-      {"wall_seconds", seconds_since(run_start)},
-      {"samples_per_sec", train_seconds > 0 ? static_cast<double>(steps_to_run_ * global_batch) / train_seconds : 0.0},
-      {"test_accuracy", last_eval["test_accuracy"]},
-      {"test_loss", last_eval["test_loss"]},
-      {"train_eval_accuracy", last_eval["train_eval_accuracy"]},
-      {"train_eval_loss", last_eval["train_eval_loss"]},
-      {"generalization_gap", last_eval["generalization_gap"]},
+      {"train_seconds", train_seconds_},
+      {"steady_ms_per_step", per_step_ms(steady_seconds, steps_this_run - kWarmupSteps)},
+      {"agreement_ms_per_step", per_step_ms(agreement_seconds, steps_this_run)},
+      {"nonfinite_check_ms_per_step", per_step_ms(nonfinite_check_seconds_, steps_this_run)},
+      {"skipped_steps", nonfinite_.skipped_total()},
+      {"wall_seconds", seconds_since(run_start_)},
+      {"samples_per_sec", train_seconds_ > 0 ? static_cast<double>(steps_done * global_batch) / train_seconds_ : 0.0},
+      {"test_accuracy", last_eval_["test_accuracy"]},
+      {"test_loss", last_eval_["test_loss"]},
+      {"train_eval_accuracy", last_eval_["train_eval_accuracy"]},
+      {"train_eval_loss", last_eval_["train_eval_loss"]},
+      {"generalization_gap", last_eval_["generalization_gap"]},
   };
+  if (status == RunStatus::Preempted) summary["checkpoint"] = checkpoint_dir_ + "/" + checkpoint_name(steps_done);
   return summary;
 }
 

@@ -8,8 +8,15 @@
 //      (train/reducer.h);
 //   3. wait for all buckets: now every rank holds the gradient of the
 //      global-batch mean loss, whatever the split;
-//   4. optional clipping by the global norm, then the optimizer step with the
+//   4. judge the all-reduced gradient (train/nonfinite.h): a non-finite one
+//      is skipped or stops the run as diverged, alike on every rank;
+//   5. optional clipping by the global norm, then the optimizer step with the
 //      scheduled LR (train/lr_schedule.h).
+// Then, between steps: progress and metrics (train/metrics.h), evaluation,
+//   6. the ranks agree whether any was signalled or a timed checkpoint is due
+//      (train/preemption.h);
+//   7. a checkpoint when one is due (train/checkpoint.h), and a stop when
+//      preempted.
 // Evaluation shards each split across ranks without padding and all-reduces
 // sums, so every sample counts exactly once.
 #pragma once
@@ -21,10 +28,13 @@
 #include "train/reducer.h"
 #include "train/lr_schedule.h"
 #include "train/metrics.h"
+#include "train/nonfinite.h"
+#include "train/preemption.h"
 
-#include <nlohmann/json_fwd.hpp>
-
+#include <chrono>
 #include <cmath>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -42,23 +52,44 @@ struct EvalResult {
 
 struct StepResult {
   double lr = 0;
-  double grad_norm = NAN;  // of the all-reduced gradient; computed only when asked
+  double grad_norm = NAN;  // of the all-reduced gradient, before clipping
+  StepVerdict verdict = StepVerdict::Update;
 };
+
+struct Checkpoint;
+
+// How a run ended (summary.json "status"; the exit code).
+enum class RunStatus { Completed, Preempted, Diverged };
+const char* to_string(RunStatus status);
 
 class Trainer {
  public:
   // `model` is trained in place, on the device its parameters are on (with a
-  // communicator that handles tensors there). Throws Error if the global
-  // batch does not fit in the training set.
+  // communicator `comm` that handles tensors there); `control` carries small
+  // CPU agreements (the MPI communicator; may be `comm` on CPUs). Throws
+  // Error if the global batch does not fit in the training set.
+  Trainer(const Config& config, const BatchPlan& plan, Communicator& comm, Communicator& control,
+          const Dataset& data, std::shared_ptr<Classifier> model);
+  // On CPUs: `comm` carries both.
   Trainer(const Config& config, const BatchPlan& plan, Communicator& comm, const Dataset& data,
-          std::shared_ptr<Classifier> model);
+          std::shared_ptr<Classifier> model)
+      : Trainer(config, plan, comm, comm, data, std::move(model)) {}
   ~Trainer();
 
   // Rank 0's parameters and buffers overwrite everyone's (one broadcast).
   void broadcast_initial_state();
 
-  // Optimizer step `step` (0-based, counted over the whole run).
-  StepResult train_step(int64_t step, bool compute_grad_norm);
+  // Optimizer step `step` (0-based, counted over the whole run): steps 1-5.
+  StepResult train_step(int64_t step);
+
+  // Continue from `checkpoint` (read on every rank): weights, optimizer
+  // state, position, loss accumulators, skip counters, RNG states. Throws
+  // UsageError if its settings would change the trajectory.
+  void restore(const Checkpoint& checkpoint, const std::string& source);
+  // Writes the state after `steps_done` steps to the checkpoint dir: rank 0
+  // writes, after the ranks confirmed identical parameters (collective).
+  void save_checkpoint(int64_t steps_done, MetricsLog& log);
+  int64_t start_step() const { return start_step_; }
 
   // Mean training loss over the steps since the last call (collective).
   double take_mean_train_loss();
@@ -66,7 +97,8 @@ class Trainer {
   // Loss and accuracy over `indices` of `split`, all ranks together (collective).
   EvalResult evaluate(const Split& split, const std::vector<int64_t>& indices);
 
-  // The whole run: steps, progress, evaluations, metrics. Returns the summary.
+  // The whole run: steps, progress, evaluations, metrics, checkpoints.
+  // Returns the summary; its "status" says how the run ended.
   nlohmann::json run(MetricsLog& log);
 
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
@@ -79,6 +111,12 @@ class Trainer {
 
  private:
   nlohmann::json evaluate_all(int64_t steps_done);
+  void print_plan() const;
+  void log_progress(int64_t steps_done, const StepResult& result, MetricsLog& log);
+  void evaluate_and_log(int64_t steps_done, MetricsLog& log);
+  // A non-finite step: logs the skip, or reports the divergence.
+  void report_nonfinite(int64_t steps_done, const StepResult& result, MetricsLog& log);
+  bool checkpoint_due(int64_t steps_done) const;
   // Element-wise SUM across ranks (collective).
   std::vector<double> all_reduce_sums(const std::vector<double>& values);
   bool is_root() const { return comm_.rank() == 0; }
@@ -86,6 +124,7 @@ class Trainer {
   const Config& config_;
   BatchPlan plan_;
   Communicator& comm_;
+  Communicator& control_;
   const Dataset& data_;
   std::shared_ptr<Classifier> model_;
   c10::Device device_ = c10::kCPU;  // where the model lives; batches move there
@@ -101,7 +140,18 @@ class Trainer {
   std::vector<int64_t> test_shard_;         // this rank's test indices
   std::vector<int64_t> train_eval_shard_;   // this rank's part of the fixed train subset
   at::Tensor local_loss_sum_;               // this rank's share of the global losses since the last take (on device_)
+  at::Tensor step_loss_;                    // this rank's share of the current step's loss (on device_)
   int64_t loss_steps_ = 0;
+
+  NonFiniteGuard nonfinite_;
+  std::string checkpoint_dir_;
+  int64_t start_step_ = 0;                  // steps done before this process (a resume)
+  double train_seconds_ = 0;                // excludes evaluation; carried across resumes
+  double interval_seconds_ = 0;             // since the last progress line
+  int64_t interval_steps_ = 0;
+  double nonfinite_check_seconds_ = 0;      // the gradient norm of step 4
+  nlohmann::json last_eval_;
+  std::chrono::steady_clock::time_point run_start_;
 };
 
 }  // namespace dtrain

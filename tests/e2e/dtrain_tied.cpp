@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
       save_weights({{"inputs", data.train.inputs}, {"targets", data.train.targets}}, out + "/data.pt");
       save_weights(model_state(*model), out + "/initial.pt");
     }
-    for (int step = 0; step < 3; ++step) trainer.train_step(step, /*compute_grad_norm=*/false);
+    for (int step = 0; step < 3; ++step) trainer.train_step(step);
     if (comm.rank() == 0) save_weights(model_state(*model), out + "/final.pt");
   } catch (const std::exception& e) {
     std::cerr << "dtrain_tied: error: " << e.what() << "\n";

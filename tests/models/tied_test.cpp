@@ -50,7 +50,7 @@ TEST(Tied, TrainingUpdatesTheTiedWeightOnceAndKeepsItShared) {
   Config config = parse_options({"--dataset", "synthetic", "--lr", "0.1", "--lr-scaling", "none", "--momentum", "0"}).config;
   LocalCommunicator comm;
   Trainer trainer(config, derive_batch_plan(16, 1, 0, 1), comm, data, model);
-  trainer.train_step(0, /*compute_grad_norm=*/false);
+  trainer.train_step(0);
   auto named = model->named_parameters();
   EXPECT_TRUE(named["block1.weight"].is_same(named["block2.weight"]));
   // One SGD step without momentum moves the weight by exactly lr x grad: a

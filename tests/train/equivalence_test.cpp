@@ -65,7 +65,7 @@ Trained train(const Config& config, Communicator& comm, int64_t micro, int64_t a
   Trainer trainer(config, plan, comm, data(), model);
   trainer.broadcast_initial_state();
   comm.reset_stats();
-  for (int step = 0; step < kSteps; ++step) trainer.train_step(step, /*compute_grad_norm=*/false);
+  for (int step = 0; step < kSteps; ++step) trainer.train_step(step);
   Trained result;
   result.traffic = comm.stats();
   result.gradient_bytes = trainer.reducer().bytes();

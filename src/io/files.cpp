@@ -1,0 +1,106 @@
+#include "io/files.h"
+
+#include "common/error.h"
+
+#include <openssl/evp.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+namespace dtrain {
+
+std::string io_failure(const std::string& what, const std::string& path) {
+  return "cannot " + what + " " + path + ": " + std::strerror(errno);
+}
+
+void write_file_synced(const std::string& path, const void* bytes, size_t size) {
+  const int descriptor = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (descriptor < 0) throw Error(io_failure("write", path));
+  const char* next = static_cast<const char*>(bytes);
+  size_t left = size;
+  while (left > 0) {
+    const ssize_t written = ::write(descriptor, next, left);
+    if (written < 0 && errno == EINTR) continue;  // a preemption signal arrived
+    if (written <= 0) {
+      if (written == 0) errno = ENOSPC;
+      const std::string message = io_failure("write", path);
+      ::close(descriptor);
+      throw Error(message);
+    }
+    next += written;
+    left -= static_cast<size_t>(written);
+  }
+  if (::fsync(descriptor) != 0) {
+    const std::string message = io_failure("sync", path);
+    ::close(descriptor);
+    throw Error(message);
+  }
+  if (::close(descriptor) != 0) throw Error(io_failure("write", path));
+}
+
+void sync_directory(const std::string& path) {
+  const int descriptor = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (descriptor < 0) throw Error(io_failure("open folder", path));
+  const int result = ::fsync(descriptor);
+  const std::string message = result != 0 ? io_failure("sync folder", path) : "";
+  ::close(descriptor);
+  if (result != 0) throw Error(message);
+}
+
+void write_file_atomically(const std::string& path, const void* bytes, size_t size) {
+  const std::string temporary = path + ".tmp";
+  try {
+    write_file_synced(temporary, bytes, size);
+  } catch (const Error&) {
+    std::remove(temporary.c_str());
+    throw;
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    const std::string message = io_failure("move into place", path);
+    std::remove(temporary.c_str());
+    throw Error(message);
+  }
+  const size_t slash = path.find_last_of('/');
+  sync_directory(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash));
+}
+
+std::string read_file(const std::string& path) {
+  const int descriptor = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (descriptor < 0) throw Error(io_failure("read", path));
+  std::string text;
+  char buffer[1 << 16];
+  for (;;) {
+    const ssize_t count = ::read(descriptor, buffer, sizeof buffer);
+    if (count < 0 && errno == EINTR) continue;
+    if (count < 0) {
+      const std::string message = io_failure("read", path);
+      ::close(descriptor);
+      throw Error(message);
+    }
+    if (count == 0) break;
+    text.append(buffer, static_cast<size_t>(count));
+  }
+  ::close(descriptor);
+  return text;
+}
+
+std::string sha256_hex(const void* bytes, size_t size) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (EVP_Digest(bytes, size, digest, &length, EVP_sha256(), nullptr) != 1) throw Error("SHA-256 failed (OpenSSL)");
+  static const char* kHex = "0123456789abcdef";
+  std::string text;
+  for (unsigned int i = 0; i < length; ++i) {
+    text += kHex[digest[i] >> 4];
+    text += kHex[digest[i] & 15];
+  }
+  return text;
+}
+
+}  // namespace dtrain

@@ -1,0 +1,36 @@
+// Files that survive a crash, and errors that say why a write failed.
+// Checkpoints, exported weights and the run's JSON files are written through
+// here: the bytes go to a file, the file is fsynced, and only then renamed
+// into place, so a reader sees the old file or the new one, never half of
+// one. Failures throw Error naming the path and the OS's reason (strerror:
+// "No space left on device", "Permission denied", ...).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace dtrain {
+
+// Writes `size` bytes to `path` (created or truncated) and fsyncs it.
+void write_file_synced(const std::string& path, const void* bytes, size_t size);
+
+// write_file_synced to PATH.tmp, then rename onto `path` and fsync its folder.
+void write_file_atomically(const std::string& path, const void* bytes, size_t size);
+inline void write_file_atomically(const std::string& path, const std::string& text) {
+  write_file_atomically(path, text.data(), text.size());
+}
+
+// fsyncs a folder, so that renames and new entries in it are durable.
+void sync_directory(const std::string& path);
+
+// The whole file; throws Error naming the path and the reason.
+std::string read_file(const std::string& path);
+
+// SHA-256 as 64 lowercase hex digits (OpenSSL).
+std::string sha256_hex(const void* bytes, size_t size);
+inline std::string sha256_hex(const std::string& bytes) { return sha256_hex(bytes.data(), bytes.size()); }
+
+// "cannot write PATH: REASON" for the current errno.
+std::string io_failure(const std::string& what, const std::string& path);
+
+}  // namespace dtrain

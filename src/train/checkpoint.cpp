@@ -1,0 +1,326 @@
+#include "train/checkpoint.h"
+
+#include "cli/option_table.h"
+#include "common/error.h"
+#include "io/files.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+namespace dtrain {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::vector<std::string> kFiles = {"model.pt", "optimizer.pt", "trainer.json"};
+
+// The step of a folder named step-NNNNNNNN, or -1.
+int64_t step_of(const std::string& name) {
+  if (name.size() != 13 || name.compare(0, 5, "step-") != 0) return -1;
+  int64_t step = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+void make_folder(const std::string& dir) {
+  std::error_code error;
+  if (fs::exists(dir, error) && !fs::is_directory(dir, error)) {
+    throw Error("--checkpoint-dir " + dir + " is a file, not a folder; give a folder path");
+  }
+  fs::create_directories(dir, error);
+  if (error) throw Error("cannot create --checkpoint-dir " + dir + ": " + error.message());
+}
+
+void remove_all_quietly(const std::string& path) {
+  std::error_code ignored;
+  fs::remove_all(path, ignored);
+}
+
+}  // namespace
+
+std::string checkpoint_dir(const Config& config) {
+  return config.checkpoint.dir.empty() ? config.run.out_dir + "/checkpoints" : config.checkpoint.dir;
+}
+
+namespace {
+// FNV-1a over a tensor's bytes (on the CPU), a 64-bit word at a time.
+uint64_t checksum(const at::Tensor& tensor, uint64_t hash = 1469598103934665603ull) {
+  const at::Tensor bytes = tensor.detach().cpu().contiguous();
+  const auto* data = static_cast<const uint8_t*>(bytes.data_ptr());
+  const size_t size = static_cast<size_t>(bytes.numel()) * bytes.element_size();
+  size_t i = 0;
+  for (; i + 8 <= size; i += 8) {
+    uint64_t word;
+    std::memcpy(&word, data + i, 8);
+    hash = (hash ^ word) * 1099511628211ull;
+  }
+  for (; i < size; ++i) hash = (hash ^ data[i]) * 1099511628211ull;
+  return hash;
+}
+}  // namespace
+
+void check_replicas_identical(Communicator& comm, const NamedTensors& parameters, int64_t step) {
+  if (comm.world_size() == 1) return;
+  uint64_t all = 1469598103934665603ull;
+  for (const auto& item : parameters) all = checksum(item.second, all);
+  const auto sums = comm.all_gather(static_cast<int64_t>(all));
+  if (std::all_of(sums.begin(), sums.end(), [&](int64_t s) { return s == sums[0]; })) return;
+  // Rare: find the first parameter that differs (one all-gather per parameter).
+  for (const auto& [name, tensor] : parameters) {
+    const auto each = comm.all_gather(static_cast<int64_t>(checksum(tensor)));
+    for (size_t rank = 1; rank < each.size(); ++rank) {
+      if (each[rank] != each[0]) {
+        throw Error("at step " + std::to_string(step) + " the ranks' parameters differ: " + name + " on rank " +
+                    std::to_string(rank) + " differs from rank 0 (replicas drifted apart: a nondeterministic "
+                    "kernel or a corrupted all-reduce); no checkpoint written, resume from the last one");
+      }
+    }
+  }
+  throw Error("at step " + std::to_string(step) + " the ranks' parameters differ; no checkpoint written");
+}
+
+std::string checkpoint_name(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));
+  return name;
+}
+
+WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const Checkpoint& checkpoint, int64_t keep) {
+  const auto start = std::chrono::steady_clock::now();
+  make_folder(dir);
+  const std::string final_path = dir + "/" + checkpoint_name(step);
+  const std::string temporary = final_path + ".tmp";
+  remove_all_quietly(temporary);
+  std::error_code error;
+  fs::create_directory(temporary, error);
+  if (error) throw Error("cannot create checkpoint folder " + temporary + ": " + error.message());
+
+  WrittenCheckpoint written;
+  nlohmann::json manifest = {{"format", kCheckpointFormat}, {"step", step}, {"files", nlohmann::json::object()}};
+  auto put = [&](const std::string& name, const void* bytes, size_t size) {
+    try {
+      write_file_synced(temporary + "/" + name, bytes, size);
+    } catch (const Error&) {
+      remove_all_quietly(temporary);
+      throw;
+    }
+    manifest["files"][name] = {{"bytes", size}, {"sha256", sha256_hex(bytes, size)}};
+    written.bytes += static_cast<int64_t>(size);
+  };
+  const std::vector<char> model = serialize_weights(checkpoint.model);
+  put("model.pt", model.data(), model.size());
+  const std::vector<char> optimizer = serialize_weights(checkpoint.optimizer);
+  put("optimizer.pt", optimizer.data(), optimizer.size());
+  const std::string trainer = checkpoint.trainer.dump(1) + "\n";
+  put("trainer.json", trainer.data(), trainer.size());
+  const std::string manifest_text = manifest.dump(1) + "\n";
+  put("manifest.json", manifest_text.data(), manifest_text.size());
+  try {
+    sync_directory(temporary);
+    // A checkpoint of this step from an earlier attempt (a resume from an
+    // older one) is replaced: moved aside, the new one renamed in, then removed.
+    const std::string replaced = final_path + ".replaced.tmp";
+    const bool had_old = fs::exists(final_path, error);
+    if (had_old) {
+      remove_all_quietly(replaced);
+      if (std::rename(final_path.c_str(), replaced.c_str()) != 0) throw Error(io_failure("move aside", final_path));
+    }
+    if (std::rename(temporary.c_str(), final_path.c_str()) != 0) {
+      throw Error(io_failure("move checkpoint into place at", final_path));
+    }
+    sync_directory(dir);
+    if (had_old) remove_all_quietly(replaced);
+  } catch (const Error&) {
+    remove_all_quietly(temporary);
+    throw;
+  }
+  // Only now that the new one is durable: drop those beyond `keep`.
+  const auto all = list_checkpoints(dir);
+  for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < all.size(); ++i) remove_all_quietly(all[i]);
+  written.path = final_path;
+  written.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return written;
+}
+
+std::vector<std::string> list_checkpoints(const std::string& dir) {
+  std::error_code error;
+  if (!fs::exists(dir, error)) return {};
+  if (!fs::is_directory(dir, error)) {
+    throw Error("--checkpoint-dir " + dir + " is a file, not a folder; give a folder path");
+  }
+  std::vector<std::pair<int64_t, std::string>> found;
+  for (const auto& entry : fs::directory_iterator(dir, error)) {
+    const int64_t step = step_of(entry.path().filename().string());
+    if (step >= 0 && entry.is_directory(error)) found.emplace_back(step, entry.path().string());
+  }
+  if (error) throw Error("cannot list --checkpoint-dir " + dir + ": " + error.message());
+  std::sort(found.rbegin(), found.rend());
+  std::vector<std::string> paths;
+  for (auto& item : found) paths.push_back(std::move(item.second));
+  return paths;
+}
+
+int remove_unfinished_checkpoints(const std::string& dir) {
+  std::error_code error;
+  if (!fs::is_directory(dir, error)) return 0;
+  int removed = 0;
+  for (const auto& entry : fs::directory_iterator(dir, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0 && name.compare(0, 5, "step-") == 0) {
+      remove_all_quietly(entry.path().string());
+      ++removed;
+    }
+  }
+  return removed;
+}
+
+Checkpoint read_checkpoint(const std::string& path) {
+  std::error_code error;
+  if (!fs::is_directory(path, error)) {
+    throw Error("checkpoint " + path + " does not exist or is not a folder; give a step-N folder of --checkpoint-dir");
+  }
+  auto bad = [&](const std::string& file, const std::string& check) {
+    return Error("checkpoint " + path + " is damaged: " + file + " " + check +
+                 "; resume from an older checkpoint (--resume auto skips damaged ones)");
+  };
+  nlohmann::json manifest;
+  try {
+    manifest = nlohmann::json::parse(read_file(path + "/manifest.json"));
+  } catch (const nlohmann::json::exception&) {
+    throw bad("manifest.json", "is not valid JSON");
+  } catch (const Error&) {
+    throw bad("manifest.json", "is missing or unreadable");
+  }
+  if (!manifest.is_object() || !manifest.contains("format") || !manifest["format"].is_number_integer() ||
+      !manifest.contains("files") || !manifest["files"].is_object()) {
+    throw bad("manifest.json", "lacks its format or file list");
+  }
+  if (manifest["format"].get<int64_t>() != kCheckpointFormat) {
+    throw Error("checkpoint " + path + " has format " + manifest["format"].dump() + ", this dtrain reads format " +
+                std::to_string(kCheckpointFormat) + "; resume it with the dtrain version that wrote it");
+  }
+  std::map<std::string, std::string> bytes;
+  for (const auto& name : kFiles) {
+    const auto& files = manifest["files"];
+    if (!files.contains(name) || !files[name].is_object() || !files[name].contains("bytes") ||
+        !files[name].contains("sha256") || !files[name]["bytes"].is_number_unsigned() ||
+        !files[name]["sha256"].is_string()) {
+      throw bad("manifest.json", "does not list " + name);
+    }
+    std::string content;
+    try {
+      content = read_file(path + "/" + name);
+    } catch (const Error&) {
+      throw bad(name, "is missing or unreadable");
+    }
+    if (content.size() != files[name]["bytes"].get<uint64_t>()) {
+      throw bad(name, "has " + std::to_string(content.size()) + " bytes, the manifest says " +
+                          files[name]["bytes"].dump() + " (truncated?)");
+    }
+    if (sha256_hex(content) != files[name]["sha256"].get<std::string>()) {
+      throw bad(name, "fails its SHA-256 check (damaged on disk)");
+    }
+    bytes[name] = std::move(content);
+  }
+  Checkpoint checkpoint;
+  auto as_bytes = [](const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); };
+  checkpoint.model = parse_weights(as_bytes(bytes["model.pt"]), bytes["model.pt"].size(), path + "/model.pt");
+  checkpoint.optimizer =
+      parse_weights(as_bytes(bytes["optimizer.pt"]), bytes["optimizer.pt"].size(), path + "/optimizer.pt");
+  try {
+    checkpoint.trainer = nlohmann::json::parse(bytes["trainer.json"]);
+  } catch (const nlohmann::json::exception&) {
+    throw bad("trainer.json", "is not valid JSON");
+  }
+  for (const char* key : {"step", "options", "world_size"}) {
+    if (!checkpoint.trainer.is_object() || !checkpoint.trainer.contains(key)) {
+      throw bad("trainer.json", std::string("lacks \"") + key + "\"");
+    }
+  }
+  return checkpoint;
+}
+
+std::optional<FoundCheckpoint> newest_valid_checkpoint(const std::string& dir,
+                                                       const std::function<void(const std::string&)>& warn) {
+  for (const auto& path : list_checkpoints(dir)) {
+    try {
+      return FoundCheckpoint{path, read_checkpoint(path)};
+    } catch (const Error& e) {
+      warn(std::string(e.what()).substr(0, std::string(e.what()).find("; resume from an older")) +
+           "; trying an older one");
+    }
+  }
+  return std::nullopt;
+}
+
+int64_t checkpoint_step(const std::string& path) { return step_of(fs::path(path).filename().string()); }
+
+std::string choose_resume(const Config& config, const std::function<void(const std::string&)>& warn) {
+  const std::string dir = checkpoint_dir(config);
+  const std::string& mode = config.checkpoint.resume;
+  if (mode == "never") {
+    const auto existing = list_checkpoints(dir);
+    if (!existing.empty()) {
+      throw UsageError("--checkpoint-dir " + dir + " already holds checkpoints of an earlier run (newest " +
+                       fs::path(existing.front()).filename().string() +
+                       "); continue it with --resume auto, or start anew with another --out-dir or --checkpoint-dir");
+    }
+    if (config.checkpoint.every_steps > 0 || config.checkpoint.every_minutes > 0) make_folder(dir);
+    return "";
+  }
+  if (mode == "auto") {
+    const int removed = remove_unfinished_checkpoints(dir);
+    if (removed > 0) warn("removed " + std::to_string(removed) + " unfinished checkpoint folder(s) (*.tmp) in " + dir);
+    auto found = newest_valid_checkpoint(dir, warn);
+    if (!found) {
+      warn("--resume auto: no valid checkpoint in " + dir + "; starting fresh");
+      return "";
+    }
+    return found->path;
+  }
+  if (mode.size() > 4 && mode.compare(mode.size() - 4, 4, ".tmp") == 0) {
+    throw UsageError("--resume " + mode + " is an unfinished checkpoint (.tmp); give a complete step-N folder");
+  }
+  std::error_code error;
+  if (!fs::is_directory(mode, error)) {
+    throw UsageError("--resume " + mode + " is not a checkpoint folder; give never, auto or the path of a step-N folder");
+  }
+  return mode;
+}
+
+void check_resume_compatible(const nlohmann::json& trainer_state, const Config& resolved, const std::string& source) {
+  const nlohmann::json& saved = trainer_state.at("options");
+  const bool horizon_free =
+      resolved.lr.schedule == LrScheduleKind::Constant || resolved.lr.schedule == LrScheduleKind::Step;
+  std::vector<std::string> changes;
+  for (const auto& spec : option_table()) {
+    if (spec.effect != Effect::Exact || !saved.contains(spec.name)) continue;
+    if (spec.name == "epochs" && horizon_free) continue;  // only where the run stops
+    if (spec.name == "init-from") continue;               // the checkpoint's weights replace it
+    const std::string now = spec.text(resolved);
+    const std::string then = saved[spec.name].is_string() ? saved[spec.name].get<std::string>() : saved[spec.name].dump();
+    if (now != then) {
+      changes.push_back("--" + spec.name + " " + (then.empty() ? "(unset)" : then) + " -> " +
+                        (now.empty() ? "(unset)" : now));
+    }
+  }
+  if (!changes.empty()) {
+    std::string list;
+    for (size_t i = 0; i < changes.size(); ++i) list += (i ? ", " : "") + changes[i];
+    throw UsageError("cannot resume from " + source + ": these settings change the training trajectory: " + list +
+                     "; resume with the checkpoint's settings (its trainer.json lists them) or start a new run "
+                     "with another --checkpoint-dir");
+  }
+}
+
+}  // namespace dtrain

@@ -1,0 +1,93 @@
+// Checkpoints: everything a run needs to continue exactly (docs/checkpoints.md).
+// One folder per checkpoint, CHECKPOINT_DIR/step-NNNNNNNN/:
+//   model.pt       parameters and buffers, names as --export (torch.load reads it)
+//   optimizer.pt   per-parameter optimizer state (train/optimizer.h; torch.load reads it)
+//   trainer.json   step, position in the data, loss accumulators, RNG states,
+//                  the resolved configuration and its trajectory hash, format
+//   manifest.json  every file with its size and SHA-256, written last
+// A checkpoint is written as step-N.tmp/ (each file fsynced), renamed into
+// place, the parent fsynced; only then are checkpoints beyond --keep-checkpoints
+// deleted. A reader verifies the manifest before it uses anything, and never
+// reads a .tmp folder.
+#pragma once
+#include "cli/config.h"
+#include "comm/communicator.h"
+#include "io/weights.h"
+
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dtrain {
+
+constexpr int kCheckpointFormat = 1;
+
+struct Checkpoint {
+  NamedTensors model;
+  NamedTensors optimizer;
+  nlohmann::json trainer;  // trainer.json
+};
+
+// --checkpoint-dir, or OUT_DIR/checkpoints.
+std::string checkpoint_dir(const Config& config);
+
+// "step-00000100"
+std::string checkpoint_name(int64_t step);
+
+struct WrittenCheckpoint {
+  std::string path;
+  int64_t bytes = 0;
+  double seconds = 0;
+};
+
+// Writes `checkpoint` as DIR/step-N (see above) and keeps the newest `keep`.
+// Throws Error naming the path and the OS's reason; earlier checkpoints are
+// untouched by a failed write.
+WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const Checkpoint& checkpoint, int64_t keep);
+
+// Verifies the manifest (sizes and SHA-256 of every file), then reads.
+// Throws Error naming the file and the failed check.
+Checkpoint read_checkpoint(const std::string& path);
+
+// The step-N folders in `dir` (complete ones, not .tmp), newest first.
+// Empty when `dir` does not exist; Error when it is not a folder.
+std::vector<std::string> list_checkpoints(const std::string& dir);
+
+// Removes leftover step-N.tmp folders of interrupted writes; returns how many.
+int remove_unfinished_checkpoints(const std::string& dir);
+
+// The newest checkpoint in `dir` that verifies; each one skipped is passed to
+// `warn` with the reason. nullopt when there is none.
+struct FoundCheckpoint {
+  std::string path;
+  Checkpoint checkpoint;
+};
+std::optional<FoundCheckpoint> newest_valid_checkpoint(const std::string& dir,
+                                                       const std::function<void(const std::string&)>& warn);
+
+// Resolves --resume (on one rank): "" to start fresh, or the checkpoint
+// folder to continue from. never: UsageError if the checkpoint dir already
+// holds checkpoints; auto: the newest valid one (each damaged one skipped is
+// passed to `warn`), leftover .tmp folders removed, "" and a note to `warn`
+// when there is none; otherwise the given path.
+std::string choose_resume(const Config& config, const std::function<void(const std::string&)>& warn);
+
+// The step of a step-N folder path, or -1.
+int64_t checkpoint_step(const std::string& path);
+
+// Refuses (UsageError, one line) a resume whose settings would change the
+// trajectory: each differing option of effect class exact as "--name old ->
+// new". The batch split (micro-batch, accumulation, world size) and options
+// of class rounding or none may change. --epochs may change when the LR
+// schedule does not depend on it (constant or step).
+void check_resume_compatible(const nlohmann::json& trainer_state, const Config& resolved, const std::string& source);
+
+// Confirms that every rank holds the same `parameters` (one all-gather of a
+// checksum per rank; the names are the same everywhere). Throws Error on every
+// rank naming the first parameter that differs and a rank that differs.
+void check_replicas_identical(Communicator& comm, const NamedTensors& parameters, int64_t step);
+
+}  // namespace dtrain

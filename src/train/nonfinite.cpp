@@ -1,0 +1,17 @@
+#include "train/nonfinite.h"
+
+#include <cmath>
+
+namespace dtrain {
+
+StepVerdict NonFiniteGuard::judge(double grad_norm) {
+  if (std::isfinite(grad_norm)) {
+    consecutive_ = 0;
+    return StepVerdict::Update;
+  }
+  if (policy_ == NonFinitePolicy::Stop) return StepVerdict::Diverge;
+  ++skipped_total_;
+  return ++consecutive_ >= kMaxConsecutiveSkips ? StepVerdict::Diverge : StepVerdict::Skip;
+}
+
+}  // namespace dtrain

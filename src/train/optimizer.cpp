@@ -1,0 +1,124 @@
+#include "train/optimizer.h"
+
+#include "common/error.h"
+
+#include <torch/torch.h>
+
+#include <map>
+#include <sstream>
+#include <type_traits>
+
+namespace dtrain {
+
+namespace {
+
+// LibTorch keys its per-parameter state by the tensor's address: as text in
+// 1.13, as the pointer itself in 2.x.
+template <typename Map>
+typename Map::key_type state_key(const Map&, const at::Tensor& parameter) {
+  if constexpr (std::is_same_v<typename Map::key_type, std::string>) {
+    std::ostringstream text;
+    text << parameter.unsafeGetTensorImpl();
+    return text.str();
+  } else {
+    return parameter.unsafeGetTensorImpl();
+  }
+}
+
+std::vector<std::string> state_fields(const OptimizerOptions& options) {
+  switch (options.kind) {
+    case OptimizerKind::Sgd: return {"momentum_buffer"};
+    case OptimizerKind::AdamW: return {"exp_avg", "exp_avg_sq", "step"};
+  }
+  return {};
+}
+
+}  // namespace
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
+                                                        const NamedParameters& named, double lr) {
+  std::vector<torch::Tensor> parameters;
+  for (const auto& item : named) parameters.push_back(item.second);
+  switch (options.kind) {
+    case OptimizerKind::Sgd:
+      return std::make_unique<torch::optim::SGD>(parameters, torch::optim::SGDOptions(lr)
+                                                                 .momentum(options.momentum)
+                                                                 .nesterov(options.nesterov)
+                                                                 .weight_decay(options.weight_decay));
+    case OptimizerKind::AdamW:
+      return std::make_unique<torch::optim::AdamW>(parameters, torch::optim::AdamWOptions(lr)
+                                                                   .betas({options.betas.at(0), options.betas.at(1)})
+                                                                   .eps(options.eps)
+                                                                   .weight_decay(options.weight_decay));
+  }
+  throw Error("unknown optimizer");
+}
+
+NamedTensors optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerOptions& options,
+                             const NamedParameters& parameters) {
+  NamedTensors state;
+  auto& table = optimizer.state();
+  for (const auto& [name, parameter] : parameters) {
+    const auto found = table.find(state_key(table, parameter));
+    if (found == table.end()) continue;
+    switch (options.kind) {
+      case OptimizerKind::Sgd: {
+        const auto& sgd = static_cast<const torch::optim::SGDParamState&>(*found->second);
+        if (sgd.momentum_buffer().defined()) state.emplace_back(name + ".momentum_buffer", sgd.momentum_buffer().cpu());
+        break;
+      }
+      case OptimizerKind::AdamW: {
+        const auto& adam = static_cast<const torch::optim::AdamWParamState&>(*found->second);
+        state.emplace_back(name + ".exp_avg", adam.exp_avg().cpu());
+        state.emplace_back(name + ".exp_avg_sq", adam.exp_avg_sq().cpu());
+        state.emplace_back(name + ".step", torch::tensor(static_cast<int64_t>(adam.step()), torch::kLong));
+        break;
+      }
+    }
+  }
+  return state;
+}
+
+void load_optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerOptions& options,
+                          const NamedParameters& parameters, const NamedTensors& state, const std::string& source) {
+  std::map<std::string, at::Tensor> given(state.begin(), state.end());
+  auto refuse = [&](const std::string& problem) {
+    throw Error(source + " does not match the optimizer (" + problem + "); resume with the --optimizer it was written with");
+  };
+  auto take = [&](const std::string& name, const at::Tensor& like) -> at::Tensor {
+    const auto found = given.find(name);
+    if (found == given.end()) refuse("missing " + name);
+    at::Tensor value = found->second;
+    given.erase(found);
+    if (like.defined() && !value.sizes().equals(like.sizes())) refuse(name + " has the wrong shape");
+    return like.defined() ? value.to(like.options()).clone() : value;
+  };
+  auto& table = optimizer.state();
+  for (const auto& [name, parameter] : parameters) {
+    // A parameter without entries has no state yet (no step taken).
+    bool any = false;
+    for (const auto& field : state_fields(options)) any = any || given.count(name + "." + field);
+    if (!any) continue;
+    switch (options.kind) {
+      case OptimizerKind::Sgd: {
+        auto sgd = std::make_unique<torch::optim::SGDParamState>();
+        sgd->momentum_buffer(take(name + ".momentum_buffer", parameter));
+        table[state_key(table, parameter)] = std::move(sgd);
+        break;
+      }
+      case OptimizerKind::AdamW: {
+        auto adam = std::make_unique<torch::optim::AdamWParamState>();
+        adam->exp_avg(take(name + ".exp_avg", parameter));
+        adam->exp_avg_sq(take(name + ".exp_avg_sq", parameter));
+        const at::Tensor step = take(name + ".step", at::Tensor());
+        if (step.numel() != 1) refuse(name + ".step is not one number");
+        adam->step(step.to(torch::kLong).item<int64_t>());
+        table[state_key(table, parameter)] = std::move(adam);
+        break;
+      }
+    }
+  }
+  if (!given.empty()) refuse("unexpected " + given.begin()->first);
+}
+
+}  // namespace dtrain

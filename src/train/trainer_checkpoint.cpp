@@ -1,0 +1,186 @@
+// Trainer <-> checkpoint: what the state after a step is made of, and how a
+// resumed run takes it back (train/checkpoint.h for the files themselves).
+#include "cli/option_table.h"
+#include "cli/options.h"
+#include "common/error.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/startup.h"
+#include "train/trainer.h"
+
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <mutex>
+
+namespace dtrain {
+
+namespace {
+
+std::string hex_of(uint64_t value) {
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(value));
+  return text;
+}
+
+std::string bytes_to_hex(const at::Tensor& bytes) {
+  static const char* kHex = "0123456789abcdef";
+  const at::Tensor cpu = bytes.contiguous().cpu();
+  const auto* data = cpu.data_ptr<uint8_t>();
+  std::string text;
+  for (int64_t i = 0; i < cpu.numel(); ++i) {
+    text += kHex[data[i] >> 4];
+    text += kHex[data[i] & 15];
+  }
+  return text;
+}
+
+at::Tensor hex_to_bytes(const std::string& text) {
+  if (text.size() % 2 != 0) throw Error("an RNG state of odd length");
+  at::Tensor bytes = torch::empty({static_cast<int64_t>(text.size() / 2)}, torch::kUInt8);
+  auto* data = bytes.data_ptr<uint8_t>();
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    throw Error("an RNG state that is not hex");
+  };
+  for (size_t i = 0; i < text.size(); i += 2) data[i / 2] = static_cast<uint8_t>(digit(text[i]) << 4 | digit(text[i + 1]));
+  return bytes;
+}
+
+// Every generator in use: the CPU's, and the GPU's when training on one.
+std::vector<at::Generator> generators(const c10::Device& device) {
+  std::vector<at::Generator> list = {at::globalContext().defaultGenerator(c10::kCPU)};
+  if (device.is_cuda()) list.push_back(at::globalContext().defaultGenerator(device));
+  return list;
+}
+
+std::string generator_name(const at::Generator& generator) { return generator.device().str(); }
+
+int64_t bits_of(double value) {
+  int64_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
+}
+
+double double_of(int64_t bits) {
+  double value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return text;
+}
+
+}  // namespace
+
+void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
+  // Collective parts first, on every rank: identical replicas, loss sums.
+  const NamedTensors state = model_state(*model_);
+  WrittenCheckpoint written;
+  const int64_t local_loss_bits = bits_of(local_loss_sum_.item<double>());
+  run_agreed(control_, [&] {
+    check_replicas_identical(control_, state, steps_done);
+  });
+  const std::vector<int64_t> loss_bits = control_.all_gather(local_loss_bits);
+  run_agreed(control_, [&] {
+    if (!is_root()) return;
+    nlohmann::json rng = nlohmann::json::object();
+    for (auto& generator : generators(device_)) {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      rng[generator_name(generator)] = bytes_to_hex(generator.get_state());
+    }
+    nlohmann::json options = nlohmann::json::object();
+    for (const auto& spec : option_table()) options[spec.name] = spec.text(config_);
+    nlohmann::json loss_sums = nlohmann::json::array();
+    for (int64_t bits : loss_bits) loss_sums.push_back(double_of(bits));
+    Checkpoint checkpoint;
+    checkpoint.model = state;
+    checkpoint.optimizer = optimizer_state(*optimizer_, config_.optimizer, named_trainable_parameters(*model_));
+    checkpoint.trainer = {
+        {"format", kCheckpointFormat},
+        {"step", steps_done},
+        {"epoch", steps_done / steps_per_epoch_},
+        {"step_in_epoch", steps_done % steps_per_epoch_},
+        {"samples_seen", steps_done * plan_.global_batch_size},
+        {"next_lr", schedule_.at(steps_done)},
+        {"world_size", plan_.world_size},
+        {"micro_batch_size", plan_.micro_batch_size},
+        {"grad_accum_steps", plan_.grad_accum_steps},
+        {"global_batch_size", plan_.global_batch_size},
+        {"trajectory_hash", hex_of(trajectory_hash(config_))},
+        {"options", options},
+        {"loss_sums", loss_sums},
+        {"loss_steps", loss_steps_},
+        {"skipped_steps", nonfinite_.skipped_total()},
+        {"consecutive_skips", nonfinite_.consecutive()},
+        {"train_seconds", train_seconds_},
+        {"metrics_bytes", log.bytes_written()},
+        {"last_eval", last_eval_},
+        {"rng", rng},
+        {"written_at", utc_now()},
+    };
+    written = write_checkpoint(checkpoint_dir_, steps_done, checkpoint, config_.checkpoint.keep);
+  });
+  if (!is_root()) return;
+  log.record({{"event", "checkpoint"},
+              {"step", steps_done},
+              {"path", written.path},
+              {"bytes", written.bytes},
+              {"write_seconds", written.seconds}});
+  std::fprintf(stderr, "checkpoint step %lld: %s (%.1f MB in %.2f s)\n", static_cast<long long>(steps_done),
+               written.path.c_str(), static_cast<double>(written.bytes) / 1e6, written.seconds);
+  std::fflush(stderr);
+}
+
+void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
+  const nlohmann::json& saved = checkpoint.trainer;
+  check_resume_compatible(saved, config_, source);
+  try {
+    const int64_t step = saved.at("step").get<int64_t>();
+    if (step < 0 || step > total_steps_) {
+      throw Error("checkpoint " + source + " is at step " + std::to_string(step) + ", outside this run's " +
+                  std::to_string(total_steps_) + " steps");
+    }
+    if (step > steps_to_run_) {
+      throw UsageError("checkpoint " + source + " is at step " + std::to_string(step) + ", past --max-steps " +
+                       std::to_string(steps_to_run_) + "; raise --max-steps (0: no limit)");
+    }
+    load_into(*model_, checkpoint.model, source + "/model.pt");
+    load_optimizer_state(*optimizer_, config_.optimizer, named_trainable_parameters(*model_), checkpoint.optimizer,
+                         source + "/optimizer.pt");
+    // Loss accumulators: each rank its own with the same world size (so the
+    // logged means are bit-identical); otherwise rank 0 takes their sum.
+    const auto& sums = saved.at("loss_sums");
+    double local = 0;
+    if (static_cast<int>(sums.size()) == comm_.world_size()) {
+      local = sums.at(static_cast<size_t>(comm_.rank())).get<double>();
+    } else if (is_root()) {
+      for (const auto& sum : sums) local += sum.get<double>();
+    }
+    local_loss_sum_.fill_(local);
+    loss_steps_ = saved.at("loss_steps").get<int64_t>();
+    nonfinite_.restore(saved.at("skipped_steps").get<int64_t>(), saved.at("consecutive_skips").get<int64_t>());
+    train_seconds_ = saved.at("train_seconds").get<double>();
+    last_eval_ = saved.at("last_eval");
+    const auto& rng = saved.at("rng");
+    for (auto& generator : generators(device_)) {
+      const std::string name = generator_name(generator);
+      if (!rng.contains(name)) continue;  // e.g. a CPU checkpoint continued on a GPU: that generator starts fresh
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      generator.set_state(hex_to_bytes(rng.at(name).get<std::string>()));
+    }
+    start_step_ = step;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error("checkpoint " + source + "/trainer.json lacks a field or has a wrong type (" +
+                std::string(e.what()).substr(0, 80) + "); resume from another checkpoint");
+  }
+}
+
+}  // namespace dtrain
