@@ -12,10 +12,9 @@
 #                                  multi-rank tests included, halting on the
 #                                  first report (tests/sanitizers/ holds the
 #                                  suppressions for uninstrumented libraries)
-#   launch/test.sh --fuzz          also runs the idx, config and option_values
-#                                  harnesses for 60 s each with a fixed seed,
-#                                  after replaying their regression inputs, and
-#                                  replays the weights harness's inputs
+#   launch/test.sh --fuzz          also runs the idx, config, option_values and
+#                                  weights harnesses for 60 s each with a fixed
+#                                  seed, after replaying their regression inputs
 # CI runs all three (.ci/run). Other arguments go to ctest (e.g. -R mpi).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,9 +51,5 @@ for build in "${builds[@]}"; do
   fi
 done
 if [ "$fuzz" = 1 ]; then
-  for harness in idx config option_values; do "$ROOT/launch/fuzz.sh" "$harness" 1; done
-  # The weights harness still reaches a crash inside LibTorch 1.13's unpickler
-  # (docs/reliability.md, "Known crashes"): CI replays its corpus and
-  # regressions only, until dtrain's pickle walk also checks stack effects.
-  "$ROOT/launch/fuzz.sh" weights 0
+  for harness in idx config option_values weights; do "$ROOT/launch/fuzz.sh" "$harness" 1; done
 fi
