@@ -9,6 +9,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
 
 namespace dtrain {
 
@@ -80,6 +83,13 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
   optimizer_ = make_optimizer(config_.optimizer, named, schedule_.at(0));
 
+  // Fault injection for the tests of --on-nonfinite: DTRAIN_FAULT_NAN_STEP=N
+  // or N:RANK makes step N's loss NaN (on RANK only).
+  if (const char* fault = std::getenv("DTRAIN_FAULT_NAN_STEP")) {
+    fault_nan_step_ = std::atoll(fault);
+    if (const char* colon = std::strchr(fault, ':')) fault_nan_rank_ = std::atoi(colon + 1);
+  }
+
   test_shard_ = eval_shard(data_.test.size(), comm_.rank(), comm_.world_size());
   const auto subset = fixed_subset(data_.train.size(), data_.test.size(), config_.run.seed);
   for (int64_t position : eval_shard(static_cast<int64_t>(subset.size()), comm_.rank(), comm_.world_size())) {
@@ -132,10 +142,12 @@ StepResult Trainer::train_step(int64_t step) {
     const auto targets = data_.train.targets.index_select(0, index_tensor).to(device_);
     reducer_->begin_micro_step(micro_step == plan_.grad_accum_steps - 1);
     const auto logits = model_->forward(inputs);
-    const auto loss =
-        torch::nn::functional::cross_entropy(
-            logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
-        loss_items_per_step;
+    auto loss = torch::nn::functional::cross_entropy(
+                    logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
+                loss_items_per_step;
+    if (step + 1 == fault_nan_step_ && (fault_nan_rank_ < 0 || fault_nan_rank_ == comm_.rank())) {
+      loss = loss * std::numeric_limits<double>::quiet_NaN();  // fault injection (tests only)
+    }
     loss.backward();
     // Summed on the device; read only when logged, so no host sync per step.
     step_loss_ += loss.detach().to(torch::kDouble);
@@ -280,24 +292,32 @@ void Trainer::report_nonfinite(int64_t steps_done, const StepResult& result, Met
   const bool diverged = result.verdict == StepVerdict::Diverge;
   log.record({{"event", diverged ? "diverged" : "skip"},
               {"step", steps_done},
+              // JSON has no NaN or Inf: non-finite values as text.
               {"loss", std::isfinite(step_loss) ? nlohmann::json(step_loss) : nlohmann::json(std::to_string(step_loss))},
-              {"grad_norm", std::to_string(result.grad_norm)},
+              {"grad_norm", std::isfinite(result.grad_norm) ? nlohmann::json(result.grad_norm)
+                                                             : nlohmann::json(std::to_string(result.grad_norm))},
               {"lr", result.lr},
               {"consecutive_skips", nonfinite_.consecutive()},
               {"skipped_steps", nonfinite_.skipped_total()}});
   if (!is_root()) return;
+  auto number = [](double value) {
+    if (std::isnan(value)) return std::string("nan");
+    char text[32];
+    std::snprintf(text, sizeof text, "%g", value);
+    return std::string(text);
+  };
   if (diverged) {
+    const std::string streak =
+        nonfinite_.consecutive() > 1 ? " after " + std::to_string(nonfinite_.consecutive()) + " non-finite steps in a row" : "";
     std::fprintf(stderr,
-                 "dtrain: diverged at step %lld: loss %g, gradient norm %g, lr %g%s; lower --lr, add warmup "
-                 "(--warmup-steps) or --grad-clip-norm, or resume from a checkpoint with --on-nonfinite skip\n",
-                 static_cast<long long>(steps_done), step_loss, result.grad_norm, result.lr,
-                 nonfinite_.consecutive() > 0
-                     ? (" after " + std::to_string(nonfinite_.consecutive()) + " non-finite steps in a row").c_str()
-                     : "");
+                 "dtrain: error: diverged at step %lld (loss %s, gradient norm %s, lr %s)%s; lower --lr, add warmup "
+                 "(--warmup-steps) or --grad-clip-norm, or continue from a checkpoint with --on-nonfinite skip\n",
+                 static_cast<long long>(steps_done), number(step_loss).c_str(), number(result.grad_norm).c_str(),
+                 number(result.lr).c_str(), streak.c_str());
   } else {
-    std::fprintf(stderr, "step %lld: non-finite loss %g or gradient norm %g at lr %g: update skipped (%lld in a row)\n",
-                 static_cast<long long>(steps_done), step_loss, result.grad_norm, result.lr,
-                 static_cast<long long>(nonfinite_.consecutive()));
+    std::fprintf(stderr, "step %lld: non-finite loss %s or gradient norm %s at lr %s: update skipped (%lld in a row)\n",
+                 static_cast<long long>(steps_done), number(step_loss).c_str(), number(result.grad_norm).c_str(),
+                 number(result.lr).c_str(), static_cast<long long>(nonfinite_.consecutive()));
   }
   std::fflush(stderr);
 }

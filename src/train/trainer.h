@@ -151,6 +151,8 @@ class Trainer {
   int64_t interval_steps_ = 0;
   double nonfinite_check_seconds_ = 0;      // the gradient norm of step 4
   nlohmann::json last_eval_;
+  int64_t fault_nan_step_ = -1;             // DTRAIN_FAULT_NAN_STEP (tests)
+  int fault_nan_rank_ = -1;
   std::chrono::steady_clock::time_point run_start_;
 };
 
