@@ -1,0 +1,115 @@
+# Failure handling, end to end (docs/checkpoints.md):
+#   non-finite losses (--on-nonfinite stop|skip) at 1 and 2 ranks, a NaN on one
+#   rank only included; a full disk during a checkpoint, an export and the
+#   metrics; and bad input for the checkpoint options, each one line.
+source "$(dirname "$0")/common.sh"
+COMMON=(--dataset synthetic --synthetic-train-samples 1024 --synthetic-test-samples 256 --micro-batch-size 16
+        --log-every 4)
+SMALL=("${COMMON[@]}" --hidden 32)
+
+# --- Non-finite values ----------------------------------------------------
+# stop: every rank stops at that step, exit 3, status diverged.
+expect_error 3 "diverged at step 6 (loss nan, gradient norm nan, lr " -- \
+  env DTRAIN_FAULT_NAN_STEP=6:1 "$MPIRUN_BIN" --oversubscribe --bind-to none -np 2 "$DTRAIN" "${SMALL[@]}" \
+  --out-dir "$WORK/nan2"
+grep -q '"status": "diverged"' "$WORK/nan2/summary.json" || fail "summary status is not diverged"
+grep -q '"steps": 6,' "$WORK/nan2/summary.json" || fail "summary does not stop at step 6"
+pass "a NaN on rank 1 only at step 6: both ranks stopped there, exit 3, status diverged"
+expect_error 3 "diverged at step" -- "$DTRAIN" "${SMALL[@]}" --lr 1e5 --out-dir "$WORK/lr"
+grep -q '"status": "diverged"' "$WORK/lr/summary.json" || fail "--lr 1e5 summary is not diverged"
+# skip: no rank updates on that step; the run goes on.
+env DTRAIN_FAULT_NAN_STEP=6:1 "$MPIRUN_BIN" --oversubscribe --bind-to none -np 2 "$DTRAIN" "${SMALL[@]}" \
+  --on-nonfinite skip --out-dir "$WORK/skip" --export "$WORK/skip.pt" >"$WORK/skip.log" 2>&1 \
+  || { cat "$WORK/skip.log"; fail "skip run failed"; }
+grep -q '"status": "completed"' "$WORK/skip/summary.json" || fail "skip run not completed"
+grep -q '"skipped_steps": 1,' "$WORK/skip/summary.json" || fail "the skip was not counted"
+grep -q '"event":"skip".*"step":6' "$WORK/skip/metrics.jsonl" || fail "the skip was not logged"
+grep -q "step 6: non-finite loss nan or gradient norm nan at lr .*: update skipped (1 in a row)" "$WORK/skip.log" \
+  || fail "no skip line"
+# The NaN reached no weight.
+"$PYTHON" - "$WORK/skip.pt" <<'PY' || fail "weights after a skipped step are not finite"
+import sys, torch
+assert all(torch.isfinite(t).all() for t in torch.load(sys.argv[1]).values())
+PY
+pass "--on-nonfinite skip: step 6 skipped on both ranks, counted, logged; the run completed with finite weights"
+expect_error 3 "after 10 non-finite steps in a row" -- "$DTRAIN" "${SMALL[@]}" --lr 1e5 --on-nonfinite skip \
+  --out-dir "$WORK/skip10"
+grep -q '"skipped_steps": 10,' "$WORK/skip10/summary.json" || fail "not 10 skips before diverging"
+
+# --- Full disks -------------------------------------------------------------
+mnt=$WORK/small-disk
+mkdir -p "$mnt"
+if mount -t tmpfs -o size=1200k tmpfs "$mnt" 2>/dev/null; then
+  trap 'umount "$mnt" 2>/dev/null; rm -rf "$WORK"' EXIT
+  # One checkpoint of this model is ~0.8 MB: the first fits, the second does not.
+  expect_error 1 "ckpt/step-00000020.tmp/optimizer.pt: No space left on device" -- "$DTRAIN" "${COMMON[@]}" --hidden 100 --checkpoint-every 10 \
+    --checkpoint-dir "$mnt/ckpt" --keep-checkpoints 5 --out-dir "$WORK/full"
+  [ "$(ls "$mnt/ckpt")" = step-00000010 ] || fail "a failed checkpoint left $(ls "$mnt/ckpt")"
+  "$DTRAIN" "${COMMON[@]}" --hidden 100 --checkpoint-dir "$mnt/ckpt" --out-dir "$WORK/full" --resume auto \
+    --max-steps 12 >"$WORK/full2.log" 2>&1 || { cat "$WORK/full2.log"; fail "the earlier checkpoint does not load"; }
+  grep -q "resuming from $mnt/ckpt/step-00000010 at step 10" "$WORK/full2.log" || fail "did not resume from step 10"
+  pass "a full disk during a checkpoint: one line, and the earlier checkpoint still resumes"
+  head -c 1100k /dev/zero >"$mnt/filler" 2>/dev/null || true
+  expect_error 1 "final.pt.tmp: No space left on device (exporting weights" -- "$DTRAIN" "${COMMON[@]}" --hidden 100 \
+    --out-dir "$WORK/export" --export "$mnt/final.pt"
+  expect_error 1 "out/config.json.tmp: No space left on device" -- "$DTRAIN" "${SMALL[@]}" --out-dir "$mnt/out"
+  umount "$mnt"
+else
+  echo "skip: full-disk cases need a tmpfs mount (root)"
+fi
+
+# --- Bad input --------------------------------------------------------------
+touch "$WORK/a-file"
+expect_error 2 "--checkpoint-every must be >= 0 (got -1)" -- "$DTRAIN" "${SMALL[@]}" --checkpoint-every -1
+expect_error 2 "--checkpoint-every-minutes must be in [0, 10000000] (got -5)" -- "$DTRAIN" "${SMALL[@]}" --checkpoint-every-minutes -5
+expect_error 2 "--keep-checkpoints must be positive (got 0)" -- "$DTRAIN" "${SMALL[@]}" --keep-checkpoints 0
+expect_error 2 "--checkpoint-every" -- "$DTRAIN" "${SMALL[@]}" --checkpoint-every ten
+expect_error 2 "--on-nonfinite" -- "$DTRAIN" "${SMALL[@]}" --on-nonfinite ignore
+expect_error 2 "--resume must not be empty" -- "$DTRAIN" "${SMALL[@]}" --resume ""
+expect_error 2 "--resume $WORK/nowhere is not a checkpoint folder" -- "$DTRAIN" "${SMALL[@]}" --resume "$WORK/nowhere"
+expect_error 1 "--checkpoint-dir $WORK/a-file is a file, not a folder" -- "$DTRAIN" "${SMALL[@]}" \
+  --checkpoint-every 5 --checkpoint-dir "$WORK/a-file"
+expect_error 1 "--out-dir $WORK/a-file is a file, not a folder" -- "$DTRAIN" "${SMALL[@]}" --out-dir "$WORK/a-file"
+# A checkpoint to damage in several ways.
+"$DTRAIN" "${SMALL[@]}" --checkpoint-every 10 --max-steps 20 --out-dir "$WORK/good" >/dev/null 2>&1 || fail "no checkpoint"
+ck=$WORK/good/checkpoints/step-00000020
+expect_error 2 "--resume $ck.tmp is an unfinished checkpoint" -- "$DTRAIN" "${SMALL[@]}" --resume "$ck.tmp"
+expect_error 2 "these settings change the training trajectory: --model mlp -> cnn" -- "$DTRAIN" "${COMMON[@]}" \
+  --resume "$ck" --model cnn --hidden ""
+expect_error 2 "--optimizer sgd -> adamw" -- "$DTRAIN" "${SMALL[@]}" --resume "$ck" --optimizer adamw
+expect_error 2 "is at step 20, past --max-steps 10; raise --max-steps" -- "$DTRAIN" "${SMALL[@]}" --resume "$ck" \
+  --max-steps 10 --out-dir "$WORK/good2"
+damaged() {  # NAME EDIT: a copy of the checkpoint, edited by the Python statement EDIT (d = folder)
+  local copy=$WORK/damaged-$1
+  cp -r "$ck" "$copy"
+  "$PYTHON" - "$copy" "$2" <<'PY'
+import hashlib, json, os, sys
+d = sys.argv[1]
+exec(sys.argv[2])
+PY
+  echo "$copy"
+}
+# Rewrites a file and its manifest entry, so only the content check catches it.
+REHASH='
+def rehash(name):
+    m = json.load(open(d + "/manifest.json"))
+    data = open(d + "/" + name, "rb").read()
+    m["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    json.dump(m, open(d + "/manifest.json", "w"))
+'
+copy=$(damaged manifest 'open(d + "/manifest.json", "w").write("{not json")')
+expect_error 1 "$copy is damaged: manifest.json is not valid JSON" -- "$DTRAIN" "${SMALL[@]}" --resume "$copy"
+copy=$(damaged format 'm = json.load(open(d + "/manifest.json")); m["format"] = 99; json.dump(m, open(d + "/manifest.json", "w"))')
+expect_error 1 "has format 99, this dtrain reads format 1" -- "$DTRAIN" "${SMALL[@]}" --resume "$copy"
+copy=$(damaged missing 'os.remove(d + "/model.pt")')
+expect_error 1 "$copy is damaged: model.pt is missing or unreadable" -- "$DTRAIN" "${SMALL[@]}" --resume "$copy"
+copy=$(damaged field "$REHASH"'
+t = json.load(open(d + "/trainer.json")); del t["loss_steps"]; json.dump(t, open(d + "/trainer.json", "w")); rehash("trainer.json")')
+expect_error 1 "trainer.json lacks a field or has a wrong type" -- "$DTRAIN" "${SMALL[@]}" --resume "$copy"
+copy=$(damaged model "$REHASH"'
+import shutil; shutil.copy(d + "/optimizer.pt", d + "/model.pt"); rehash("model.pt")')
+expect_error 1 "model.pt does not match the model (missing hidden.0.weight" -- "$DTRAIN" "${SMALL[@]}" --resume "$copy"
+copy=$(damaged optimizer "$REHASH"'
+import shutil; shutil.copy(d + "/model.pt", d + "/optimizer.pt"); rehash("optimizer.pt")')
+expect_error 1 "optimizer.pt does not match the optimizer" -- "$DTRAIN" "${SMALL[@]}" --resume "$copy"
+echo "failures: all passed"
