@@ -1,0 +1,120 @@
+// The checkpoint folder format and its guarantees (docs/checkpoints.md).
+#include "train/checkpoint.h"
+
+#include "cli/option_table.h"
+#include "cli/options.h"
+#include "common/error.h"
+#include "io/files.h"
+#include "train/nonfinite.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+namespace dtrain {
+namespace {
+
+namespace fs = std::filesystem;
+
+class Checkpoints : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::temp_directory_path() / ("dtrain_ckpt_" + std::to_string(::getpid()))).string();
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  static Checkpoint sample(int64_t step) {
+    Checkpoint checkpoint;
+    checkpoint.model = {{"w", torch::full({4}, static_cast<float>(step))}};
+    checkpoint.optimizer = {{"w.momentum_buffer", torch::ones({4})}};
+    checkpoint.trainer = {{"step", step}, {"options", nlohmann::json::object()}, {"world_size", 1}};
+    return checkpoint;
+  }
+  std::string dir_;
+};
+
+TEST_F(Checkpoints, WrittenFilesVerifyAndReadBack) {
+  const auto written = write_checkpoint(dir_, 7, sample(7), 2);
+  EXPECT_EQ(written.path, dir_ + "/step-00000007");
+  for (const char* file : {"model.pt", "optimizer.pt", "trainer.json", "manifest.json"}) {
+    EXPECT_TRUE(fs::exists(written.path + "/" + file)) << file;
+  }
+  const auto manifest = nlohmann::json::parse(read_file(written.path + "/manifest.json"));
+  const std::string model = read_file(written.path + "/model.pt");
+  EXPECT_EQ(manifest["files"]["model.pt"]["sha256"], sha256_hex(model));
+  EXPECT_EQ(manifest["files"]["model.pt"]["bytes"], model.size());
+  const Checkpoint back = read_checkpoint(written.path);
+  ASSERT_EQ(back.model.size(), 1u);
+  EXPECT_TRUE(torch::equal(back.model[0].second, torch::full({4}, 7.0f)));
+  EXPECT_EQ(back.trainer["step"], 7);
+  EXPECT_FALSE(fs::exists(written.path + ".tmp"));
+}
+
+TEST_F(Checkpoints, OnlyTheNewestKAreKeptAndTmpFoldersAreNeverListed) {
+  for (int64_t step : {10, 20, 30, 40}) write_checkpoint(dir_, step, sample(step), 2);
+  fs::create_directories(dir_ + "/step-00000050.tmp");
+  EXPECT_EQ(list_checkpoints(dir_), (std::vector<std::string>{dir_ + "/step-00000040", dir_ + "/step-00000030"}));
+  EXPECT_EQ(remove_unfinished_checkpoints(dir_), 1);
+  EXPECT_FALSE(fs::exists(dir_ + "/step-00000050.tmp"));
+}
+
+TEST_F(Checkpoints, DamageIsFoundAndAutoFallsBackToAnOlderOne) {
+  write_checkpoint(dir_, 10, sample(10), 3);
+  write_checkpoint(dir_, 20, sample(20), 3);
+  {
+    std::fstream file(dir_ + "/step-00000020/model.pt", std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(100);
+    file.put('\x55');  // one flipped byte, size unchanged
+  }
+  try {
+    read_checkpoint(dir_ + "/step-00000020");
+    ADD_FAILURE() << "a bit flip passed the manifest";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.pt fails its SHA-256 check"), std::string::npos) << e.what();
+  }
+  std::vector<std::string> warnings;
+  const auto found = newest_valid_checkpoint(dir_, [&](const std::string& w) { warnings.push_back(w); });
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->path, dir_ + "/step-00000010");
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("step-00000020 is damaged: model.pt"), std::string::npos) << warnings[0];
+}
+
+TEST_F(Checkpoints, ResumeRefusesTrajectoryChangesAndAllowsTheRest) {
+  Config saved = parse_options({"--global-batch-size", "64", "--schedule", "cosine"}).config;
+  // The option texts, as the trainer writes them into trainer.json.
+  nlohmann::json state = {{"options", nlohmann::json::object()}};
+  for (const auto& spec : option_table()) state["options"][spec.name] = spec.text(saved);
+  Config now = saved;
+  now.run.log_every = 7;
+  now.run.threads = 3;
+  now.batch.micro_batch_size = 16;
+  now.checkpoint.keep = 9;
+  EXPECT_NO_THROW(check_resume_compatible(state, now, "ck"));
+  now.lr.lr = 0.3;
+  now.run.epochs = 5;
+  try {
+    check_resume_compatible(state, now, "ck");
+    ADD_FAILURE() << "an LR change was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--lr 0.1 -> 0.3, --epochs 1 -> 5"), std::string::npos) << e.what();
+  }
+}
+
+TEST(NonFinite, StopDivergesAtOnceSkipAfterTenInARow) {
+  NonFiniteGuard stop(NonFinitePolicy::Stop);
+  EXPECT_EQ(stop.judge(1.5), StepVerdict::Update);
+  EXPECT_EQ(stop.judge(NAN), StepVerdict::Diverge);
+  NonFiniteGuard skip(NonFinitePolicy::Skip);
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(skip.judge(INFINITY), StepVerdict::Skip);
+  EXPECT_EQ(skip.judge(2.0), StepVerdict::Update);  // the streak resets
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(skip.judge(NAN), StepVerdict::Skip);
+  EXPECT_EQ(skip.judge(NAN), StepVerdict::Diverge);
+  EXPECT_EQ(skip.skipped_total(), 19);
+}
+
+}  // namespace
+}  // namespace dtrain
