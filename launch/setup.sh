@@ -49,6 +49,7 @@ PACKAGES=(
   libssl-dev                               # SHA-256 of checkpoint files (OpenSSL)
   dataset-fashion-mnist                    # the default dataset
   python3-torch                            # PyTorch peer for interop tests (/usr/bin/python3)
+  slurm-wlm munge                          # the one-node Slurm cluster of tests/cluster/slurm_e2e.sh
 )
 # The fuzz harnesses: clang 14 and its libFuzzer runtime.
 [ "$WITH_FUZZ" = 1 ] && PACKAGES+=(clang libclang-rt-14-dev)
