@@ -4,12 +4,14 @@
 #include "comm/cpu_share.h"
 #include "comm/mpi_communicator.h"
 #include "comm/placement.h"
+#include "comm/watchdog.h"
 #include "data/dataset.h"
 #include "io/weights.h"
 #include "models/models.h"
 #include "train/batch_plan.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
+#include "train/preemption.h"
 #include "train/startup.h"
 #include "train/trainer.h"
 
@@ -77,6 +79,24 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   const Config& config = resolved;
   const std::unique_ptr<Communicator> backend = make_backend(placement, mpi);
   Communicator& comm = backend ? *backend : mpi;
+  // From here on, a collective that waits past --collective-timeout ends the job.
+  std::unique_ptr<CollectiveWatchdog> watchdog;
+  if (config.checkpoint.collective_timeout > 0) {
+    watchdog = std::make_unique<CollectiveWatchdog>(config.checkpoint.collective_timeout, mpi.rank(), [&comm] {
+      comm.abort();
+      MpiSession::abort_world(1);
+    });
+    mpi.set_watchdog(watchdog.get());
+    comm.set_watchdog(watchdog.get());
+  }
+  struct Unwatch {  // before the watchdog goes
+    Communicator& a;
+    Communicator& b;
+    ~Unwatch() {
+      a.set_watchdog(nullptr);
+      b.set_watchdog(nullptr);
+    }
+  } unwatch{mpi, comm};
   const torch::Device device = placement.device == DeviceKind::Cuda
                                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(placement.device_index))
                                    : torch::Device(torch::kCPU);
@@ -180,6 +200,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   dtrain::MpiCommunicator& comm = *world;
+  // From the start: a preemption signal during start-up stops the run at
+  // its first step boundary (with a checkpoint) instead of killing it.
+  dtrain::install_preemption_handlers();
   try {
     const int code = run(comm, std::vector<std::string>(argv + 1, argv + argc));
     world.reset();  // before MPI_Finalize

@@ -94,6 +94,7 @@ struct CheckpointOptions {
   int64_t keep = 2;            // newest checkpoints kept
   std::string resume = "never";  // never, auto or the path of a step-N folder
   NonFinitePolicy on_nonfinite = NonFinitePolicy::Stop;
+  double collective_timeout = 600;  // seconds a collective may take before the job is aborted; 0: never
 };
 
 struct Config {

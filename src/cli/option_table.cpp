@@ -441,6 +441,9 @@ std::vector<OptionSpec> build_table() {
       choice({"on-nonfinite", "checkpoint", E::None, "skip",
               "a non-finite loss or gradient: stop (exit 3, status diverged) or skip the update (stop after 10 in a row)"},
              DTRAIN_FIELD(checkpoint.on_nonfinite), {NonFinitePolicy::Stop, NonFinitePolicy::Skip}),
+      number({"collective-timeout", "checkpoint", E::None, "120",
+              "seconds a collective may wait for the other ranks before the job is aborted (0: wait forever)"},
+             DTRAIN_FIELD(checkpoint.collective_timeout), Range{0, 1e7}),
   };
 }
 

@@ -1,5 +1,7 @@
 #include "comm/communicator.h"
 
+#include "comm/watchdog.h"
+
 #include "common/error.h"
 
 namespace dtrain {
@@ -16,6 +18,7 @@ void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
   require_contiguous(tensor, "all_reduce");
   ++stats_.all_reduce_calls;
   stats_.all_reduce_bytes += tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  CollectiveWatchdog::Scope watched(watchdog_, "all-reduce");
   do_all_reduce(tensor, op);
 }
 
@@ -30,6 +33,7 @@ void Communicator::broadcast(at::Tensor& tensor, int root) {
   require_contiguous(tensor, "broadcast");
   ++stats_.broadcast_calls;
   stats_.broadcast_bytes += tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  CollectiveWatchdog::Scope watched(watchdog_, "broadcast");
   do_broadcast(tensor, root);
 }
 

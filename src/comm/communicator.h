@@ -15,6 +15,8 @@
 
 namespace dtrain {
 
+class CollectiveWatchdog;
+
 enum class ReduceOp { Sum, Max, Min };
 
 struct CommStats {
@@ -64,6 +66,14 @@ class Communicator {
   // One int64 per rank, in rank order. For agreement checks, not data.
   virtual std::vector<int64_t> all_gather(int64_t value) = 0;
 
+  // Abandons collectives in flight, from another thread (the watchdog's):
+  // NCCL aborts its communicator; elsewhere nothing to do.
+  virtual void abort() {}
+
+  // Collectives through this communicator report to `watchdog` (or none).
+  void set_watchdog(CollectiveWatchdog* watchdog) { watchdog_ = watchdog; }
+  CollectiveWatchdog* watchdog() const { return watchdog_; }
+
   const CommStats& stats() const { return stats_; }
   void reset_stats() { stats_ = CommStats{}; }
 
@@ -74,6 +84,7 @@ class Communicator {
 
  private:
   CommStats stats_;
+  CollectiveWatchdog* watchdog_ = nullptr;
 };
 
 // World of one process: every collective is the identity. Used for

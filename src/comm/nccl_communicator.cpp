@@ -142,6 +142,10 @@ NcclCommunicator::NcclCommunicator(Communicator& bootstrap, int device_index)
 #endif
 }
 
+void NcclCommunicator::abort() {
+  if (state_->comm) ncclCommAbort(state_->comm);
+}
+
 NcclCommunicator::~NcclCommunicator() {
   if (state_->comm) {
     cudaStreamSynchronize(state_->stream);

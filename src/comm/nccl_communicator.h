@@ -34,6 +34,8 @@ class NcclCommunicator final : public Communicator {
   const char* backend_name() const override { return "nccl"; }
   void barrier() override;
   std::vector<int64_t> all_gather(int64_t value) override { return bootstrap_.all_gather(value); }
+  // ncclCommAbort: unblocks collectives in flight (the watchdog's last act).
+  void abort() override;
 
  protected:
   void do_all_reduce(at::Tensor& tensor, ReduceOp op) override;

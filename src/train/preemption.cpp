@@ -1,5 +1,7 @@
 #include "train/preemption.h"
 
+#include "comm/watchdog.h"
+
 #include <ATen/ATen.h>
 
 #include <atomic>
@@ -41,6 +43,7 @@ StepDecision StopAgreement::decide() {
   // Two flags in one MAX all-reduce of two bytes (on the CPU: the MPI
   // communicator is always there, whatever backend trains).
   at::Tensor flags = at::tensor({static_cast<int32_t>(signalled), static_cast<int32_t>(due)}, at::kInt);
+  CollectiveWatchdog::Scope watched(comm_.watchdog(), "stop-agreement all-reduce");
   comm_.all_reduce(flags, ReduceOp::Max);
   const int32_t* value = flags.data_ptr<int32_t>();
   return {value[0] != 0, value[1] != 0};

@@ -1,5 +1,7 @@
 #include "train/reducer.h"
 
+#include "comm/watchdog.h"
+
 #include "common/error.h"
 #include "train/buckets.h"
 
@@ -161,6 +163,7 @@ void GradientReducer::start(Bucket& bucket) {
 void GradientReducer::finish() {
   if (!last_micro_step_) throw Error("GradientReducer::finish() called before the last micro-step");
   while (next_to_start_ < buckets_.size()) start(buckets_[next_to_start_++]);
+  CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient all-reduce");
   for (auto& bucket : buckets_) {
     bucket.work->wait();
     bucket.work.reset();

@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include "common/error.h"
+#include "comm/watchdog.h"
 #include "data/sampler.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -116,6 +117,7 @@ void Trainer::broadcast_initial_state() {
 }
 
 StepResult Trainer::train_step(int64_t step) {
+  if (CollectiveWatchdog* watchdog = comm_.watchdog()) watchdog->set_step(step + 1);
   const int64_t epoch = step / steps_per_epoch_;
   const int64_t step_in_epoch = step % steps_per_epoch_;
   if (epoch != permutation_epoch_) {
@@ -173,6 +175,7 @@ StepResult Trainer::train_step(int64_t step) {
 std::vector<double> Trainer::all_reduce_sums(const std::vector<double>& values) {
   // On the training device, so the NCCL backend can take it too.
   auto sums = torch::tensor(values, torch::kDouble).to(device_);
+  CollectiveWatchdog::Scope watched(comm_.watchdog(), "evaluation all-reduce");
   comm_.all_reduce(sums);
   sums = sums.cpu();
   return std::vector<double>(sums.data_ptr<double>(), sums.data_ptr<double>() + sums.numel());
@@ -180,6 +183,7 @@ std::vector<double> Trainer::all_reduce_sums(const std::vector<double>& values) 
 
 double Trainer::take_mean_train_loss() {
   auto sum = local_loss_sum_.reshape({1}).clone();
+  CollectiveWatchdog::Scope watched(comm_.watchdog(), "train-loss all-reduce");
   comm_.all_reduce(sum);
   const double mean = loss_steps_ > 0 ? sum.item<double>() / static_cast<double>(loss_steps_) : NAN;
   local_loss_sum_.zero_();

@@ -60,17 +60,6 @@ mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/a" -
 grep -q "resuming from $WORK/a/checkpoints/step-00000070 at step 70 of 768" "$WORK/a.log" || fail "no resume line"
 same_as_reference "$WORK/a" "$WORK/a.pt" "--max-steps 70, then --resume auto"
 
-# The pid of rank RANK of the job writing to OUT_DIR.
-rank_pid() {  # OUT_DIR RANK
-  local pid
-  for pid in $(pgrep -f -- "dtrain .*--out-dir $1( |\$)" || true); do
-    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2"; then
-      echo "$pid"
-      return
-    fi
-  done
-}
-
 # 1b. SIGUSR1 to rank 1 only: every rank stops at the same step, exit 75.
 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" \
   >"$WORK/b.log" 2>&1 &

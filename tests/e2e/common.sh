@@ -35,3 +35,14 @@ expect_error() {
   fi
   pass "$(grep '^dtrain: error:' "$WORK/err")"
 }
+
+# The pid of rank RANK of the job writing to OUT_DIR.
+rank_pid() {  # OUT_DIR RANK
+  local pid
+  for pid in $(pgrep -f -- "dtrain .*--out-dir $1( |\$)" || true); do
+    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2"; then
+      echo "$pid"
+      return
+    fi
+  done
+}

@@ -36,6 +36,31 @@ expect_error 3 "after 10 non-finite steps in a row" -- "$DTRAIN" "${SMALL[@]}" -
   --out-dir "$WORK/skip10"
 grep -q '"skipped_steps": 10,' "$WORK/skip10/summary.json" || fail "not 10 skips before diverging"
 
+# --- A hung collective ------------------------------------------------------
+# Rank 1 stops (SIGSTOP) mid-run: rank 0 waits in a collective until
+# --collective-timeout, then its watchdog names the step and the collective
+# and aborts the job, within the timeout + 30 s.
+mpirun -np 2 "$DTRAIN" "${COMMON[@]}" --hidden 32 --epochs 5000 --collective-timeout 5 --out-dir "$WORK/hang" \
+  >"$WORK/hang.log" 2>&1 &
+job=$!
+for _ in $(seq 600); do
+  grep -q "\"step\":100," "$WORK/hang/metrics.jsonl" 2>/dev/null && break
+  sleep 0.05
+done
+stopped=$(rank_pid "$WORK/hang" 1)
+[ -n "$stopped" ] || fail "could not find rank 1 of the hang test"
+kill -STOP "$stopped"
+stopped_at=$(date +%s)
+code=0
+wait $job || code=$?
+elapsed=$(( $(date +%s) - stopped_at ))
+kill -CONT "$stopped" 2>/dev/null || true
+[ "$code" -ne 0 ] || fail "a job with a stopped rank exited 0"
+[ "$elapsed" -le 35 ] || fail "the job took $elapsed s to end (timeout 5 s + 30 s allowed)"
+grep -q "^dtrain: error: rank 0: the .* at step [0-9]* has not completed after [0-9]* s (--collective-timeout)" \
+  "$WORK/hang.log" || { tail -20 "$WORK/hang.log"; fail "no watchdog line from rank 0"; }
+pass "SIGSTOP of rank 1: $(grep -o 'the [a-z-]* all-reduce at step [0-9]*' "$WORK/hang.log" | head -1) timed out; job gone ${elapsed} s after the stop (exit $code)"
+
 # --- Full disks -------------------------------------------------------------
 mnt=$WORK/small-disk
 mkdir -p "$mnt"
