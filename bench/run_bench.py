@@ -12,9 +12,11 @@ the repetitions. Prints tables and writes everything to a JSON file.
   4. bytes and calls per optimizer step from the communicator's counters
   5. a ~100 MB-gradient model: overlapped buckets vs one flat all-reduce
   6. --threads auto vs --threads 1 for one rank on two CPUs (taskset -c 0,1)
+  7. a checkpoint of ~96 MB of parameters plus momentum vs cp of the same files
+  8. per-step costs of the stop agreement and the non-finite check, 2 ranks
 
 --only overhead,threads runs just those sections (names: allreduce, e2e,
-overhead, traffic, big, threads).
+overhead, traffic, big, threads, checkpoint, guards).
 """
 import argparse
 import json
@@ -94,7 +96,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per end-to-end run")
     parser.add_argument("--json", default=os.path.join(ROOT, "runs", "bench", "bench.json"))
-    parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads",
+    parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards",
                         help="comma-separated sections to run")
     args = parser.parse_args()
     sections = set(args.only.split(","))
@@ -115,6 +117,10 @@ def main():
         big_model(args, dtrain, results)
     if "threads" in sections:
         auto_threads(args, dtrain, results)
+    if "checkpoint" in sections:
+        checkpoint(args, bench, results)
+    if "guards" in sections:
+        guards(args, dtrain, results)
 
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
@@ -262,3 +268,39 @@ def big_model(args, dtrain, results):
 
 if __name__ == "__main__":
     main()
+
+
+def checkpoint(args, bench, results):
+    """write_checkpoint vs cp -r of the written files (with and without sync), on the same disk."""
+    repeats = max(args.repeats, 5)
+    out = os.path.join(ROOT, "runs", "bench", "checkpoint")
+    record = last_json(run([bench, "checkpoint", "--repeats", str(repeats), "--dir", out]).stdout)
+    results["checkpoint"] = record
+    table(f"7. checkpoint of an MLP 784-5000-4000-10 ({record['parameter_bytes'] / 1e6:.0f} MB of parameters) "
+          f"plus SGD momentum, {record['checkpoint_bytes'] / 1e6:.0f} MB on disk (s, median of {repeats} interleaved; "
+          f"target: write <= 2x cp)",
+          ["write_checkpoint", "cp -r", "cp -r + sync", "write/cp", "write/(cp+sync)", "serialize", "SHA-256"],
+          [[f"{record['write_s']:.3f}", f"{record['cp_s']:.3f}", f"{record['cp_sync_s']:.3f}",
+            f"{record['write_s'] / record['cp_s']:.1f}", f"{record['write_s'] / record['cp_sync_s']:.1f}",
+            f"{record['serialize_s']:.3f}", f"{record['sha256_s']:.3f}"]])
+
+
+def guards(args, dtrain, results):
+    """The default job at 2 ranks: the per-step stop agreement and non-finite check, against the step."""
+    repeats = max(args.repeats, 3)
+    flags = ["--config", os.path.join(ROOT, "configs", "fashion_mnist_mlp.ini"), "--max-steps", str(args.steps * 3),
+             "--log-every", "100000"]
+    rows, samples = [], []
+    for repeat in range(repeats):
+        summary = dtrain_summary(dtrain, flags, launcher=["mpirun", "-np", "2"])
+        samples.append({k: summary[k] for k in ("steady_ms_per_step", "agreement_ms_per_step",
+                                                  "nonfinite_check_ms_per_step")})
+    step = statistics.median(s["steady_ms_per_step"] for s in samples)
+    agreement = statistics.median(s["agreement_ms_per_step"] for s in samples)
+    check = statistics.median(s["nonfinite_check_ms_per_step"] for s in samples)
+    results["guards"] = {"samples": samples, "repeats": repeats}
+    table(f"8. per-step guards, default job at 2 ranks ({args.steps * 3} steps, ms/step, median of {repeats} runs; "
+          f"target: agreement <= 1% of the step)",
+          ["step", "stop agreement", "agreement/step", "non-finite check", "check/step"],
+          [[f"{step:.3f}", f"{agreement:.4f}", f"{100 * agreement / step:.2f}%", f"{check:.4f}",
+            f"{100 * check / step:.2f}%"]])
