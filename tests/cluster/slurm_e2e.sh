@@ -168,4 +168,21 @@ grep -q '"global_batch_size": 64,' "$T/runs/dtrain-sweep-${array}_1/summary.json
 grep -q '"global_batch_size": 128,' "$T/runs/dtrain-sweep-${array}_2/summary.json" || fail "task 2 did not run line 2"
 grep -q "lr-scaling = sqrt" "$T/sweep-${array}_2.out" || fail "task 2 did not get --lr-scaling sqrt"
 pass "sweep array $array: one task per line, each in its own out dir"
+# --- A killed task: srun --kill-on-bad-exit ends the job ----------------------
+job=$(sbatch --parsable -n 2 --output="$T/kill-%j.out" cluster/slurm/train.sbatch "$T/job.ini" --epochs 50)
+out=$T/runs/dtrain-$job
+for _ in $(seq 600); do
+  grep -q '"step":80,' "$out/metrics.jsonl" 2>/dev/null && break
+  sleep 0.1
+done
+victim=
+for pid in $(pgrep -f -- "dtrain --config $T/job.ini --out-dir $out" || true); do
+  tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "SLURM_PROCID=1" && victim=$pid
+done
+[ -n "$victim" ] || { cat "$T/kill-$job.out"; fail "could not find task 1 of job $job"; }
+killed_at=$(date +%s)
+kill -9 "$victim"
+wait_state "$job" FAILED 30 || fail "job $job was not over 30 s after kill -9 of a task (state $(job_state "$job"))"
+pass "kill -9 of task 1: job $job failed in $(( $(date +%s) - killed_at )) s, not requeued ($(job_field "$job" Restarts) restarts)"
+
 echo "slurm: all passed in $(( $(date +%s) - started )) s (signal to completion: $(( $(date +%s) - signalled )) s incl. the reference and sweep)"

@@ -71,6 +71,11 @@ done
 rank1=$(rank_pid "$WORK/b" 1)
 [ -n "$rank1" ] || fail "could not find rank 1 (did the run end before step 24?)"
 kill -USR1 "$rank1"
+# A second signal, to both ranks, while they agree and write the checkpoint:
+# it must corrupt nothing.
+rank0=$(rank_pid "$WORK/b" 0)
+sleep 0.05
+kill -USR1 "$rank1" "$rank0" 2>/dev/null || true
 code=0
 wait $job || code=$?
 [ "$code" -eq 75 ] || { cat "$WORK/b.log"; fail "preempted job exited $code, wanted 75"; }
@@ -84,7 +89,7 @@ mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" -
 grep -q '"status": "completed"' "$WORK/b/summary.json" || fail "resumed run not completed"
 # Logging every step differs from the reference's --log-every 8: compare weights only.
 cmp -s "$WORK/ref.pt" "$WORK/b.pt" || fail "SIGUSR1 to one rank at step $stopped, resumed: weights differ"
-pass "SIGUSR1 to rank 1 only: both ranks stopped at step $stopped (exit 75); resumed bitwise"
+pass "SIGUSR1 to rank 1 only, then again to both during the checkpoint: both ranks stopped at step $stopped (exit 75); resumed bitwise"
 
 # 1c. kill -9 of a rank: the job ends within 30 s, non-zero; resume from the
 # last periodic checkpoint is bitwise.
