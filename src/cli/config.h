@@ -18,7 +18,7 @@ enum class BackendKind { Auto, Mpi, Nccl };
 enum class DeviceKind { Auto, Cpu, Cuda };
 enum class ReduceDtype { Fp32, Bf16, Fp16 };
 enum class Switch { Auto, On, Off };
-enum class NonFinitePolicy { Stop, Skip };
+enum class NonFinitePolicy { Stop, Skip, Ignore };
 
 struct BatchOptions {
   // 0 means "not given": derive it from the other two (train/batch_plan.h).

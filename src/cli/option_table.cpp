@@ -439,8 +439,10 @@ std::vector<OptionSpec> build_table() {
             "or the path of a step-N checkpoint folder"},
            DTRAIN_FIELD(checkpoint.resume), /*optional=*/false),
       choice({"on-nonfinite", "checkpoint", E::None, "skip",
-              "a non-finite loss or gradient: stop (exit 3, status diverged) or skip the update (stop after 10 in a row)"},
-             DTRAIN_FIELD(checkpoint.on_nonfinite), {NonFinitePolicy::Stop, NonFinitePolicy::Skip}),
+              "a non-finite loss or gradient: stop (exit 3, status diverged), skip the update (stop after 10 in a "
+              "row), or ignore (no check: saves one pass over the gradients per step)"},
+             DTRAIN_FIELD(checkpoint.on_nonfinite),
+             {NonFinitePolicy::Stop, NonFinitePolicy::Skip, NonFinitePolicy::Ignore}),
       number({"collective-timeout", "checkpoint", E::None, "120",
               "seconds a collective may wait for the other ranks before the job is aborted (0: wait forever)"},
              DTRAIN_FIELD(checkpoint.collective_timeout), Range{0, 1e7}),

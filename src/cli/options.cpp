@@ -66,6 +66,7 @@ const char* to_string(NonFinitePolicy value) {
   switch (value) {
     case NonFinitePolicy::Stop: return "stop";
     case NonFinitePolicy::Skip: return "skip";
+    case NonFinitePolicy::Ignore: return "ignore";
   }
   return "?";
 }

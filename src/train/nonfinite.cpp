@@ -4,8 +4,8 @@
 
 namespace dtrain {
 
-StepVerdict NonFiniteGuard::judge(double grad_norm) {
-  if (std::isfinite(grad_norm)) {
+StepVerdict NonFiniteGuard::judge(bool finite) {
+  if (finite) {
     consecutive_ = 0;
     return StepVerdict::Update;
   }

@@ -1,7 +1,7 @@
 // What a step with a non-finite loss or gradient does (--on-nonfinite).
-// The check reads the norm of the all-reduced gradient, which is the same on
-// every rank, so every rank decides alike without communicating; a NaN or Inf
-// loss on any rank makes that norm non-finite too.
+// The check reads the all-reduced gradient, which is the same on every rank,
+// so every rank decides alike without communicating; a NaN or Inf loss on any
+// rank makes that gradient non-finite too.
 #pragma once
 #include "cli/config.h"
 
@@ -21,7 +21,8 @@ enum class StepVerdict {
 class NonFiniteGuard {
  public:
   explicit NonFiniteGuard(NonFinitePolicy policy) : policy_(policy) {}
-  StepVerdict judge(double grad_norm);
+  // `finite`: whether every element of the all-reduced gradient is finite.
+  StepVerdict judge(bool finite);
   int64_t skipped_total() const { return skipped_total_; }
   int64_t consecutive() const { return consecutive_; }
   // Restored from a checkpoint.

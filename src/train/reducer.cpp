@@ -182,6 +182,17 @@ double GradientReducer::grad_norm() const {
   return at::linalg_vector_norm(torch::stack(norms), 2).item<double>();
 }
 
+bool GradientReducer::all_finite() const {
+  std::vector<at::Tensor> sums;
+  for (const auto& bucket : buckets_) sums.push_back(bucket.buffer.sum());
+  if (std::isfinite(torch::stack(sums).sum().item<double>())) return true;
+  // Non-finite elements, or finite ones whose float sum overflowed.
+  for (const auto& bucket : buckets_) {
+    if (!at::isfinite(bucket.buffer).all().item<bool>()) return false;
+  }
+  return true;
+}
+
 void GradientReducer::scale(double factor) {
   for (auto& bucket : buckets_) bucket.buffer.mul_(factor);
 }

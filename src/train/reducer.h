@@ -54,6 +54,10 @@ class GradientReducer {
 
   // L2 norm of all gradients (after finish(): the global gradient's norm).
   double grad_norm() const;
+  // Whether every gradient element is finite: one float sum per bucket (a
+  // NaN or Inf anywhere makes it non-finite), read once; only a sum that
+  // overflows is looked at closely. Several times cheaper than grad_norm().
+  bool all_finite() const;
   void scale(double factor);
 
   size_t num_buckets() const { return assignment_.size(); }

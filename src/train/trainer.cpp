@@ -116,7 +116,7 @@ void Trainer::broadcast_initial_state() {
   }
 }
 
-StepResult Trainer::train_step(int64_t step) {
+StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
   if (CollectiveWatchdog* watchdog = comm_.watchdog()) watchdog->set_step(step + 1);
   const int64_t epoch = step / steps_per_epoch_;
   const int64_t step_in_epoch = step % steps_per_epoch_;
@@ -159,14 +159,18 @@ StepResult Trainer::train_step(int64_t step) {
   reducer_->finish();
   // 4. Judge the all-reduced gradient: the same on every rank.
   const auto check_start = Clock::now();
-  result.grad_norm = reducer_->grad_norm();
+  const bool finite = config_.checkpoint.on_nonfinite == NonFinitePolicy::Ignore || reducer_->all_finite();
   nonfinite_check_seconds_ += seconds_since(check_start);
-  result.verdict = nonfinite_.judge(result.grad_norm);
-  if (result.verdict != StepVerdict::Update) return result;
+  result.verdict = nonfinite_.judge(finite);
+  if (result.verdict != StepVerdict::Update) {
+    result.grad_norm = reducer_->grad_norm();  // for the report
+    return result;
+  }
   local_loss_sum_ += step_loss_;
   ++loss_steps_;
-  // 5. Clip, then step. A non-finite norm never reaches here.
+  // 5. Clip, then step. The norm only where it is used: logged or clipped.
   const double clip = config_.optimizer.grad_clip_norm;
+  if (compute_grad_norm || clip > 0) result.grad_norm = reducer_->grad_norm();
   if (clip > 0 && result.grad_norm > clip) reducer_->scale(clip / (result.grad_norm + 1e-6));
   optimizer_->step();
   return result;
@@ -347,7 +351,8 @@ nlohmann::json Trainer::run(MetricsLog& log) {
   for (int64_t step = start_step_; step < steps_to_run_; ++step) {
     // Steps 1-5.
     const auto step_start = Clock::now();
-    const StepResult result = train_step(step);
+    const bool log_due = (step + 1) % config_.run.log_every == 0 || step + 1 == steps_to_run_;
+    const StepResult result = train_step(step, log_due);
     const double step_seconds = seconds_since(step_start);
     train_seconds_ += step_seconds;
     if (step - start_step_ >= kWarmupSteps) steady_seconds += step_seconds;

@@ -52,7 +52,7 @@ struct EvalResult {
 
 struct StepResult {
   double lr = 0;
-  double grad_norm = NAN;  // of the all-reduced gradient, before clipping
+  double grad_norm = NAN;  // of the all-reduced gradient before clipping; when asked, clipping or non-finite
   StepVerdict verdict = StepVerdict::Update;
 };
 
@@ -80,7 +80,8 @@ class Trainer {
   void broadcast_initial_state();
 
   // Optimizer step `step` (0-based, counted over the whole run): steps 1-5.
-  StepResult train_step(int64_t step);
+  // The gradient norm is computed when asked (for the log) or for clipping.
+  StepResult train_step(int64_t step, bool compute_grad_norm = false);
 
   // Continue from `checkpoint` (read on every rank): weights, optimizer
   // state, position, loss accumulators, skip counters, RNG states. Throws

@@ -32,6 +32,10 @@ import sys, torch
 assert all(torch.isfinite(t).all() for t in torch.load(sys.argv[1]).values())
 PY
 pass "--on-nonfinite skip: step 6 skipped on both ranks, counted, logged; the run completed with finite weights"
+# ignore: no check, the old behaviour (the run goes on and completes).
+"$DTRAIN" "${SMALL[@]}" --lr 1e5 --on-nonfinite ignore --out-dir "$WORK/ignore" >/dev/null 2>&1 \
+  || fail "--on-nonfinite ignore stopped the run"
+grep -q '"status": "completed"' "$WORK/ignore/summary.json" || fail "--on-nonfinite ignore did not complete"
 expect_error 3 "after 10 non-finite steps in a row" -- "$DTRAIN" "${SMALL[@]}" --lr 1e5 --on-nonfinite skip \
   --out-dir "$WORK/skip10"
 grep -q '"skipped_steps": 10,' "$WORK/skip10/summary.json" || fail "not 10 skips before diverging"
@@ -91,7 +95,7 @@ expect_error 2 "--checkpoint-every must be >= 0 (got -1)" -- "$DTRAIN" "${SMALL[
 expect_error 2 "--checkpoint-every-minutes must be in [0, 10000000] (got -5)" -- "$DTRAIN" "${SMALL[@]}" --checkpoint-every-minutes -5
 expect_error 2 "--keep-checkpoints must be positive (got 0)" -- "$DTRAIN" "${SMALL[@]}" --keep-checkpoints 0
 expect_error 2 "--checkpoint-every" -- "$DTRAIN" "${SMALL[@]}" --checkpoint-every ten
-expect_error 2 "--on-nonfinite" -- "$DTRAIN" "${SMALL[@]}" --on-nonfinite ignore
+expect_error 2 "--on-nonfinite warn is not one of stop|skip|ignore" -- "$DTRAIN" "${SMALL[@]}" --on-nonfinite warn
 expect_error 2 "--resume must not be empty" -- "$DTRAIN" "${SMALL[@]}" --resume ""
 expect_error 2 "--resume $WORK/nowhere is not a checkpoint folder" -- "$DTRAIN" "${SMALL[@]}" --resume "$WORK/nowhere"
 expect_error 1 "--checkpoint-dir $WORK/a-file is a file, not a folder" -- "$DTRAIN" "${SMALL[@]}" \

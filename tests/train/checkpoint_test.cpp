@@ -106,13 +106,13 @@ TEST_F(Checkpoints, ResumeRefusesTrajectoryChangesAndAllowsTheRest) {
 
 TEST(NonFinite, StopDivergesAtOnceSkipAfterTenInARow) {
   NonFiniteGuard stop(NonFinitePolicy::Stop);
-  EXPECT_EQ(stop.judge(1.5), StepVerdict::Update);
-  EXPECT_EQ(stop.judge(NAN), StepVerdict::Diverge);
+  EXPECT_EQ(stop.judge(true), StepVerdict::Update);
+  EXPECT_EQ(stop.judge(false), StepVerdict::Diverge);
   NonFiniteGuard skip(NonFinitePolicy::Skip);
-  for (int i = 0; i < 9; ++i) EXPECT_EQ(skip.judge(INFINITY), StepVerdict::Skip);
-  EXPECT_EQ(skip.judge(2.0), StepVerdict::Update);  // the streak resets
-  for (int i = 0; i < 9; ++i) EXPECT_EQ(skip.judge(NAN), StepVerdict::Skip);
-  EXPECT_EQ(skip.judge(NAN), StepVerdict::Diverge);
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(skip.judge(false), StepVerdict::Skip);
+  EXPECT_EQ(skip.judge(true), StepVerdict::Update);  // the streak resets
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(skip.judge(false), StepVerdict::Skip);
+  EXPECT_EQ(skip.judge(false), StepVerdict::Diverge);
   EXPECT_EQ(skip.skipped_total(), 19);
 }
 

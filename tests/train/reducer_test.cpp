@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <limits>
+
 namespace dtrain {
 namespace {
 
@@ -85,6 +87,24 @@ TEST(Reducer, UnusedParametersOnSomeRanksNeitherHangNorCorrupt) {
   const auto a = snapshot(*model);
   const auto b = snapshot(*reference_model);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-6, 1e-7)) << "parameter " << i;
+}
+
+TEST(Reducer, AllFiniteSeesNaNAndInfButNotLargeFiniteGradients) {
+  auto& comm = world();
+  auto model = make_skipping(comm.rank(), comm);
+  GradientReducer reducer(model->parameters(), comm, {1, 1, true, torch::kFloat});
+  step(*model, reducer, comm.rank(), 0, 1, 0.0);
+  EXPECT_TRUE(reducer.all_finite());
+  // The gradients are views of the buckets: edit them in place.
+  auto grad = model->named_parameters()["head.weight"].grad();
+  torch::NoGradGuard no_grad;
+  grad.fill_(3e38f);  // finite, but their float sum overflows
+  EXPECT_TRUE(reducer.all_finite());
+  grad.view({-1})[1] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_FALSE(reducer.all_finite());
+  grad.fill_(0.5f);
+  grad.view({-1})[0] = -std::numeric_limits<float>::infinity();
+  EXPECT_FALSE(reducer.all_finite());
 }
 
 TEST(Reducer, ABucketNoRankUsedCompletesWithZeros) {
