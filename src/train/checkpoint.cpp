@@ -120,9 +120,9 @@ WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const C
     write_file_synced(temporary + "/" + name, bytes, size);
     return Entry{name, size, sha256_hex(bytes, size)};
   };
-  auto put_tensors = [&put](const std::string& name, const NamedTensors& tensors) {
-    const std::vector<char> bytes = serialize_weights(tensors);
-    return put(name, bytes.data(), bytes.size());
+  auto put_tensors = [&temporary](const std::string& name, const NamedTensors& tensors) {
+    const WrittenFile file = write_weights_file(tensors, temporary + "/" + name);
+    return Entry{name, file.bytes, file.sha256};
   };
   std::vector<Entry> entries;
   try {

@@ -59,6 +59,21 @@ mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/a" -
   --export "$WORK/a.pt" >"$WORK/a.log" 2>&1 || { cat "$WORK/a.log"; fail "resumed run failed"; }
 grep -q "resuming from $WORK/a/checkpoints/step-00000070 at step 70 of 768" "$WORK/a.log" || fail "no resume line"
 same_as_reference "$WORK/a" "$WORK/a.pt" "--max-steps 70, then --resume auto"
+# PyTorch reads a checkpoint's tensor files: the weights under --export's
+# names, the optimizer state under the parameters' names.
+"$PYTHON" - "$WORK/a/checkpoints/step-00000760" "$WORK/a.pt" <<'PY' || fail "torch.load cannot read the checkpoint"
+import sys, torch
+model = torch.load(sys.argv[1] + "/model.pt")
+exported = torch.load(sys.argv[2])
+assert list(model) == list(exported), (list(model), list(exported))
+assert all(model[k].shape == exported[k].shape and model[k].dtype == exported[k].dtype for k in model)
+optimizer = torch.load(sys.argv[1] + "/optimizer.pt")
+for name in model:
+    for field in ("exp_avg", "exp_avg_sq"):
+        assert optimizer[f"{name}.{field}"].shape == model[name].shape, (name, field)
+    assert optimizer[f"{name}.step"].item() == 760
+print(f"torch.load: model.pt ({len(model)} tensors, --export's names) and optimizer.pt ({len(optimizer)} tensors)")
+PY
 
 # 1b. SIGUSR1 to rank 1 only: every rank stops at the same step, exit 75.
 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" \

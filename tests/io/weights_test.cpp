@@ -2,6 +2,7 @@
 
 #include "cli/config.h"
 #include "common/error.h"
+#include "io/files.h"
 #include "models/models.h"
 
 #include <caffe2/serialize/inline_container.h>
@@ -57,6 +58,24 @@ TEST_F(Weights, ExportThenLoadRestoresEveryTensorExactly) {
   const auto b = model_state(*target);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
   EXPECT_FALSE(fs::exists(path("w.pt.tmp")));
+}
+
+TEST_F(Weights, TheDirectWriterWritesWhatPickleSaveWouldRead) {
+  auto source = mlp({32, 16}, 3);
+  NamedTensors tensors = model_state(*source);
+  tensors.emplace_back("counter", torch::tensor(int64_t{7}));
+  tensors.emplace_back("empty", torch::empty({0}));
+  const WrittenFile written = write_weights_file(tensors, path("direct.pt"));
+  const std::string bytes = read_file(path("direct.pt"));
+  EXPECT_EQ(written.bytes, bytes.size());
+  EXPECT_EQ(written.sha256, sha256_hex(bytes));
+  const NamedTensors read = read_weights(path("direct.pt"));  // LibTorch's zip reader and unpickler, checked
+  ASSERT_EQ(read.size(), tensors.size());
+  for (size_t i = 0; i < read.size(); ++i) {
+    EXPECT_EQ(read[i].first, tensors[i].first);
+    EXPECT_TRUE(torch::equal(read[i].second, tensors[i].second)) << read[i].first;
+    EXPECT_EQ(read[i].second.dtype(), tensors[i].second.dtype()) << read[i].first;
+  }
 }
 
 TEST_F(Weights, MismatchesAreListedInOneLine) {
