@@ -63,11 +63,11 @@ same_as_reference "$WORK/a" "$WORK/a.pt" "--max-steps 70, then --resume auto"
 # names, the optimizer state under the parameters' names.
 "$PYTHON" - "$WORK/a/checkpoints/step-00000760" "$WORK/a.pt" <<'PY' || fail "torch.load cannot read the checkpoint"
 import sys, torch
-model = torch.load(sys.argv[1] + "/model.pt")
-exported = torch.load(sys.argv[2])
+model = torch.load(sys.argv[1] + "/model.pt", weights_only=True)  # PyTorch 2.6+ loads so by default
+exported = torch.load(sys.argv[2], weights_only=True)
 assert list(model) == list(exported), (list(model), list(exported))
 assert all(model[k].shape == exported[k].shape and model[k].dtype == exported[k].dtype for k in model)
-optimizer = torch.load(sys.argv[1] + "/optimizer.pt")
+optimizer = torch.load(sys.argv[1] + "/optimizer.pt", weights_only=True)
 for name in model:
     for field in ("exp_avg", "exp_avg_sq"):
         assert optimizer[f"{name}.{field}"].shape == model[name].shape, (name, field)
