@@ -25,6 +25,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
@@ -112,20 +113,22 @@ void put32(std::string& out, uint32_t value) {
 // Writes to a file descriptor, hashing every byte on the way.
 class HashingWriter {
  public:
-  explicit HashingWriter(const std::string& path) : path_(path), digest_(EVP_MD_CTX_new()) {
+  explicit HashingWriter(const std::string& path)
+      : path_(path), digest_(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
+    if (!digest_ || EVP_DigestInit_ex(digest_.get(), EVP_sha256(), nullptr) != 1) {
+      throw Error("SHA-256 failed (OpenSSL)");
+    }
     descriptor_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (descriptor_ < 0) throw Error(io_failure("write", path));
-    if (!digest_ || EVP_DigestInit_ex(digest_, EVP_sha256(), nullptr) != 1) throw Error("SHA-256 failed (OpenSSL)");
   }
   ~HashingWriter() {
     if (descriptor_ >= 0) ::close(descriptor_);
-    EVP_MD_CTX_free(digest_);
   }
   void write(const void* bytes, size_t size) {
     const char* next = static_cast<const char*>(bytes);
     while (size > 0) {
       const size_t chunk = std::min<size_t>(size, size_t{8} << 20);
-      EVP_DigestUpdate(digest_, next, chunk);
+      EVP_DigestUpdate(digest_.get(), next, chunk);
       for (size_t done = 0; done < chunk;) {
         const ssize_t written = ::write(descriptor_, next + done, chunk - done);
         if (written < 0 && errno == EINTR) continue;
@@ -154,7 +157,7 @@ class HashingWriter {
     if (::close(descriptor) != 0) throw Error(io_failure("write", path_));
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int length = 0;
-    EVP_DigestFinal_ex(digest_, digest, &length);
+    EVP_DigestFinal_ex(digest_.get(), digest, &length);
     static const char* kHex = "0123456789abcdef";
     WrittenFile file;
     file.bytes = offset_;
@@ -168,7 +171,7 @@ class HashingWriter {
  private:
   std::string path_;
   int descriptor_ = -1;
-  EVP_MD_CTX* digest_;
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> digest_;
   uint64_t offset_ = 0;
 };
 
@@ -207,11 +210,20 @@ WrittenFile write_weights_file(const NamedTensors& tensors, const std::string& p
   static const std::string kVersion = "3\n";  // the archive format LibTorch 1.13 and 2.x write and read
   records.push_back({"archive/data.pkl", pickle.data(), pickle.size()});
   records.push_back({"archive/version", kVersion.data(), kVersion.size()});
-  if (total + 1024 * (records.size() + 1) >= (uint64_t{1} << 32)) {
-    // Zip64 territory: LibTorch's own writer handles it.
-    const std::vector<char> bytes = serialize_weights(tensors);
-    write_file_synced(path, bytes.data(), bytes.size());
-    return {bytes.size(), sha256_hex(bytes.data(), bytes.size())};
+  if (total + 1024 * (records.size() + 1) >= (uint64_t{1} << 32) || records.size() >= 0xffff) {
+    // Zip64 territory (4 GiB, or 65535 records): LibTorch's own zip writer,
+    // fed the same untagged pickle and records, streaming through the hash.
+    HashingWriter out(path);
+    caffe2::serialize::PyTorchStreamWriter writer([&out](const void* bytes, size_t size) {
+      out.write(bytes, size);
+      return size;
+    });
+    for (size_t i = 0; i < storages.size(); ++i) {
+      writer.writeRecord("data/" + std::to_string(i), storages[i].data(), storages[i].sizeInBytes());
+    }
+    writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+    writer.writeEndOfFile();
+    return out.finish();
   }
   for (auto& record : records) {
     record.crc = static_cast<uint32_t>(crc32_z(0L, reinterpret_cast<const Bytef*>(record.data), record.size));
@@ -281,19 +293,24 @@ void save_weights(const NamedTensors& tensors, const std::string& path) {
   const std::string temporary = path + ".tmp";
   try {
     write_weights_file(tensors, temporary);
-    if (std::rename(temporary.c_str(), path.c_str()) != 0) throw Error(io_failure("move into place", path));
-    const size_t slash = path.find_last_of('/');
-    sync_directory(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash));
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     std::remove(temporary.c_str());
     throw Error(std::string(e.what()) + " (exporting weights; the earlier file, if any, is unchanged)");
   }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    const std::string message = io_failure("move into place", path);
+    std::remove(temporary.c_str());
+    throw Error(message + " (exporting weights; the earlier file, if any, is unchanged)");
+  }
+  const size_t slash = path.find_last_of('/');
+  sync_directory(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash));
 }
 
 namespace {
 
 uint32_t le32(const uint8_t* p) { return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24; }
 uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
+uint64_t le64(const uint8_t* p) { return uint64_t{le32(p)} | uint64_t{le32(p + 4)} << 32; }
 
 // What can be checked before LibTorch's zip reader and unpickler see the
 // bytes (LibTorch 1.13 has known crashes on malformed input): a zip whose
@@ -314,15 +331,29 @@ void check_zip_layout(const uint8_t* bytes, size_t size, const std::string& name
     }
   }
   if (end == std::string::npos) refuse("no zip directory at its end: truncated?");
-  const size_t entries = le16(bytes + end + 10);
-  const uint64_t directory_size = le32(bytes + end + 12), directory_offset = le32(bytes + end + 16);
-  // Zip64 fields (all ones) are genuine only in an archive of 4 GiB or more;
-  // in a smaller one they would let miniz allocate a claimed 4 GiB.
+  uint64_t entries = le16(bytes + end + 10);
+  uint64_t directory_size = le32(bytes + end + 12), directory_offset = le32(bytes + end + 16);
+  // Zip64 fields (all ones) would let miniz allocate a claimed 4 GiB. In an
+  // archive of 4 GiB or more they are genuine and left to LibTorch's checks;
+  // in a smaller one only a zip64 end record for 65535 entries or more is
+  // (LibTorch's writer makes one), and it must lie inside the file.
   constexpr uint64_t kZip64 = 0xffffffff;
   const bool large = size >= (uint64_t{1} << 32);
-  if (entries == 0xffff || directory_offset == kZip64) {
-    if (!large) refuse("zip64 fields in a file under 4 GiB");
-    return;  // a genuine zip64 archive: its layout is left to LibTorch's own checks
+  if (entries == 0xffff || directory_offset == kZip64 || directory_size == kZip64) {
+    if (large) return;
+    if (end < 20 || le32(bytes + end - 20) != 0x07064b50) refuse("zip64 fields in a file under 4 GiB");
+    const uint64_t record = le64(bytes + end - 20 + 8);
+    if (record > end - 20 || end - 20 - record < 56 || le32(bytes + record) != 0x06064b50) {
+      refuse("a damaged zip64 end record");
+    }
+    entries = le64(bytes + record + 32);
+    directory_size = le64(bytes + record + 40);
+    directory_offset = le64(bytes + record + 48);
+    if (entries < 0xffff || directory_offset > record || directory_size > record - directory_offset ||
+        entries > directory_size / 46) {
+      refuse("zip64 fields in a file under 4 GiB");
+    }
+    end = record;  // the directory ends where the zip64 record starts
   }
   if (directory_offset + directory_size > end) refuse("its zip directory points past the end of the file");
   bool has_pickle = false;

@@ -25,7 +25,7 @@ const std::vector<std::string> kFiles = {"model.pt", "optimizer.pt", "trainer.js
 
 // The step of a folder named step-NNNNNNNN, or -1.
 int64_t step_of(const std::string& name) {
-  if (name.size() != 13 || name.compare(0, 5, "step-") != 0) return -1;
+  if (name.size() < 13 || name.size() > 23 || name.compare(0, 5, "step-") != 0) return -1;
   int64_t step = 0;
   for (size_t i = 5; i < name.size(); ++i) {
     if (name[i] < '0' || name[i] > '9') return -1;
@@ -71,24 +71,37 @@ uint64_t checksum(const at::Tensor& tensor, uint64_t hash = 1469598103934665603u
 }
 }  // namespace
 
-void check_replicas_identical(Communicator& comm, const NamedTensors& parameters, int64_t step) {
-  if (comm.world_size() == 1) return;
+std::vector<uint64_t> replica_checksums(const NamedTensors& tensors) {
+  std::vector<uint64_t> sums;
+  for (const auto& item : tensors) sums.push_back(checksum(item.second));
+  return sums;
+}
+
+std::string compare_replicas(Communicator& comm, const NamedTensors& tensors, const std::vector<uint64_t>& sums,
+                             int64_t step) {
+  if (comm.world_size() == 1) return "";
   uint64_t all = 1469598103934665603ull;
-  for (const auto& item : parameters) all = checksum(item.second, all);
-  const auto sums = comm.all_gather(static_cast<int64_t>(all));
-  if (std::all_of(sums.begin(), sums.end(), [&](int64_t s) { return s == sums[0]; })) return;
-  // Rare: find the first parameter that differs (one all-gather per parameter).
-  for (const auto& [name, tensor] : parameters) {
-    const auto each = comm.all_gather(static_cast<int64_t>(checksum(tensor)));
+  for (uint64_t sum : sums) all = (all ^ sum) * 1099511628211ull;
+  const auto totals = comm.all_gather(static_cast<int64_t>(all));
+  if (std::all_of(totals.begin(), totals.end(), [&](int64_t t) { return t == totals[0]; })) return "";
+  // Rare: find the first tensor that differs (one all-gather per tensor; every
+  // rank takes this branch, as every rank saw the same totals).
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto each = comm.all_gather(static_cast<int64_t>(sums[i]));
     for (size_t rank = 1; rank < each.size(); ++rank) {
       if (each[rank] != each[0]) {
-        throw Error("at step " + std::to_string(step) + " the ranks' parameters differ: " + name + " on rank " +
-                    std::to_string(rank) + " differs from rank 0 (replicas drifted apart: a nondeterministic "
-                    "kernel or a corrupted all-reduce); no checkpoint written, resume from the last one");
+        return "at step " + std::to_string(step) + " the ranks' parameters differ: " + tensors[i].first + " on rank " +
+               std::to_string(rank) + " differs from rank 0 (replicas drifted apart: a nondeterministic kernel or a "
+               "corrupted all-reduce); no checkpoint written, resume from the last one";
       }
     }
   }
-  throw Error("at step " + std::to_string(step) + " the ranks' parameters differ; no checkpoint written");
+  return "at step " + std::to_string(step) + " the ranks' parameters differ; no checkpoint written";
+}
+
+void check_replicas_identical(Communicator& comm, const NamedTensors& tensors, int64_t step) {
+  const std::string problem = compare_replicas(comm, tensors, replica_checksums(tensors), step);
+  if (!problem.empty()) throw Error(problem);
 }
 
 std::string checkpoint_name(int64_t step) {
@@ -159,7 +172,9 @@ WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const C
       if (std::rename(final_path.c_str(), replaced.c_str()) != 0) throw Error(io_failure("move aside", final_path));
     }
     if (std::rename(temporary.c_str(), final_path.c_str()) != 0) {
-      throw Error(io_failure("move checkpoint into place at", final_path));
+      const std::string message = io_failure("move checkpoint into place at", final_path);
+      if (had_old) std::rename(replaced.c_str(), final_path.c_str());  // put the old one back
+      throw Error(message);
     }
     sync_directory(dir);
     if (had_old) remove_all_quietly(replaced);
@@ -167,7 +182,12 @@ WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const C
     remove_all_quietly(temporary);
     throw;
   }
-  // Only now that the new one is durable: drop those beyond `keep`.
+  // Only now that the new one is durable: the folder holds one history, so
+  // checkpoints past this step (of a run resumed from an older one, or
+  // damaged ones it skipped) go, then those beyond `keep`.
+  for (const auto& path : list_checkpoints(dir)) {
+    if (checkpoint_step(path) > step) remove_all_quietly(path);
+  }
   const auto all = list_checkpoints(dir);
   for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < all.size(); ++i) remove_all_quietly(all[i]);
   written.path = final_path;
@@ -200,6 +220,13 @@ int remove_unfinished_checkpoints(const std::string& dir) {
   for (const auto& entry : fs::directory_iterator(dir, error)) {
     const std::string name = entry.path().filename().string();
     if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0 && name.compare(0, 5, "step-") == 0) {
+      // A checkpoint moved aside to be replaced, whose replacement never
+      // arrived, is complete: it goes back.
+      const std::string suffix = ".replaced.tmp";
+      if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        const std::string original = dir + "/" + name.substr(0, name.size() - suffix.size());
+        if (!fs::exists(original, error) && std::rename(entry.path().c_str(), original.c_str()) == 0) continue;
+      }
       remove_all_quietly(entry.path().string());
       ++removed;
     }

@@ -85,9 +85,15 @@ int64_t checkpoint_step(const std::string& path);
 // schedule does not depend on it (constant or step).
 void check_resume_compatible(const nlohmann::json& trainer_state, const Config& resolved, const std::string& source);
 
-// Confirms that every rank holds the same `parameters` (one all-gather of a
-// checksum per rank; the names are the same everywhere). Throws Error on every
-// rank naming the first parameter that differs and a rank that differs.
-void check_replicas_identical(Communicator& comm, const NamedTensors& parameters, int64_t step);
+// Whether every rank holds the same tensors. replica_checksums is local (it
+// may throw: run it under run_agreed); compare_replicas is collective (one
+// all-gather of a checksum per rank; more only on a mismatch, on every rank
+// alike) and returns "" or the error naming the first tensor that differs
+// and a rank that holds another value. check_replicas_identical does both
+// and throws that error.
+std::vector<uint64_t> replica_checksums(const NamedTensors& tensors);
+std::string compare_replicas(Communicator& comm, const NamedTensors& tensors, const std::vector<uint64_t>& sums,
+                             int64_t step);
+void check_replicas_identical(Communicator& comm, const NamedTensors& tensors, int64_t step);
 
 }  // namespace dtrain

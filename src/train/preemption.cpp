@@ -11,10 +11,14 @@ namespace dtrain {
 
 namespace {
 
-volatile std::sig_atomic_t first_signal = 0;
+// Lock-free, so safe in a signal handler, and race-free between the thread
+// the signal lands on and the one that reads it.
+std::atomic<int> first_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free);
 
 extern "C" void on_preemption_signal(int signal) {
-  if (first_signal == 0) first_signal = signal;
+  int none = 0;
+  first_signal.compare_exchange_strong(none, signal);
 }
 
 }  // namespace
@@ -27,9 +31,9 @@ void install_preemption_handlers() {
   for (int signal : {SIGUSR1, SIGTERM, SIGINT}) sigaction(signal, &action, nullptr);
 }
 
-int preemption_signal() { return first_signal; }
-void raise_preemption_flag(int signal) { first_signal = signal; }
-void clear_preemption_flag() { first_signal = 0; }
+int preemption_signal() { return first_signal.load(); }
+void raise_preemption_flag(int signal) { first_signal.store(signal); }
+void clear_preemption_flag() { first_signal.store(0); }
 
 StopAgreement::StopAgreement(Communicator& comm, double checkpoint_every_minutes)
     : comm_(comm), every_seconds_(checkpoint_every_minutes * 60), last_checkpoint_(std::chrono::steady_clock::now()) {}

@@ -378,7 +378,8 @@ nlohmann::json Trainer::run(MetricsLog& log) {
       save_checkpoint(steps_done, log);
       agreement.checkpoint_written();
     }
-    if (decision.stop) {
+    // A signal at the last step: the run is complete anyway.
+    if (decision.stop && steps_done < steps_to_run_) {
       status = RunStatus::Preempted;
       break;
     }

@@ -82,12 +82,17 @@ std::string utc_now() {
 
 void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
   // Collective parts first, on every rank: identical replicas, loss sums.
+  // No collective inside a run_agreed step: a rank failing alone would meet
+  // the others' all-gather with its status word.
   const NamedTensors state = model_state(*model_);
   WrittenCheckpoint written;
-  const int64_t local_loss_bits = bits_of(local_loss_sum_.item<double>());
+  std::vector<uint64_t> sums;
+  run_agreed(control_, [&] { sums = replica_checksums(state); });
+  const std::string drift = compare_replicas(control_, state, sums, steps_done);
   run_agreed(control_, [&] {
-    check_replicas_identical(control_, state, steps_done);
+    if (!drift.empty()) throw Error(drift);
   });
+  const int64_t local_loss_bits = bits_of(local_loss_sum_.item<double>());
   const std::vector<int64_t> loss_bits = control_.all_gather(local_loss_bits);
   run_agreed(control_, [&] {
     if (!is_root()) return;

@@ -78,6 +78,19 @@ TEST_F(Weights, TheDirectWriterWritesWhatPickleSaveWouldRead) {
   }
 }
 
+TEST_F(Weights, ManyTensorsTakeLibTorchsZip64Writer) {
+  // 65535 records or more do not fit a plain zip's directory: that file goes
+  // through LibTorch's writer (with the same untagged pickle) and reads back.
+  NamedTensors many;
+  for (int i = 0; i < 66000; ++i) many.emplace_back("t" + std::to_string(i), torch::full({1}, static_cast<float>(i)));
+  const WrittenFile written = write_weights_file(many, path("many.pt"));
+  EXPECT_EQ(written.sha256, sha256_hex(read_file(path("many.pt"))));
+  const NamedTensors read = read_weights(path("many.pt"));
+  ASSERT_EQ(read.size(), many.size());
+  EXPECT_EQ(read.back().first, "t65999");
+  EXPECT_EQ(read.back().second.item<float>(), 65999.0f);
+}
+
 TEST_F(Weights, MismatchesAreListedInOneLine) {
   save_weights(model_state(*mlp({32, 16}, 1)), path("w.pt"));
   auto other = mlp({32, 8}, 1);

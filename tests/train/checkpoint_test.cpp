@@ -61,6 +61,23 @@ TEST_F(Checkpoints, OnlyTheNewestKAreKeptAndTmpFoldersAreNeverListed) {
   EXPECT_FALSE(fs::exists(dir_ + "/step-00000050.tmp"));
 }
 
+TEST_F(Checkpoints, TheFolderHoldsOneHistoryAndNeverLosesTheNewestWrite) {
+  // A run resumed from step 10 (or one that skipped damaged newer ones)
+  // writes step 15: the newer checkpoints of the abandoned history go, the
+  // new one stays even with --keep-checkpoints 1.
+  for (int64_t step : {10, 20, 30}) write_checkpoint(dir_, step, sample(step), 3);
+  write_checkpoint(dir_, 15, sample(15), 1);
+  EXPECT_EQ(list_checkpoints(dir_), (std::vector<std::string>{dir_ + "/step-00000015"}));
+  // A checkpoint moved aside to be replaced, whose replacement never came, is
+  // put back rather than deleted.
+  fs::rename(dir_ + "/step-00000015", dir_ + "/step-00000015.replaced.tmp");
+  EXPECT_EQ(remove_unfinished_checkpoints(dir_), 0);
+  EXPECT_NO_THROW(read_checkpoint(dir_ + "/step-00000015"));
+  // Steps past 10^8 are listed too.
+  write_checkpoint(dir_, 123456789, sample(123456789), 5);
+  EXPECT_EQ(list_checkpoints(dir_).front(), dir_ + "/step-123456789");
+}
+
 TEST_F(Checkpoints, DamageIsFoundAndAutoFallsBackToAnOlderOne) {
   write_checkpoint(dir_, 10, sample(10), 3);
   write_checkpoint(dir_, 20, sample(20), 3);
