@@ -25,11 +25,6 @@
 
 namespace {
 
-std::string hex(uint64_t value) {
-  char text[17];
-  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(value));
-  return text;
-}
 
 // "3 thread(s) per rank + 1 for communication (4 CPUs in this rank's affinity
 // mask; 2 ranks on this host)"; a range if ranks differ (collective).
@@ -102,7 +97,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
                                    : torch::Device(torch::kCPU);
   if (root) {
     std::cout << "dtrain: " << comm.world_size() << " rank(s) on " << placement.describe() << "; " << threads_line
-              << "\nresolved configuration (trajectory hash " << hex(trajectory_hash(config)) << "):\n"
+              << "\nresolved configuration (trajectory hash " << hash_text(trajectory_hash(config)) << "):\n"
               << config_to_ini(config) << std::flush;
   }
 
@@ -159,8 +154,8 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   if (trainer->start_step() == 0) trainer->broadcast_initial_state();
 
   nlohmann::json summary = trainer->run(*log);
-  summary["launch_hash"] = hex(launch_hash(parsed.config));
-  summary["trajectory_hash"] = hex(trajectory_hash(config));
+  summary["launch_hash"] = hash_text(launch_hash(parsed.config));
+  summary["trajectory_hash"] = hash_text(trajectory_hash(config));
   const std::string status = summary["status"].get<std::string>();
   run_agreed(mpi, [&] {
     if (root && !config.export_path.empty() && status == "completed") {

@@ -6,6 +6,7 @@
 #include <boost/program_options.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -305,6 +306,12 @@ bool written_empty(const OptionSpec& spec, const std::string& text) {
   return text.empty() && !spec.text(defaults).empty();
 }
 }  // namespace
+
+std::string hash_text(uint64_t hash) {
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(hash));
+  return text;
+}
 
 std::string config_to_ini(const Config& config) {
   std::ostringstream out;

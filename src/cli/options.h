@@ -56,6 +56,8 @@ uint64_t launch_hash(const Config& config);
 // training math. Take it of the resolved configuration (the global batch
 // filled in), so that a global batch given directly or derived hashes alike.
 uint64_t trajectory_hash(const Config& config);
+// A hash as 16 hex digits, as printed and recorded.
+std::string hash_text(uint64_t hash);
 
 // The options as markdown tables, one per --help group (docs/configuration.md
 // embeds this; a unit test keeps the two equal).

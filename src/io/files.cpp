@@ -19,22 +19,28 @@ std::string io_failure(const std::string& what, const std::string& path) {
   return "cannot " + what + " " + path + ": " + std::strerror(errno);
 }
 
-void write_file_synced(const std::string& path, const void* bytes, size_t size) {
-  const int descriptor = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (descriptor < 0) throw Error(io_failure("write", path));
+void write_all(int descriptor, const void* bytes, size_t size, const std::string& path) {
   const char* next = static_cast<const char*>(bytes);
-  size_t left = size;
-  while (left > 0) {
-    const ssize_t written = ::write(descriptor, next, left);
+  while (size > 0) {
+    const ssize_t written = ::write(descriptor, next, size);
     if (written < 0 && errno == EINTR) continue;  // a preemption signal arrived
     if (written <= 0) {
       if (written == 0) errno = ENOSPC;
-      const std::string message = io_failure("write", path);
-      ::close(descriptor);
-      throw Error(message);
+      throw Error(io_failure("write", path));
     }
     next += written;
-    left -= static_cast<size_t>(written);
+    size -= static_cast<size_t>(written);
+  }
+}
+
+void write_file_synced(const std::string& path, const void* bytes, size_t size) {
+  const int descriptor = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (descriptor < 0) throw Error(io_failure("write", path));
+  try {
+    write_all(descriptor, bytes, size, path);
+  } catch (const Error&) {
+    ::close(descriptor);
+    throw;
   }
   if (::fsync(descriptor) != 0) {
     const std::string message = io_failure("sync", path);
@@ -90,17 +96,45 @@ std::string read_file(const std::string& path) {
   return text;
 }
 
-std::string sha256_hex(const void* bytes, size_t size) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  if (EVP_Digest(bytes, size, digest, &length, EVP_sha256(), nullptr) != 1) throw Error("SHA-256 failed (OpenSSL)");
+std::string hex_text(const void* bytes, size_t size) {
   static const char* kHex = "0123456789abcdef";
+  const auto* data = static_cast<const unsigned char*>(bytes);
   std::string text;
-  for (unsigned int i = 0; i < length; ++i) {
-    text += kHex[digest[i] >> 4];
-    text += kHex[digest[i] & 15];
+  text.reserve(2 * size);
+  for (size_t i = 0; i < size; ++i) {
+    text += kHex[data[i] >> 4];
+    text += kHex[data[i] & 15];
   }
   return text;
+}
+
+Sha256::Sha256() : context_(EVP_MD_CTX_new()) {
+  auto* context = static_cast<EVP_MD_CTX*>(context_);
+  if (!context || EVP_DigestInit_ex(context, EVP_sha256(), nullptr) != 1) {
+    EVP_MD_CTX_free(context);
+    throw Error("SHA-256 failed (OpenSSL)");
+  }
+}
+
+Sha256::~Sha256() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(context_)); }
+
+void Sha256::update(const void* bytes, size_t size) {
+  if (EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(context_), bytes, size) != 1) throw Error("SHA-256 failed (OpenSSL)");
+}
+
+std::string Sha256::hex() {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(context_), digest, &length) != 1) {
+    throw Error("SHA-256 failed (OpenSSL)");
+  }
+  return hex_text(digest, length);
+}
+
+std::string sha256_hex(const void* bytes, size_t size) {
+  Sha256 digest;
+  digest.update(bytes, size);
+  return digest.hex();
 }
 
 }  // namespace dtrain

@@ -26,6 +26,27 @@ void sync_directory(const std::string& path);
 // The whole file; throws Error naming the path and the reason.
 std::string read_file(const std::string& path);
 
+// Writes all `size` bytes to an open descriptor (retrying after a signal);
+// throws Error naming `path` and the OS's reason.
+void write_all(int descriptor, const void* bytes, size_t size, const std::string& path);
+
+// Bytes as lowercase hex digits, two per byte.
+std::string hex_text(const void* bytes, size_t size);
+
+// SHA-256 fed piece by piece (OpenSSL).
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void update(const void* bytes, size_t size);
+  std::string hex();  // 64 hex digits; ends the digest
+
+ private:
+  void* context_;  // EVP_MD_CTX, kept out of this header
+};
+
 // SHA-256 as 64 lowercase hex digits (OpenSSL).
 std::string sha256_hex(const void* bytes, size_t size);
 inline std::string sha256_hex(const std::string& bytes) { return sha256_hex(bytes.data(), bytes.size()); }

@@ -9,7 +9,6 @@
 #include <torch/csrc/jit/serialization/unpickler.h>
 #include <torch/torch.h>
 
-#include <openssl/evp.h>
 #include <zlib.h>
 
 #include <fcntl.h>
@@ -110,14 +109,10 @@ void put32(std::string& out, uint32_t value) {
   put16(out, static_cast<uint16_t>(value >> 16));
 }
 
-// Writes to a file descriptor, hashing every byte on the way.
+// Writes to a file, hashing every byte on the way.
 class HashingWriter {
  public:
-  explicit HashingWriter(const std::string& path)
-      : path_(path), digest_(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
-    if (!digest_ || EVP_DigestInit_ex(digest_.get(), EVP_sha256(), nullptr) != 1) {
-      throw Error("SHA-256 failed (OpenSSL)");
-    }
+  explicit HashingWriter(const std::string& path) : path_(path) {
     descriptor_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (descriptor_ < 0) throw Error(io_failure("write", path));
   }
@@ -128,16 +123,8 @@ class HashingWriter {
     const char* next = static_cast<const char*>(bytes);
     while (size > 0) {
       const size_t chunk = std::min<size_t>(size, size_t{8} << 20);
-      EVP_DigestUpdate(digest_.get(), next, chunk);
-      for (size_t done = 0; done < chunk;) {
-        const ssize_t written = ::write(descriptor_, next + done, chunk - done);
-        if (written < 0 && errno == EINTR) continue;
-        if (written <= 0) {
-          if (written == 0) errno = ENOSPC;
-          throw Error(io_failure("write", path_));
-        }
-        done += static_cast<size_t>(written);
-      }
+      digest_.update(next, chunk);
+      write_all(descriptor_, next, chunk, path_);
       // Start writing this chunk back now, so that the final fsync has
       // little left to wait for (Linux; elsewhere the fsync does it all).
 #ifdef SYNC_FILE_RANGE_WRITE
@@ -155,23 +142,13 @@ class HashingWriter {
     const int descriptor = descriptor_;
     descriptor_ = -1;
     if (::close(descriptor) != 0) throw Error(io_failure("write", path_));
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    EVP_DigestFinal_ex(digest_.get(), digest, &length);
-    static const char* kHex = "0123456789abcdef";
-    WrittenFile file;
-    file.bytes = offset_;
-    for (unsigned int i = 0; i < length; ++i) {
-      file.sha256 += kHex[digest[i] >> 4];
-      file.sha256 += kHex[digest[i] & 15];
-    }
-    return file;
+    return {offset_, digest_.hex()};
   }
 
  private:
   std::string path_;
   int descriptor_ = -1;
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> digest_;
+  Sha256 digest_;
   uint64_t offset_ = 0;
 };
 

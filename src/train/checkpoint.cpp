@@ -99,11 +99,6 @@ std::string compare_replicas(Communicator& comm, const NamedTensors& tensors, co
   return "at step " + std::to_string(step) + " the ranks' parameters differ; no checkpoint written";
 }
 
-void check_replicas_identical(Communicator& comm, const NamedTensors& tensors, int64_t step) {
-  const std::string problem = compare_replicas(comm, tensors, replica_checksums(tensors), step);
-  if (!problem.empty()) throw Error(problem);
-}
-
 std::string checkpoint_name(int64_t step) {
   char name[32];
   std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));

@@ -89,11 +89,9 @@ void check_resume_compatible(const nlohmann::json& trainer_state, const Config& 
 // may throw: run it under run_agreed); compare_replicas is collective (one
 // all-gather of a checksum per rank; more only on a mismatch, on every rank
 // alike) and returns "" or the error naming the first tensor that differs
-// and a rank that holds another value. check_replicas_identical does both
-// and throws that error.
+// and a rank that holds another value.
 std::vector<uint64_t> replica_checksums(const NamedTensors& tensors);
 std::string compare_replicas(Communicator& comm, const NamedTensors& tensors, const std::vector<uint64_t>& sums,
                              int64_t step);
-void check_replicas_identical(Communicator& comm, const NamedTensors& tensors, int64_t step);
 
 }  // namespace dtrain

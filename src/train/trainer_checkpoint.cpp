@@ -3,6 +3,7 @@
 #include "cli/option_table.h"
 #include "cli/options.h"
 #include "common/error.h"
+#include "io/files.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/startup.h"
@@ -19,22 +20,9 @@ namespace dtrain {
 
 namespace {
 
-std::string hex_of(uint64_t value) {
-  char text[17];
-  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(value));
-  return text;
-}
-
 std::string bytes_to_hex(const at::Tensor& bytes) {
-  static const char* kHex = "0123456789abcdef";
   const at::Tensor cpu = bytes.contiguous().cpu();
-  const auto* data = cpu.data_ptr<uint8_t>();
-  std::string text;
-  for (int64_t i = 0; i < cpu.numel(); ++i) {
-    text += kHex[data[i] >> 4];
-    text += kHex[data[i] & 15];
-  }
-  return text;
+  return hex_text(cpu.data_ptr<uint8_t>(), static_cast<size_t>(cpu.numel()));
 }
 
 at::Tensor hex_to_bytes(const std::string& text) {
@@ -119,7 +107,7 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
         {"micro_batch_size", plan_.micro_batch_size},
         {"grad_accum_steps", plan_.grad_accum_steps},
         {"global_batch_size", plan_.global_batch_size},
-        {"trajectory_hash", hex_of(trajectory_hash(config_))},
+        {"trajectory_hash", hash_text(trajectory_hash(config_))},
         {"options", options},
         {"loss_sums", loss_sums},
         {"loss_steps", loss_steps_},

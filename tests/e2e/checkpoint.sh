@@ -79,10 +79,7 @@ PY
 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" \
   >"$WORK/b.log" 2>&1 &
 job=$!
-for _ in $(seq 300); do
-  grep -q "\"step\":24," "$WORK/b/metrics.jsonl" 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_step "$WORK/b" 24 || true
 rank1=$(rank_pid "$WORK/b" 1)
 [ -n "$rank1" ] || fail "could not find rank 1 (did the run end before step 24?)"
 kill -USR1 "$rank1"

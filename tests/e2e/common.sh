@@ -36,6 +36,16 @@ expect_error() {
   pass "$(grep '^dtrain: error:' "$WORK/err")"
 }
 
+# Waits (up to 30 s) until OUT_DIR/metrics.jsonl has a record of step STEP.
+wait_for_step() {  # OUT_DIR STEP
+  local _
+  for _ in $(seq 600); do
+    grep -q "\"step\":$2," "$1/metrics.jsonl" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
 # The pid of rank RANK of the job writing to OUT_DIR.
 rank_pid() {  # OUT_DIR RANK
   local pid

@@ -47,10 +47,7 @@ grep -q '"skipped_steps": 10,' "$WORK/skip10/summary.json" || fail "not 10 skips
 mpirun -np 2 "$DTRAIN" "${COMMON[@]}" --hidden 32 --epochs 5000 --collective-timeout 5 --out-dir "$WORK/hang" \
   >"$WORK/hang.log" 2>&1 &
 job=$!
-for _ in $(seq 600); do
-  grep -q "\"step\":100," "$WORK/hang/metrics.jsonl" 2>/dev/null && break
-  sleep 0.05
-done
+wait_for_step "$WORK/hang" 100 || true
 stopped=$(rank_pid "$WORK/hang" 1)
 [ -n "$stopped" ] || fail "could not find rank 1 of the hang test"
 kill -STOP "$stopped"
