@@ -11,7 +11,7 @@ namespace dtrain {
 
 enum class LrScaling { Linear, Sqrt, None };
 enum class LrScheduleKind { Constant, Cosine, Linear, Step };
-enum class OptimizerKind { Sgd, AdamW };
+enum class OptimizerKind { Sgd, AdamW, Lars, Lamb };
 enum class DatasetKind { FashionMnist, Synthetic };
 enum class ModelKind { Mlp, Cnn };
 enum class BackendKind { Auto, Mpi, Nccl };
@@ -45,7 +45,8 @@ struct OptimizerOptions {
   bool nesterov = false;
   double weight_decay = 0;
   std::vector<double> betas = {0.9, 0.999};  // AdamW (beta1, beta2)
-  double eps = 1e-8;
+  double eps = 0;                  // AdamW and LAMB; 0: auto (1e-8 for AdamW, 1e-6 for LAMB), resolved at start-up
+  double trust_coefficient = 0.001;  // LARS eta
   double grad_clip_norm = 0;  // 0: no clipping
 };
 
@@ -67,6 +68,8 @@ struct DataOptions {
   int64_t synthetic_test_samples = 2048;
   int64_t synthetic_classes = 10;
   uint64_t synthetic_seed = 1;
+  // Training samples held out as a validation split (chosen by --seed); 0: none.
+  int64_t validation_size = 0;
 };
 
 struct ModelOptions {
@@ -83,6 +86,24 @@ struct DistributedOptions {
   // (resolved at start-up by choose_placement).
   Switch overlap = Switch::Auto;
   ReduceDtype grad_reduce_dtype = ReduceDtype::Fp32;
+};
+
+// A metric and the value a run must reach (--target METRIC:VALUE).
+struct Target {
+  std::string metric;  // "" = no target; else val_accuracy, val_loss, test_accuracy, test_loss, train_accuracy, train_loss
+  double value = 0;
+  bool lower_is_better() const { return metric.size() > 5 && metric.compare(metric.size() - 5, 5, "_loss") == 0; }
+};
+
+// Batch-size study measurements (docs/studies.md): targets, evaluation
+// resolution, the gradient noise scale (train/noise_scale.h).
+struct StudyOptions {
+  Target target;
+  bool stop_at_target = false;
+  int64_t eval_per_doubling = 0;  // --eval-schedule geometric:K (0: fixed, --eval-every and epoch ends)
+  bool noise_scale = false;
+  double noise_scale_ema = 0.99;
+  int64_t measure_noise_scale = 0;  // steps of a measurement at fixed weights (0: train)
 };
 
 // Checkpoints, resume and what to do when training fails (train/checkpoint.h,
@@ -106,6 +127,7 @@ struct Config {
   ModelOptions model;
   DistributedOptions distributed;
   CheckpointOptions checkpoint;
+  StudyOptions study;
   std::string init_from;    // weights to start from ("" = random init)
   std::string export_path;  // where to write final weights ("" = nowhere)
   std::string config_file;  // the INI file the options came from, if any
@@ -121,5 +143,8 @@ const char* to_string(DeviceKind value);
 const char* to_string(ReduceDtype value);
 const char* to_string(Switch value);
 const char* to_string(NonFinitePolicy value);
+
+// --eps auto: AdamW's 1e-8, LAMB's 1e-6 (their papers' defaults).
+double default_eps(OptimizerKind kind);
 
 }  // namespace dtrain

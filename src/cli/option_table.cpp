@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cmath>
@@ -290,6 +291,76 @@ OptionSpec count_or_auto(const Row& row, Access access, int high) {
                    [](int v) { return v == 0 ? nlohmann::json("auto") : nlohmann::json(v); });
 }
 
+// --eps: a positive number, or auto (0 in Config; resolved per optimizer).
+template <typename Access>
+OptionSpec number_or_auto(const Row& row, Access access) {
+  const char* example = row.example;
+  auto parse = [example](const std::string& name, const std::string& text) {
+    if (text == "auto") return 0.0;
+    const double value = parse_number(name, text, example);
+    if (value <= 0) throw UsageError("--" + name + " must be auto or positive (got " + text + ")");
+    return value;
+  };
+  auto format = [](double v) { return v == 0 ? std::string("auto") : format_number(v); };
+  return make_spec(row, "auto|number", access, parse, format,
+                   [](double v) { return v == 0 ? nlohmann::json("auto") : nlohmann::json(v); });
+}
+
+// --target METRIC:VALUE.
+template <typename Access>
+OptionSpec target(const Row& row, Access access) {
+  static const char* const kMetrics[] = {"val_accuracy", "val_loss",      "test_accuracy",
+                                         "test_loss",    "train_accuracy", "train_loss"};
+  auto parse = [](const std::string& name, const std::string& text) {
+    Target parsed;
+    if (text.empty()) return parsed;
+    const size_t colon = text.find(':');
+    const std::string usage = "; write METRIC:VALUE, e.g. --" + name +
+                              " val_accuracy:0.88 (metrics: val_accuracy, val_loss, test_accuracy, test_loss, "
+                              "train_accuracy, train_loss)";
+    if (colon == std::string::npos) throw UsageError("--" + name + " '" + printable_excerpt(text) + "' has no ':'" + usage);
+    parsed.metric = text.substr(0, colon);
+    if (std::find(std::begin(kMetrics), std::end(kMetrics), parsed.metric) == std::end(kMetrics)) {
+      throw UsageError("--" + name + " names an unknown metric '" + printable_excerpt(parsed.metric) + "'" + usage);
+    }
+    try {
+      parsed.value = parse_number(name, text.substr(colon + 1), "0.88");
+    } catch (const UsageError&) {
+      throw UsageError("--" + name + " '" + printable_excerpt(text) + "' has no number after ':'" + usage);
+    }
+    const bool accuracy = !parsed.lower_is_better();
+    if (accuracy ? (parsed.value <= 0 || parsed.value > 1) : parsed.value <= 0) {
+      throw UsageError("--" + name + " " + printable_excerpt(text) + ": an accuracy target must be in (0, 1], a loss "
+                       "target positive");
+    }
+    return parsed;
+  };
+  auto format = [](const Target& t) { return t.metric.empty() ? std::string() : t.metric + ":" + format_number(t.value); };
+  return make_spec(row, "METRIC:VALUE", access, parse, format, [format](const Target& t) {
+    return t.metric.empty() ? nlohmann::json(nullptr) : nlohmann::json(format(t));
+  });
+}
+
+// --eval-schedule fixed|geometric:K (0 in Config for fixed).
+template <typename Access>
+OptionSpec eval_schedule(const Row& row, Access access) {
+  auto parse = [](const std::string& name, const std::string& text) -> int64_t {
+    if (text == "fixed") return 0;
+    const std::string usage = "fixed (--eval-every and each epoch's end) or geometric:K, about K evaluations per "
+                              "doubling of the step count (e.g. geometric:8)";
+    if (text.rfind("geometric:", 0) != 0) bad_value(name, text, usage);
+    const std::string count = text.substr(10);
+    int64_t k = 0;
+    const auto [stop, error] = std::from_chars(count.data(), count.data() + count.size(), k);
+    if (error != std::errc() || stop != count.data() + count.size() || k < 1 || k > 1000) {
+      bad_value(name, text, usage + " with K between 1 and 1000");
+    }
+    return k;
+  };
+  auto format = [](int64_t k) { return k == 0 ? std::string("fixed") : "geometric:" + std::to_string(k); };
+  return make_spec(row, "fixed|geometric:K", access, parse, format, [format](int64_t k) { return nlohmann::json(format(k)); });
+}
+
 #define DTRAIN_FIELD(path) [](Config & c) -> auto& { return c.path; }
 
 std::vector<OptionSpec> build_table() {
@@ -336,21 +407,29 @@ std::vector<OptionSpec> build_table() {
              DTRAIN_FIELD(lr.min_lr), kNonNegative),
 
       // Optimizer.
-      choice({"optimizer", "optimizer", E::Exact, "adamw", "sgd or adamw"}, DTRAIN_FIELD(optimizer.kind),
-             {OptimizerKind::Sgd, OptimizerKind::AdamW}),
-      number({"momentum", "optimizer", E::Exact, "0.8", "SGD momentum"}, DTRAIN_FIELD(optimizer.momentum),
+      choice({"optimizer", "optimizer", E::Exact, "adamw",
+              "sgd, adamw, lars (SGD with layer-wise trust ratios) or lamb (Adam with layer-wise trust ratios)"},
+             DTRAIN_FIELD(optimizer.kind),
+             {OptimizerKind::Sgd, OptimizerKind::AdamW, OptimizerKind::Lars, OptimizerKind::Lamb}),
+      number({"momentum", "optimizer", E::Exact, "0.8", "SGD and LARS momentum"}, DTRAIN_FIELD(optimizer.momentum),
              Range{0, 1, false, true}),
       boolean({"nesterov", "optimizer", E::Exact, "true", "SGD Nesterov momentum"}, DTRAIN_FIELD(optimizer.nesterov)),
-      number({"weight-decay", "optimizer", E::Exact, "0.0005", "L2 penalty (SGD) or decoupled weight decay (AdamW)"},
+      number({"weight-decay", "optimizer", E::Exact, "0.0005",
+              "L2 penalty (SGD, LARS), decoupled weight decay (AdamW) or LAMB's decay term; LARS and LAMB exempt "
+              "parameters of 1 dimension or less"},
              DTRAIN_FIELD(optimizer.weight_decay), kNonNegative),
-      list<double>({"betas", "optimizer", E::Exact, "0.8,0.95", "AdamW betas, two comma-separated numbers"},
+      list<double>({"betas", "optimizer", E::Exact, "0.8,0.95", "AdamW and LAMB betas, two comma-separated numbers"},
                    DTRAIN_FIELD(optimizer.betas),
                    [](const std::string& name, const std::vector<double>& betas) {
                      if (betas.size() != 2 || betas[0] < 0 || betas[0] >= 1 || betas[1] < 0 || betas[1] >= 1) {
                        throw UsageError("--" + name + " needs two numbers in [0, 1), e.g. 0.9,0.999");
                      }
                    }),
-      number({"eps", "optimizer", E::Exact, "1e-06", "AdamW epsilon"}, DTRAIN_FIELD(optimizer.eps), kPositive),
+      number_or_auto({"eps", "optimizer", E::Exact, "1e-07", "AdamW and LAMB epsilon; auto: 1e-8 for AdamW, 1e-6 for LAMB"},
+                     DTRAIN_FIELD(optimizer.eps)),
+      number({"trust-coefficient", "optimizer", E::Exact, "0.01",
+              "LARS trust coefficient eta: the layer's step is eta x |w| / |g + weight_decay w| times the LR"},
+             DTRAIN_FIELD(optimizer.trust_coefficient), kPositive),
       number({"grad-clip-norm", "optimizer", E::Exact, "1", "clip the global gradient norm to this (0: off)"},
              DTRAIN_FIELD(optimizer.grad_clip_norm), kNonNegative),
 
@@ -387,6 +466,9 @@ std::vector<OptionSpec> build_table() {
               DTRAIN_FIELD(data.synthetic_classes), 2, 1 << 20),
       seed({"synthetic-seed", "data", E::Exact, "5", "seed of the synthetic inputs and teacher network"},
            DTRAIN_FIELD(data.synthetic_seed)),
+      integer({"validation-size", "data", E::Exact, "5000",
+               "training samples held out as a validation split (chosen by --seed, excluded from training); 0: none"},
+              DTRAIN_FIELD(data.validation_size), 0),
       choice({"model", "data", E::Exact, "cnn", "mlp or cnn"}, DTRAIN_FIELD(model.kind), {ModelKind::Mlp, ModelKind::Cnn}),
       list<int64_t>({"hidden", "data", E::Exact, "1024,1024", "MLP hidden widths, comma-separated"},
                     DTRAIN_FIELD(model.hidden),
@@ -446,6 +528,29 @@ std::vector<OptionSpec> build_table() {
       number({"collective-timeout", "checkpoint", E::None, "120",
               "seconds a collective may wait for the other ranks before the job is aborted (0: wait forever)"},
              DTRAIN_FIELD(checkpoint.collective_timeout), Range{0, 1e7}),
+
+      // Batch-size studies (docs/studies.md). Measurements and when to stop:
+      // none touches the trajectory.
+      target({"target", "study", E::None, "test_accuracy:0.88",
+              "METRIC:VALUE to reach (val_/test_/train_ accuracy or loss; lower is better for losses): summary.json "
+              "records steps_to_target and samples_to_target"},
+             DTRAIN_FIELD(study.target)),
+      boolean({"stop-at-target", "study", E::None, "true", "end the run at the first evaluation that meets --target"},
+              DTRAIN_FIELD(study.stop_at_target)),
+      eval_schedule({"eval-schedule", "study", E::None, "geometric:8",
+                     "fixed (--eval-every and epoch ends) or geometric:K (also about K evaluations per doubling of "
+                     "steps: steps-to-target within a factor 2^(1/K))"},
+                    DTRAIN_FIELD(study.eval_per_doubling)),
+      boolean({"noise-scale", "study", E::None, "true",
+               "estimate the gradient noise scale B_simple online (McCandlish et al. 2018) and log it; needs world x "
+               "accumulation >= 2"},
+              DTRAIN_FIELD(study.noise_scale)),
+      number({"noise-scale-ema", "study", E::None, "0.9", "decay of the noise scale's bias-corrected moving averages"},
+             DTRAIN_FIELD(study.noise_scale_ema), Range{0, 1, false, true}),
+      integer({"measure-noise-scale", "study", E::None, "100",
+               "measure B_simple over this many global batches at fixed weights (--init-from or --resume), with no "
+               "update, print it with a 95% interval and exit (0: train)"},
+              DTRAIN_FIELD(study.measure_noise_scale), 0),
   };
 }
 
@@ -460,7 +565,7 @@ const std::vector<OptionSpec>& option_table() {
 
 const std::vector<OptionGroup>& option_groups() {
   static const std::vector<OptionGroup> groups = {
-      {"batch", "Batch (global = micro x accum x world; give any two)"},
+      {"batch", "Batch (global = micro x accum x world; give any two; those on the command line override the file's as a group)"},
       {"lr", "Learning rate"},
       {"optimizer", "Optimizer"},
       {"run", "Run"},
@@ -468,6 +573,7 @@ const std::vector<OptionGroup>& option_groups() {
       {"distributed", "Distributed"},
       {"weights", "Weights"},
       {"checkpoint", "Checkpoints, preemption and failures"},
+      {"study", "Batch-size studies"},
   };
   return groups;
 }

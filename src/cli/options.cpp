@@ -33,8 +33,15 @@ const char* to_string(LrScheduleKind value) {
   return "?";
 }
 const char* to_string(OptimizerKind value) {
-  return value == OptimizerKind::Sgd ? "sgd" : "adamw";
+  switch (value) {
+    case OptimizerKind::Sgd: return "sgd";
+    case OptimizerKind::AdamW: return "adamw";
+    case OptimizerKind::Lars: return "lars";
+    case OptimizerKind::Lamb: return "lamb";
+  }
+  return "?";
 }
+double default_eps(OptimizerKind kind) { return kind == OptimizerKind::Lamb ? 1e-6 : 1e-8; }
 const char* to_string(DatasetKind value) {
   return value == DatasetKind::FashionMnist ? "fashion-mnist" : "synthetic";
 }
@@ -100,6 +107,10 @@ void validate(const Config& c) {
           "--hidden needs at least one width for --model mlp (e.g. --hidden 512,256)");
   require(!(c.distributed.backend == BackendKind::Nccl && c.distributed.device == DeviceKind::Cpu),
           "--backend nccl needs --device cuda (or auto)");
+  const std::string& metric = c.study.target.metric;
+  require(metric.rfind("val_", 0) != 0 || c.data.validation_size > 0,
+          "--target " + metric + " needs a validation split: add --validation-size N (e.g. 5000)");
+
 }
 
 const char* const kUsage = "Usage: dtrain [--config FILE] [options]\n\nOptions";
@@ -213,6 +224,27 @@ uint64_t hash_options(const Config& config, bool exact_only) {
   return hash;
 }
 
+// The batch options are one group: two of micro, accumulation and global
+// determine the third. The command line's batch options take precedence over
+// the file's as a group: the file keeps only as many as the command line left
+// undetermined, preferring the global batch, then the micro-batch. So with
+// micro 128 and accumulation 1 in the file, --global-batch-size 1024 keeps
+// micro 128 and derives accumulation, and --micro-batch-size 64 with a file
+// that gives micro and accumulation keeps the file's accumulation.
+void keep_file_batch_options_that_fit(const std::map<std::string, GivenValue>& command_line,
+                                      std::map<std::string, GivenValue>& from_file) {
+  static const char* const kByPreference[] = {"global-batch-size", "micro-batch-size", "grad-accum-steps"};
+  int on_command_line = 0;
+  for (const char* name : kByPreference) on_command_line += command_line.count(name) ? 1 : 0;
+  if (on_command_line == 0) return;
+  int room = 2 - on_command_line;
+  for (const char* name : kByPreference) {
+    if (command_line.count(name) || !from_file.count(name)) continue;
+    if (room > 0) --room;
+    else from_file.erase(name);
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -266,6 +298,7 @@ ParsedOptions parse(const std::vector<std::string>& args, const std::string* con
     from_file = parse_config_lines(config_text ? *config_text : read_config_text(config_path), config_path, options);
   }
 
+  keep_file_batch_options_that_fit(command_line, from_file);
   for (const auto& spec : option_table()) {
     const GivenValue* given = nullptr;
     if (auto found = command_line.find(spec.name); found != command_line.end()) given = &found->second;

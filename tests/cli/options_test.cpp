@@ -2,6 +2,7 @@
 
 #include "cli/option_table.h"
 #include "common/error.h"
+#include "train/batch_plan.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -84,6 +85,42 @@ TEST(Options, ConfigFileIsReadAndTheCommandLineWins) {
   std::filesystem::remove(path);
 }
 
+// The batch options on the command line override the file's as a group.
+TEST(Options, CommandLineBatchOptionsOverrideTheFilesAsAGroup) {
+  const TempFile ini("micro-batch-size = 128\ngrad-accum-steps = 1\nlr = 0.1\n");
+  // The README's example: the file's micro-batch stays, accumulation is derived.
+  Config c = parse({"--config", ini.path(), "--global-batch-size", "1024"});
+  EXPECT_EQ(c.batch.micro_batch_size, 128);
+  EXPECT_EQ(c.batch.grad_accum_steps, 0);
+  EXPECT_EQ(c.batch.global_batch_size, 1024);
+  EXPECT_EQ(derive_batch_plan(c.batch.micro_batch_size, c.batch.grad_accum_steps, c.batch.global_batch_size, 2)
+                .grad_accum_steps, 4);
+  // A micro-batch alone keeps the file's accumulation.
+  c = parse({"--config", ini.path(), "--micro-batch-size", "64"});
+  EXPECT_EQ(c.batch.micro_batch_size, 64);
+  EXPECT_EQ(c.batch.grad_accum_steps, 1);
+  EXPECT_EQ(c.batch.global_batch_size, 0);
+  // Two on the command line: the file's batch options are all set aside.
+  c = parse({"--config", ini.path(), "--global-batch-size", "512", "--grad-accum-steps", "8"});
+  EXPECT_EQ(c.batch.micro_batch_size, 0);
+  EXPECT_EQ(c.batch.grad_accum_steps, 8);
+  EXPECT_EQ(c.batch.global_batch_size, 512);
+  // A file that gives the global batch keeps it when the command line gives accumulation.
+  const TempFile global_ini("global-batch-size = 4096\nmicro-batch-size = 128\n");
+  c = parse({"--config", global_ini.path(), "--grad-accum-steps", "4"});
+  EXPECT_EQ(c.batch.global_batch_size, 4096);
+  EXPECT_EQ(c.batch.micro_batch_size, 0);
+  // Where the command line itself is inconsistent, the split is refused.
+  c = parse({"--config", ini.path(), "--global-batch-size", "1000", "--micro-batch-size", "128",
+             "--grad-accum-steps", "4"});
+  EXPECT_THROW(derive_batch_plan(c.batch.micro_batch_size, c.batch.grad_accum_steps, c.batch.global_batch_size, 2),
+               UsageError);
+  // Without batch options on the command line, the file's stand.
+  c = parse({"--config", ini.path(), "--lr", "0.2"});
+  EXPECT_EQ(c.batch.micro_batch_size, 128);
+  EXPECT_EQ(c.batch.grad_accum_steps, 1);
+}
+
 TEST(Options, BadInputGivesOneLineNamingTheProblem) {
   struct Case { std::vector<std::string> args; const char* must_mention; };
   const Case cases[] = {
@@ -109,7 +146,16 @@ TEST(Options, BadInputGivesOneLineNamingTheProblem) {
       {{"--dataset", "cifar"}, "fashion-mnist|synthetic"},
       {{"--lr", "inf"}, "--lr must be a finite number"},
       {{"--bucket-cap-mb", "1e300"}, "--bucket-cap-mb must be in (0, 1000000]"},
-      {{"--eps", "0"}, "--eps must be positive"},
+      {{"--eps", "0"}, "--eps must be auto or positive"},
+      {{"--target", "val_accuracy"}, "has no ':'"},
+      {{"--target", "top5:0.9"}, "unknown metric 'top5'"},
+      {{"--target", "test_accuracy:high"}, "no number after ':'"},
+      {{"--target", "test_accuracy:88"}, "accuracy target must be in (0, 1]"},
+      {{"--target", "val_loss:0.3"}, "needs a validation split: add --validation-size"},
+      {{"--eval-schedule", "geometric:0"}, "geometric:K"},
+      {{"--eval-schedule", "log"}, "fixed (--eval-every"},
+      {{"--noise-scale-ema", "1"}, "--noise-scale-ema must be in [0, 1)"},
+      {{"--optimizer", "lion"}, "sgd|adamw|lars|lamb"},
       {{"--threads", "100000"}, "--threads must be auto or between 1 and 1024"},
       {{"--seed", "-1"}, "--seed must be a non-negative integer (got -1)"},
       {{"--synthetic-seed", "-5"}, "--synthetic-seed must be a non-negative integer"},
