@@ -71,6 +71,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   resolved.distributed.overlap = placement.overlap ? Switch::On : Switch::Off;
   resolved.run.threads = threads.threads;
   resolved.batch = {plan.micro_batch_size, plan.grad_accum_steps, plan.global_batch_size};
+  if (resolved.optimizer.eps == 0) resolved.optimizer.eps = default_eps(resolved.optimizer.kind);
   const Config& config = resolved;
   const std::unique_ptr<Communicator> backend = make_backend(placement, mpi);
   Communicator& comm = backend ? *backend : mpi;
@@ -105,7 +106,10 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   torch::manual_seed(config.run.seed);
 
   Dataset data;
-  run_agreed(mpi, [&] { data = load_dataset(config.data); });
+  run_agreed(mpi, [&] {
+    data = load_dataset(config.data);
+    if (config.data.validation_size > 0) hold_out_validation(data, config.data.validation_size, config.run.seed);
+  });
 
   // Where the run starts: rank 0 resolves --resume, every rank reads the
   // same checkpoint.
@@ -153,7 +157,8 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   // checkpoint is the same file on every rank already).
   if (trainer->start_step() == 0) trainer->broadcast_initial_state();
 
-  nlohmann::json summary = trainer->run(*log);
+  const int64_t measure_steps = config.study.measure_noise_scale;
+  nlohmann::json summary = measure_steps > 0 ? trainer->measure_noise_scale(measure_steps) : trainer->run(*log);
   summary["launch_hash"] = hash_text(launch_hash(parsed.config));
   summary["trajectory_hash"] = hash_text(trajectory_hash(config));
   const std::string status = summary["status"].get<std::string>();

@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 #include "data/idx_reader.h"
+#include "data/sampler.h"
 
 #include <torch/torch.h>
 
@@ -81,6 +82,28 @@ Dataset load_dataset(const DataOptions& options) {
                             options.synthetic_classes, options.synthetic_seed);
   }
   throw Error("unknown dataset");
+}
+
+void hold_out_validation(Dataset& dataset, int64_t size, uint64_t seed) {
+  const int64_t available = dataset.train.size();
+  if (size >= available) {
+    throw UsageError("--validation-size " + std::to_string(size) + " leaves nothing to train on (the training set has " +
+                     std::to_string(available) + " samples); hold out fewer");
+  }
+  const std::vector<int64_t> held_out = validation_indices(available, size, seed);
+  std::vector<int64_t> kept;
+  kept.reserve(static_cast<size_t>(available - size));
+  size_t next = 0;
+  for (int64_t i = 0; i < available; ++i) {
+    if (next < held_out.size() && held_out[next] == i) ++next;
+    else kept.push_back(i);
+  }
+  auto take = [](const Split& from, std::vector<int64_t> indices) {
+    const auto index = torch::tensor(indices, torch::kLong);
+    return Split{from.inputs.index_select(0, index), from.targets.index_select(0, index)};
+  };
+  dataset.validation = take(dataset.train, held_out);
+  dataset.train = take(dataset.train, std::move(kept));
 }
 
 }  // namespace dtrain

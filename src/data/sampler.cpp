@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 
+#include <algorithm>
 #include <numeric>
 
 namespace dtrain {
@@ -70,6 +71,13 @@ std::vector<int64_t> micro_batch_indices(const std::vector<int64_t>& permutation
 std::vector<int64_t> fixed_subset(int64_t num_samples, int64_t size, uint64_t seed) {
   auto order = shuffled(num_samples, mix(seed, 0));  // stream 0: never an epoch's
   order.resize(std::min(size, num_samples));
+  return order;
+}
+
+std::vector<int64_t> validation_indices(int64_t num_samples, int64_t size, uint64_t seed) {
+  auto order = shuffled(num_samples, mix(seed, ~uint64_t{0}));  // stream 2^64-1: never an epoch's
+  order.resize(std::min(size, num_samples));
+  std::sort(order.begin(), order.end());
   return order;
 }
 

@@ -36,6 +36,11 @@ inline int64_t dropped_per_epoch(int64_t num_samples, const BatchPlan& plan) {
 // training split is evaluated on it, on equal footing with the test split.
 std::vector<int64_t> fixed_subset(int64_t num_samples, int64_t size, uint64_t seed);
 
+// The `size` training indices held out as the validation split (ascending):
+// from the seed alone, so the same on every rank and for any batch split.
+// Drawn from a stream no epoch permutation or fixed subset uses.
+std::vector<int64_t> validation_indices(int64_t num_samples, int64_t size, uint64_t seed);
+
 // The indices rank `rank` evaluates: every W-th of [0, n), each counted once.
 std::vector<int64_t> eval_shard(int64_t num_samples, int rank, int world_size);
 

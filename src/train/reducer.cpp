@@ -18,6 +18,7 @@ namespace dtrain {
 struct GradientReducer::Bucket {
   at::Tensor buffer;  // float gradients; the parameters' .grad are views into it
   at::Tensor wire;    // what is all-reduced: `buffer` itself, or its 16-bit copy
+  at::Tensor before;  // the buffer before this micro-step (micro-batch norms; undefined until needed)
   std::vector<size_t> parameters;
   size_t pending = 0;  // gradients not yet final in this step
   bool started = false;
@@ -105,6 +106,13 @@ GradientReducer::~GradientReducer() {
 
 void GradientReducer::zero_grad() {
   for (auto& bucket : buckets_) bucket.buffer.zero_();
+  micro_steps_begun_ = 0;
+  if (track_micro_norms_) {
+    if (!micro_sq_norm_sum_.defined()) {
+      micro_sq_norm_sum_ = torch::zeros({}, buckets_.front().buffer.options().dtype(torch::kDouble));
+    }
+    micro_sq_norm_sum_.zero_();
+  }
   for (size_t i = 0; i < parameters_.size(); ++i) {
     const auto& grad = parameters_[i].grad();
     if (!grad.defined() || !grad.is_alias_of(buckets_[bucket_of_[i]].buffer)) {
@@ -114,6 +122,11 @@ void GradientReducer::zero_grad() {
 }
 
 void GradientReducer::begin_micro_step(bool is_last) {
+  // The previous micro-step's gradient is final now: measure it.
+  if (track_micro_norms_ && micro_steps_begun_ > 0) {
+    for (auto& bucket : buckets_) measure_micro_step(bucket);
+  }
+  ++micro_steps_begun_;
   last_micro_step_ = is_last;
   if (!is_last) return;
   for (auto& bucket : buckets_) {
@@ -152,7 +165,23 @@ void GradientReducer::start_ready_buckets() {
   }
 }
 
+void GradientReducer::measure_micro_step(Bucket& bucket) {
+  // Before the first micro-step the buffer is zero: no copy needed.
+  const bool first = micro_steps_begun_ <= 1;
+  const at::Tensor own = first ? bucket.buffer : bucket.buffer - bucket.before;
+  micro_sq_norm_sum_ += at::linalg_vector_norm(own, 2, c10::nullopt, false, at::kDouble).square();
+  if (last_micro_step_) return;  // nothing accumulates after the last
+  if (!bucket.before.defined()) bucket.before = torch::empty_like(bucket.buffer);
+  bucket.before.copy_(bucket.buffer);
+}
+
+double GradientReducer::micro_batch_sq_norm_sum() const {
+  if (!track_micro_norms_ || !micro_sq_norm_sum_.defined()) throw Error("micro-batch norms are not tracked");
+  return micro_sq_norm_sum_.item<double>();
+}
+
 void GradientReducer::start(Bucket& bucket) {
+  if (track_micro_norms_) measure_micro_step(bucket);
   if (!bucket.wire.is_same(bucket.buffer)) bucket.wire.copy_(bucket.buffer);
   // World size 1: the sum over one rank is the bucket itself.
   bucket.work = comm_.world_size() > 1 ? comm_.all_reduce_async(bucket.wire, ReduceOp::Sum)

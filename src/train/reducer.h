@@ -21,6 +21,7 @@
 #include "comm/communicator.h"
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
@@ -60,6 +61,18 @@ class GradientReducer {
   bool all_finite() const;
   void scale(double factor);
 
+  // For the gradient noise scale (train/noise_scale.h): when on, each
+  // micro-step's own gradient (this rank's, before communication) is
+  // measured, as the difference of the buckets before and after its backward;
+  // the last micro-step's just before its bucket's all-reduce starts. Costs a
+  // pass over the gradients per micro-step, and a copy of them when
+  // accumulating.
+  void track_micro_batch_norms(bool on) { track_micro_norms_ = on; }
+  // This rank's sum over the step's micro-batches of their raw gradients'
+  // squared L2 norms (after finish()).
+  double micro_batch_sq_norm_sum() const;
+  c10::Device device() const { return parameters_.front().device(); }
+
   size_t num_buckets() const { return assignment_.size(); }
   // Parameter indices per bucket, in launch order.
   const std::vector<std::vector<size_t>>& bucket_assignment() const { return assignment_; }
@@ -76,6 +89,8 @@ class GradientReducer {
   void on_gradient_ready(size_t parameter);
   void start_ready_buckets();
   void start(Bucket& bucket);
+  // Adds |bucket - its value before this micro-step|^2 to the micro-batch sum.
+  void measure_micro_step(Bucket& bucket);
 
   std::vector<at::Tensor> parameters_;
   Communicator& comm_;
@@ -89,6 +104,9 @@ class GradientReducer {
   size_t first_in_flight_ = 0;  // buckets before it have completed their all-reduce
   int64_t total_bytes_ = 0;
   int64_t started_in_backward_ = 0;
+  bool track_micro_norms_ = false;
+  int64_t micro_steps_begun_ = 0;  // in this optimizer step
+  at::Tensor micro_sq_norm_sum_;   // double scalar on the device
 };
 
 }  // namespace dtrain

@@ -36,6 +36,12 @@ ReducerOptions reducer_options(const DistributedOptions& options) {
   return reducer;
 }
 
+std::string format_metric(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.4f", value);
+  return text;
+}
+
 torch::Tensor as_index_tensor(const std::vector<int64_t>& indices) {
   return torch::from_blob(const_cast<int64_t*>(indices.data()), {static_cast<int64_t>(indices.size())},
                           torch::kLong);
@@ -48,6 +54,7 @@ const char* to_string(RunStatus status) {
     case RunStatus::Completed: return "completed";
     case RunStatus::Preempted: return "preempted";
     case RunStatus::Diverged: return "diverged";
+    case RunStatus::Measured: return "measured";
   }
   return "?";
 }
@@ -61,7 +68,8 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
       data_(data),
       model_(std::move(model)),
       nonfinite_(config.checkpoint.on_nonfinite),
-      checkpoint_dir_(checkpoint_dir(config)) {
+      checkpoint_dir_(checkpoint_dir(config)),
+      target_(config.study.target) {
   steps_per_epoch_ = dtrain::steps_per_epoch(data_.train.size(), plan_);
   if (steps_per_epoch_ == 0) {
     throw UsageError("global batch " + std::to_string(plan_.global_batch_size) + " exceeds the training set (" +
@@ -83,6 +91,21 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   step_loss_ = torch::zeros_like(local_loss_sum_);
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
   optimizer_ = make_optimizer(config_.optimizer, named, schedule_.at(0));
+  // Checked here rather than with the options: each is a valid setting alone.
+  if (config_.study.stop_at_target && !target_.enabled()) {
+    throw UsageError("--stop-at-target needs --target METRIC:VALUE (e.g. --target val_accuracy:0.88)");
+  }
+  if (config_.study.measure_noise_scale > 0 && config_.init_from.empty() && config_.checkpoint.resume == "never") {
+    throw UsageError("--measure-noise-scale measures given weights: add --init-from W.pt or --resume auto|PATH");
+  }
+  if (config_.study.noise_scale || config_.study.measure_noise_scale > 0) {
+    if (plan_.world_size * plan_.grad_accum_steps < 2) {
+      throw UsageError("the noise scale compares micro-batch gradients with the global batch's, and " +
+                       plan_.describe() + " has one micro-batch per step; use 2+ ranks or --grad-accum-steps 2+");
+    }
+    noise_ = std::make_unique<NoiseScaleAverage>(config_.study.noise_scale_ema);
+    reducer_->track_micro_batch_norms(true);
+  }
 
   // Fault injection for the tests of --on-nonfinite: DTRAIN_FAULT_NAN_STEP=N
   // or N:RANK makes step N's loss NaN (on RANK only).
@@ -92,6 +115,7 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   }
 
   test_shard_ = eval_shard(data_.test.size(), comm_.rank(), comm_.world_size());
+  validation_shard_ = eval_shard(data_.validation.size(), comm_.rank(), comm_.world_size());
   const auto subset = fixed_subset(data_.train.size(), data_.test.size(), config_.run.seed);
   for (int64_t position : eval_shard(static_cast<int64_t>(subset.size()), comm_.rank(), comm_.world_size())) {
     train_eval_shard_.push_back(subset[position]);
@@ -116,7 +140,7 @@ void Trainer::broadcast_initial_state() {
   }
 }
 
-StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
+StepResult Trainer::train_step(int64_t step, bool compute_grad_norm, bool update) {
   if (CollectiveWatchdog* watchdog = comm_.watchdog()) watchdog->set_step(step + 1);
   const int64_t epoch = step / steps_per_epoch_;
   const int64_t step_in_epoch = step % steps_per_epoch_;
@@ -166,14 +190,25 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm) {
     result.grad_norm = reducer_->grad_norm();  // for the report
     return result;
   }
+  // The norm only where it is used: logged, clipped or for the noise scale.
+  const double clip = config_.optimizer.grad_clip_norm;
+  if (compute_grad_norm || clip > 0 || noise_) result.grad_norm = reducer_->grad_norm();
+  if (noise_) measure_noise(result);
+  if (!update) return result;
   local_loss_sum_ += step_loss_;
   ++loss_steps_;
-  // 5. Clip, then step. The norm only where it is used: logged or clipped.
-  const double clip = config_.optimizer.grad_clip_norm;
-  if (compute_grad_norm || clip > 0) result.grad_norm = reducer_->grad_norm();
+  // 5. Clip, then step.
   if (clip > 0 && result.grad_norm > clip) reducer_->scale(clip / (result.grad_norm + 1e-6));
   optimizer_->step();
   return result;
+}
+
+void Trainer::measure_noise(StepResult& result) {
+  const auto start = Clock::now();
+  result.noise = unbiased_estimate(observe_noise(*reducer_, comm_, plan_, result.grad_norm));
+  result.noise_measured = true;
+  noise_->add(result.noise);
+  noise_seconds_ += seconds_since(start);
 }
 
 std::vector<double> Trainer::all_reduce_sums(const std::vector<double>& values) {
@@ -223,6 +258,8 @@ EvalResult Trainer::evaluate(const Split& split, const std::vector<int64_t>& ind
 nlohmann::json Trainer::evaluate_all(int64_t steps_done) {
   const EvalResult test = evaluate(data_.test, test_shard_);
   const EvalResult train = evaluate(data_.train, train_eval_shard_);
+  const bool has_validation = data_.validation.size() > 0;
+  const EvalResult validation = has_validation ? evaluate(data_.validation, validation_shard_) : EvalResult{};
   nlohmann::json event = {
       {"event", "eval"},
       {"step", steps_done},
@@ -236,10 +273,18 @@ nlohmann::json Trainer::evaluate_all(int64_t steps_done) {
       {"train_eval_samples", train.samples},
       {"generalization_gap", train.accuracy - test.accuracy},
   };
+  if (has_validation) {
+    event["val_loss"] = validation.loss;
+    event["val_accuracy"] = validation.accuracy;
+    event["val_samples"] = validation.samples;
+  }
   if (is_root()) {
-    std::fprintf(stdout, "eval step %lld (epoch %.2f): test acc %.4f loss %.4f | train-subset acc %.4f loss %.4f | gap %+.4f\n",
+    const std::string val = has_validation ? " | val acc " + format_metric(validation.accuracy) + " loss " +
+                                                 format_metric(validation.loss)
+                                           : "";
+    std::fprintf(stdout, "eval step %lld (epoch %.2f): test acc %.4f loss %.4f%s | train-subset acc %.4f loss %.4f | gap %+.4f\n",
                  static_cast<long long>(steps_done), event["epoch"].get<double>(), test.accuracy, test.loss,
-                 train.accuracy, train.loss, train.accuracy - test.accuracy);
+                 val.c_str(), train.accuracy, train.loss, train.accuracy - test.accuracy);
     std::fflush(stdout);
   }
   return event;
@@ -264,6 +309,18 @@ void Trainer::evaluate_and_log(int64_t steps_done, MetricsLog& log) {
   last_eval_ = evaluate_all(steps_done);
   last_eval_["elapsed_sec"] = seconds_since(run_start_);
   log.record(last_eval_);
+  if (target_.observe(last_eval_, steps_done, steps_done * plan_.global_batch_size)) {
+    nlohmann::json reached = {{"event", "target"}, {"step", steps_done}};
+    target_.describe(reached);
+    log.record(reached);
+    if (is_root()) {
+      std::fprintf(stdout, "target %s reached at step %lld (%lld samples)%s\n", config_.study.target.metric.c_str(),
+                   static_cast<long long>(steps_done), static_cast<long long>(steps_done * plan_.global_batch_size),
+                   config_.study.stop_at_target ? "; stopping (--stop-at-target)" : "");
+      std::fflush(stdout);
+    }
+    stop_at_target_ = config_.study.stop_at_target;
+  }
 }
 
 void Trainer::log_progress(int64_t steps_done, const StepResult& result, MetricsLog& log) {
@@ -274,7 +331,7 @@ void Trainer::log_progress(int64_t steps_done, const StepResult& result, Metrics
   const double eta = train_seconds_ / static_cast<double>(std::max<int64_t>(steps_this_run, 1)) *
                      static_cast<double>(steps_to_run_ - steps_done);
   const double epoch = static_cast<double>(steps_done) / static_cast<double>(steps_per_epoch_);
-  log.record({{"event", "train"},
+  nlohmann::json event = {{"event", "train"},
               {"step", steps_done},
               {"epoch", epoch},
               {"samples_seen", steps_done * plan_.global_batch_size},
@@ -282,11 +339,21 @@ void Trainer::log_progress(int64_t steps_done, const StepResult& result, Metrics
               {"train_loss", loss},
               {"grad_norm", result.grad_norm},
               {"samples_per_sec", samples_per_second},
-              {"elapsed_sec", seconds_since(run_start_)}});
+              {"elapsed_sec", seconds_since(run_start_)}};
+  std::string noise_text;
+  if (noise_) {
+    // Averages of estimates that may be negative: B_simple only where both are positive.
+    const bool valid = !noise_->empty() && noise_->grad_sq() > 0 && noise_->trace() > 0;
+    event["noise_scale"] = valid ? nlohmann::json(noise_->b_simple()) : nlohmann::json(nullptr);
+    event["noise_grad_sq"] = noise_->empty() ? nlohmann::json(nullptr) : nlohmann::json(noise_->grad_sq());
+    event["noise_trace"] = noise_->empty() ? nlohmann::json(nullptr) : nlohmann::json(noise_->trace());
+    if (valid) noise_text = " | B_simple " + std::to_string(std::llround(noise_->b_simple()));
+  }
+  log.record(event);
   if (is_root()) {
-    std::fprintf(stderr, "step %lld/%lld | epoch %.2f | loss %.4f | lr %.4g | grad norm %.3g | %.0f samples/s | eta %s\n",
+    std::fprintf(stderr, "step %lld/%lld | epoch %.2f | loss %.4f | lr %.4g | grad norm %.3g%s | %.0f samples/s | eta %s\n",
                  static_cast<long long>(steps_done), static_cast<long long>(steps_to_run_), epoch, loss, result.lr,
-                 result.grad_norm, samples_per_second, format_duration(eta).c_str());
+                 result.grad_norm, noise_text.c_str(), samples_per_second, format_duration(eta).c_str());
   }
   interval_seconds_ = 0;
   interval_steps_ = 0;
@@ -366,8 +433,8 @@ nlohmann::json Trainer::run(MetricsLog& log) {
     }
     // Progress, metrics and evaluation on their schedules.
     const bool log_now = steps_done % config_.run.log_every == 0;
-    const bool eval_now = steps_done % steps_per_epoch_ == 0 ||
-                          (config_.run.eval_every > 0 && steps_done % config_.run.eval_every == 0);
+    const bool eval_now =
+        evaluation_due(steps_done, steps_per_epoch_, config_.run.eval_every, config_.study.eval_per_doubling);
     if (log_now) log_progress(steps_done, result, log);
     if (eval_now) evaluate_and_log(steps_done, log);
     // 6. Agree on a stop or a timed checkpoint. 7. Checkpoint; stop if preempted.
@@ -385,8 +452,9 @@ nlohmann::json Trainer::run(MetricsLog& log) {
     }
     // The last step always reports; after the checkpoint, so that a run
     // continued from it logs exactly what an uninterrupted run logs.
-    if (steps_done == steps_to_run_) {
+    if (steps_done == steps_to_run_ || stop_at_target_) {
       if (!log_now) log_progress(steps_done, result, log);
+      if (stop_at_target_) break;
       if (!eval_now) evaluate_and_log(steps_done, log);
     }
   }
@@ -422,9 +490,56 @@ nlohmann::json Trainer::run(MetricsLog& log) {
       {"train_eval_accuracy", last_eval_["train_eval_accuracy"]},
       {"train_eval_loss", last_eval_["train_eval_loss"]},
       {"generalization_gap", last_eval_["generalization_gap"]},
+      {"stopped_at_target", stop_at_target_},
   };
+  if (last_eval_.contains("val_accuracy")) {
+    summary["val_accuracy"] = last_eval_["val_accuracy"];
+    summary["val_loss"] = last_eval_["val_loss"];
+  }
+  target_.describe(summary);
+  if (noise_) {
+    const bool valid = !noise_->empty() && noise_->grad_sq() > 0 && noise_->trace() > 0;
+    summary["noise_scale"] = valid ? nlohmann::json(noise_->b_simple()) : nlohmann::json(nullptr);
+    summary["noise_scale_ms_per_step"] = per_step_ms(noise_seconds_, steps_this_run);
+  }
   if (status == RunStatus::Preempted) summary["checkpoint"] = checkpoint_dir_ + "/" + checkpoint_name(steps_done);
   return summary;
+}
+
+nlohmann::json Trainer::measure_noise_scale(int64_t steps) {
+  run_start_ = Clock::now();
+  if (is_root()) {
+    std::fprintf(stdout, "measuring the gradient noise scale at step %lld's weights over %lld global batches of %s\n",
+                 static_cast<long long>(start_step_), static_cast<long long>(steps), plan_.describe().c_str());
+    std::fflush(stdout);
+  }
+  std::vector<NoiseEstimate> estimates;
+  for (int64_t step = start_step_; step < start_step_ + steps; ++step) {
+    const StepResult result = train_step(step, /*compute_grad_norm=*/true, /*update=*/false);
+    if (result.verdict != StepVerdict::Update) {
+      throw Error("the gradient at step " + std::to_string(step + 1) + " is not finite: these weights cannot be measured");
+    }
+    estimates.push_back(result.noise);
+  }
+  const NoiseScaleMeasurement m = dtrain::measure_noise_scale(estimates);
+  if (is_root()) {
+    std::fprintf(stdout, "B_simple = %.1f (95%% interval %.1f to %.1f) from %lld batches: |G|^2 %.4g, tr(Sigma) %.4g\n",
+                 m.b_simple, m.low, m.high, static_cast<long long>(m.steps), m.grad_sq, m.trace);
+    std::fflush(stdout);
+  }
+  auto finite = [](double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr); };
+  return {{"status", to_string(RunStatus::Measured)},
+          {"steps", start_step_},
+          {"global_batch_size", plan_.global_batch_size},
+          {"micro_batch_size", plan_.micro_batch_size},
+          {"grad_accum_steps", plan_.grad_accum_steps},
+          {"world_size", plan_.world_size},
+          {"noise_scale", {{"b_simple", finite(m.b_simple)},
+                           {"ci95", {finite(m.low), finite(m.high)}},
+                           {"grad_sq", m.grad_sq},
+                           {"trace", m.trace},
+                           {"batches", m.steps}}},
+          {"wall_seconds", seconds_since(run_start_)}};
 }
 
 }  // namespace dtrain

@@ -9,10 +9,12 @@
 //   3. wait for all buckets: now every rank holds the gradient of the
 //      global-batch mean loss, whatever the split;
 //   4. judge the all-reduced gradient (train/nonfinite.h): a non-finite one
-//      is skipped or stops the run as diverged, alike on every rank;
+//      is skipped or stops the run as diverged, alike on every rank; with
+//      --noise-scale, measure the gradient noise scale (train/noise_scale.h);
 //   5. optional clipping by the global norm, then the optimizer step with the
 //      scheduled LR (train/lr_schedule.h).
-// Then, between steps: progress and metrics (train/metrics.h), evaluation,
+// Then, between steps: progress and metrics (train/metrics.h), evaluation
+// on its schedule and the --target check (train/targets.h),
 //   6. the ranks agree whether any was signalled or a timed checkpoint is due
 //      (train/preemption.h);
 //   7. a checkpoint when one is due (train/checkpoint.h), and a stop when
@@ -28,8 +30,10 @@
 #include "train/reducer.h"
 #include "train/lr_schedule.h"
 #include "train/metrics.h"
+#include "train/noise_scale.h"
 #include "train/nonfinite.h"
 #include "train/preemption.h"
+#include "train/targets.h"
 
 #include <chrono>
 #include <cmath>
@@ -54,12 +58,14 @@ struct StepResult {
   double lr = 0;
   double grad_norm = NAN;  // of the all-reduced gradient before clipping; when asked, clipping or non-finite
   StepVerdict verdict = StepVerdict::Update;
+  bool noise_measured = false;  // --noise-scale: `noise` holds this step's estimates
+  NoiseEstimate noise;
 };
 
 struct Checkpoint;
 
 // How a run ended (summary.json "status"; the exit code).
-enum class RunStatus { Completed, Preempted, Diverged };
+enum class RunStatus { Completed, Preempted, Diverged, Measured };
 const char* to_string(RunStatus status);
 
 class Trainer {
@@ -81,7 +87,9 @@ class Trainer {
 
   // Optimizer step `step` (0-based, counted over the whole run): steps 1-5.
   // The gradient norm is computed when asked (for the log) or for clipping.
-  StepResult train_step(int64_t step, bool compute_grad_norm = false);
+  // Without `update`, steps 1-4 only: the gradient is measured, the weights
+  // and optimizer stay as they are (--measure-noise-scale).
+  StepResult train_step(int64_t step, bool compute_grad_norm = false, bool update = true);
 
   // Continue from `checkpoint` (read on every rank): weights, optimizer
   // state, position, loss accumulators, skip counters, RNG states. Throws
@@ -102,6 +110,11 @@ class Trainer {
   // Returns the summary; its "status" says how the run ended.
   nlohmann::json run(MetricsLog& log);
 
+  // --measure-noise-scale: B_simple at the current weights over `steps`
+  // global batches from the current position, with no update (collective).
+  // Returns the summary (status "measured").
+  nlohmann::json measure_noise_scale(int64_t steps);
+
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
   // The schedule's horizon: --epochs x steps per epoch.
   int64_t total_steps() const { return total_steps_; }
@@ -118,6 +131,8 @@ class Trainer {
   // A non-finite step: logs the skip, or reports the divergence.
   void report_nonfinite(int64_t steps_done, const StepResult& result, MetricsLog& log);
   bool checkpoint_due(int64_t steps_done) const;
+  // --noise-scale: this step's estimates into `result` and the averages.
+  void measure_noise(StepResult& result);
   // Element-wise SUM across ranks (collective).
   std::vector<double> all_reduce_sums(const std::vector<double>& values);
   bool is_root() const { return comm_.rank() == 0; }
@@ -139,6 +154,7 @@ class Trainer {
   int64_t permutation_epoch_ = -1;
   std::vector<int64_t> permutation_;
   std::vector<int64_t> test_shard_;         // this rank's test indices
+  std::vector<int64_t> validation_shard_;   // this rank's validation indices
   std::vector<int64_t> train_eval_shard_;   // this rank's part of the fixed train subset
   at::Tensor local_loss_sum_;               // this rank's share of the global losses since the last take (on device_)
   at::Tensor step_loss_;                    // this rank's share of the current step's loss (on device_)
@@ -152,6 +168,10 @@ class Trainer {
   int64_t interval_steps_ = 0;
   double nonfinite_check_seconds_ = 0;      // the gradient norm of step 4
   nlohmann::json last_eval_;
+  TargetTracker target_;
+  bool stop_at_target_ = false;             // reached --target with --stop-at-target
+  std::unique_ptr<NoiseScaleAverage> noise_;  // --noise-scale (or a measurement)
+  double noise_seconds_ = 0;                // its cost: the micro-batch norms are timed inside the steps
   int64_t fault_nan_step_ = -1;             // DTRAIN_FAULT_NAN_STEP (tests)
   int fault_nan_rank_ = -1;
   std::chrono::steady_clock::time_point run_start_;

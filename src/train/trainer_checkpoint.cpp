@@ -116,6 +116,8 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
         {"train_seconds", train_seconds_},
         {"metrics_bytes", log.bytes_written()},
         {"last_eval", last_eval_},
+        {"target", target_.state()},
+        {"noise_scale", noise_ ? noise_->state() : nlohmann::json(nullptr)},
         {"rng", rng},
         {"written_at", utc_now()},
     };
@@ -162,6 +164,9 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
     nonfinite_.restore(saved.at("skipped_steps").get<int64_t>(), saved.at("consecutive_skips").get<int64_t>());
     train_seconds_ = saved.at("train_seconds").get<double>();
     last_eval_ = saved.at("last_eval");
+    // Written since format 1 gained them; absent in older checkpoints.
+    target_.restore(saved.value("target", nlohmann::json(nullptr)));
+    if (noise_) noise_->restore(saved.value("noise_scale", nlohmann::json(nullptr)));
     const auto& rng = saved.at("rng");
     for (auto& generator : generators(device_)) {
       const std::string name = generator_name(generator);
