@@ -1,6 +1,7 @@
 #include "train/optimizer.h"
 
 #include "common/error.h"
+#include "train/large_batch_optimizers.h"
 
 #include <torch/torch.h>
 
@@ -27,8 +28,10 @@ typename Map::key_type state_key(const Map&, const at::Tensor& parameter) {
 
 std::vector<std::string> state_fields(const OptimizerOptions& options) {
   switch (options.kind) {
-    case OptimizerKind::Sgd: return {"momentum_buffer"};
-    case OptimizerKind::AdamW: return {"exp_avg", "exp_avg_sq", "step"};
+    case OptimizerKind::Sgd:
+    case OptimizerKind::Lars: return {"momentum_buffer"};
+    case OptimizerKind::AdamW:
+    case OptimizerKind::Lamb: return {"exp_avg", "exp_avg_sq", "step"};
   }
   return {};
 }
@@ -39,6 +42,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
                                                         const NamedParameters& named, double lr) {
   std::vector<torch::Tensor> parameters;
   for (const auto& item : named) parameters.push_back(item.second);
+  const double eps = options.eps > 0 ? options.eps : default_eps(options.kind);  // --eps auto
   switch (options.kind) {
     case OptimizerKind::Sgd:
       return std::make_unique<torch::optim::SGD>(parameters, torch::optim::SGDOptions(lr)
@@ -48,8 +52,12 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
     case OptimizerKind::AdamW:
       return std::make_unique<torch::optim::AdamW>(parameters, torch::optim::AdamWOptions(lr)
                                                                    .betas({options.betas.at(0), options.betas.at(1)})
-                                                                   .eps(options.eps)
+                                                                   .eps(eps)
                                                                    .weight_decay(options.weight_decay));
+    case OptimizerKind::Lars:
+      return make_lars(parameters, {lr, options.momentum, options.weight_decay, options.trust_coefficient});
+    case OptimizerKind::Lamb:
+      return make_lamb(parameters, {lr, options.betas.at(0), options.betas.at(1), eps, options.weight_decay});
   }
   throw Error("unknown optimizer");
 }
@@ -62,12 +70,14 @@ NamedTensors optimizer_state(torch::optim::Optimizer& optimizer, const Optimizer
     const auto found = table.find(state_key(table, parameter));
     if (found == table.end()) continue;
     switch (options.kind) {
-      case OptimizerKind::Sgd: {
+      case OptimizerKind::Sgd:
+      case OptimizerKind::Lars: {
         const auto& sgd = static_cast<const torch::optim::SGDParamState&>(*found->second);
         if (sgd.momentum_buffer().defined()) state.emplace_back(name + ".momentum_buffer", sgd.momentum_buffer().cpu());
         break;
       }
-      case OptimizerKind::AdamW: {
+      case OptimizerKind::AdamW:
+      case OptimizerKind::Lamb: {
         const auto& adam = static_cast<const torch::optim::AdamWParamState&>(*found->second);
         state.emplace_back(name + ".exp_avg", adam.exp_avg().cpu());
         state.emplace_back(name + ".exp_avg_sq", adam.exp_avg_sq().cpu());
@@ -100,13 +110,15 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerOpt
     for (const auto& field : state_fields(options)) any = any || given.count(name + "." + field);
     if (!any) continue;
     switch (options.kind) {
-      case OptimizerKind::Sgd: {
+      case OptimizerKind::Sgd:
+      case OptimizerKind::Lars: {
         auto sgd = std::make_unique<torch::optim::SGDParamState>();
         sgd->momentum_buffer(take(name + ".momentum_buffer", parameter));
         table[state_key(table, parameter)] = std::move(sgd);
         break;
       }
-      case OptimizerKind::AdamW: {
+      case OptimizerKind::AdamW:
+      case OptimizerKind::Lamb: {
         auto adam = std::make_unique<torch::optim::AdamWParamState>();
         adam->exp_avg(take(name + ".exp_avg", parameter));
         adam->exp_avg_sq(take(name + ".exp_avg_sq", parameter));

@@ -1,7 +1,7 @@
 // The optimizer of a run and its state as named tensors. A checkpoint's
 // optimizer.pt holds, per parameter (named as in model.pt):
-//   SGD with momentum: NAME.momentum_buffer
-//   AdamW:             NAME.exp_avg, NAME.exp_avg_sq, NAME.step (int64 scalar)
+//   SGD with momentum, LARS: NAME.momentum_buffer
+//   AdamW, LAMB:             NAME.exp_avg, NAME.exp_avg_sq, NAME.step (int64 scalar)
 // A parameter the optimizer has not touched yet has no entries. Loading the
 // state back continues the optimizer bit for bit.
 #pragma once

@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "io/files.h"
 #include "train/nonfinite.h"
+#include "train/optimizer.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -118,6 +119,51 @@ TEST_F(Checkpoints, ResumeRefusesTrajectoryChangesAndAllowsTheRest) {
     ADD_FAILURE() << "an LR change was accepted";
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("--lr 0.1 -> 0.3, --epochs 1 -> 5"), std::string::npos) << e.what();
+  }
+}
+
+// Every optimizer's state goes out as named tensors and back in, and the
+// optimizer continues bit for bit (what a resume relies on).
+TEST(OptimizerState, EveryOptimizerContinuesBitForBitFromItsNamedState) {
+  for (const OptimizerKind kind : {OptimizerKind::Sgd, OptimizerKind::AdamW, OptimizerKind::Lars, OptimizerKind::Lamb}) {
+    SCOPED_TRACE(to_string(kind));
+    OptimizerOptions options;
+    options.kind = kind;
+    options.weight_decay = 0.01;
+    options.eps = default_eps(kind);
+    torch::manual_seed(5);
+    const NamedParameters initial = {{"layer.weight", torch::randn({3, 4})}, {"layer.bias", torch::randn({3})}};
+    auto copy = [](const NamedParameters& from) {
+      NamedParameters to;
+      for (const auto& [name, t] : from) to.emplace_back(name, t.detach().clone().requires_grad_(true));
+      return to;
+    };
+    const NamedParameters a = copy(initial);
+    auto optimizer_a = make_optimizer(options, a, 0.1);
+    auto step = [](const NamedParameters& parameters, torch::optim::Optimizer& optimizer, int t) {
+      for (size_t i = 0; i < parameters.size(); ++i) {
+        parameters[i].second.mutable_grad() = torch::sin(torch::arange(parameters[i].second.numel()).to(torch::kFloat) *
+                                                         (t + 1) + static_cast<float>(i)).view_as(parameters[i].second);
+      }
+      optimizer.step();
+    };
+    for (int t = 0; t < 3; ++t) step(a, *optimizer_a, t);
+    // A fresh optimizer over copies of the weights, given the state.
+    const NamedParameters b = copy(a);
+    auto optimizer_b = make_optimizer(options, b, 0.1);
+    load_optimizer_state(*optimizer_b, options, b, optimizer_state(*optimizer_a, options, a), "test");
+    for (int t = 3; t < 5; ++t) {
+      step(a, *optimizer_a, t);
+      step(b, *optimizer_b, t);
+    }
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(a[i].second.equal(b[i].second)) << a[i].first;
+    // And the state mattered: a fresh optimizer without it ends elsewhere.
+    const NamedParameters c = copy(initial);
+    auto optimizer_c = make_optimizer(options, c, 0.1);
+    for (int t = 0; t < 3; ++t) step(c, *optimizer_c, t);
+    auto optimizer_d = make_optimizer(options, c, 0.1);
+    for (int t = 3; t < 5; ++t) step(c, *optimizer_d, t);
+    EXPECT_FALSE(a[0].second.equal(c[0].second));
   }
 }
 

@@ -37,7 +37,9 @@ Config base_config(OptimizerKind optimizer) {
                                  "--lr", "0.05", "--momentum", "0.9", "--weight-decay", "0.01"})
                       .config;
   config.optimizer.kind = optimizer;
-  if (optimizer == OptimizerKind::AdamW) config.lr.lr = 0.01;
+  if (optimizer == OptimizerKind::AdamW || optimizer == OptimizerKind::Lamb) config.lr.lr = 0.01;
+  if (optimizer == OptimizerKind::Lars) config.optimizer.trust_coefficient = 0.02;
+  config.optimizer.eps = default_eps(optimizer);
   config.run.max_steps = kSteps;
   return config;
 }
@@ -127,6 +129,12 @@ TEST(Equivalence, SgdWithMomentumTrainsTheSameModelForEverySplit) {
 }
 
 TEST(Equivalence, AdamWTrainsTheSameModelForEverySplit) { expect_all_splits_agree(OptimizerKind::AdamW); }
+
+// The large-batch optimizers' trust ratios use whole-tensor norms of the
+// all-reduced gradient: the same on every split.
+TEST(Equivalence, LarsTrainsTheSameModelForEverySplit) { expect_all_splits_agree(OptimizerKind::Lars); }
+
+TEST(Equivalence, LambTrainsTheSameModelForEverySplit) { expect_all_splits_agree(OptimizerKind::Lamb); }
 
 TEST(Equivalence, OneAllReducePerBucketPerOptimizerStepWhateverTheAccumulation) {
   Config config = base_config(OptimizerKind::Sgd);

@@ -1,0 +1,173 @@
+#include "train/large_batch_optimizers.h"
+
+#include "common/error.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <type_traits>
+
+namespace dtrain {
+
+namespace {
+
+// LibTorch keys its per-parameter state by the tensor's address: as text in
+// 1.13, as the pointer itself in 2.x (the same rule as optimizer.cpp, which
+// must find the entries these optimizers make).
+template <typename Map>
+typename Map::key_type state_key(const Map&, const at::Tensor& parameter) {
+  if constexpr (std::is_same_v<typename Map::key_type, std::string>) {
+    std::ostringstream text;
+    text << parameter.unsafeGetTensorImpl();
+    return text.str();
+  } else {
+    return parameter.unsafeGetTensorImpl();
+  }
+}
+
+// Biases and normalisation scales: no weight decay, trust ratio 1.
+bool excluded(const at::Tensor& parameter) { return parameter.dim() <= 1; }
+
+// The L2 norm as a 0-dim tensor on the tensor's device, accumulated in float
+// (double stays double), without a copy of the tensor.
+at::Tensor norm_of(const at::Tensor& tensor) {
+  return tensor.norm(2, c10::promoteTypes(tensor.scalar_type(), at::kFloat));
+}
+
+// numerator_norm / denominator_norm, or 1 where either is 0. A select on the
+// device instead of branching on .item(), so a GPU step never waits for the
+// host; the discarded quotient may be inf or NaN.
+at::Tensor ratio_or_one(const at::Tensor& numerator_norm, const at::Tensor& denominator_norm) {
+  const at::Tensor both_positive = at::logical_and(numerator_norm > 0, denominator_norm > 0);
+  return at::where(both_positive, numerator_norm / denominator_norm, at::ones_like(numerator_norm));
+}
+
+// The options of a param group. OptimizerCloneableOptions gives the clone()
+// that param groups need; get_lr/set_lr are how the trainer sets the LR.
+struct LarsGroupOptions : torch::optim::OptimizerCloneableOptions<LarsGroupOptions> {
+  explicit LarsGroupOptions(const LarsOptions& given) : values(given) {}
+  double get_lr() const override { return values.lr; }
+  void set_lr(const double lr) override { values.lr = lr; }
+  LarsOptions values;
+};
+
+struct LambGroupOptions : torch::optim::OptimizerCloneableOptions<LambGroupOptions> {
+  explicit LambGroupOptions(const LambOptions& given) : values(given) {}
+  double get_lr() const override { return values.lr; }
+  void set_lr(const double lr) override { values.lr = lr; }
+  LambOptions values;
+};
+
+// Runs the closure, if any, with autograd on, as LibTorch's optimizers do.
+at::Tensor evaluate(const torch::optim::Optimizer::LossClosure& closure) {
+  if (!closure) return {};
+  at::AutoGradMode enable_grad(true);
+  return closure();
+}
+
+class Lars : public torch::optim::Optimizer {
+ public:
+  Lars(std::vector<at::Tensor> parameters, const LarsOptions& options)
+      : Optimizer(std::move(parameters), std::make_unique<LarsGroupOptions>(options)) {}
+
+  at::Tensor step(LossClosure closure) override {
+    at::NoGradGuard no_grad;
+    at::Tensor loss = evaluate(closure);
+    for (auto& group : param_groups_) {
+      const LarsOptions& options = static_cast<const LarsGroupOptions&>(group.options()).values;
+      for (auto& parameter : group.params()) {
+        if (!parameter.grad().defined()) continue;
+        at::Tensor scaled_gradient;  // lr·trust·g'
+        if (excluded(parameter)) {
+          scaled_gradient = parameter.grad() * options.lr;
+        } else {
+          at::Tensor gradient = parameter.grad();
+          if (options.weight_decay != 0) gradient = gradient.add(parameter, options.weight_decay);
+          const at::Tensor trust = ratio_or_one(norm_of(parameter) * options.trust_coefficient, norm_of(gradient));
+          scaled_gradient = gradient * (trust * options.lr);
+        }
+        auto& slot = state_[state_key(state_, parameter)];
+        if (!slot) {
+          auto fresh = std::make_unique<torch::optim::SGDParamState>();
+          fresh->momentum_buffer(at::zeros_like(parameter, at::MemoryFormat::Preserve));
+          slot = std::move(fresh);
+        }
+        at::Tensor velocity = static_cast<torch::optim::SGDParamState&>(*slot).momentum_buffer();
+        velocity.mul_(options.momentum).add_(scaled_gradient);
+        parameter.sub_(velocity);
+      }
+    }
+    return loss;
+  }
+};
+
+class Lamb : public torch::optim::Optimizer {
+ public:
+  Lamb(std::vector<at::Tensor> parameters, const LambOptions& options)
+      : Optimizer(std::move(parameters), std::make_unique<LambGroupOptions>(options)) {}
+
+  at::Tensor step(LossClosure closure) override {
+    at::NoGradGuard no_grad;
+    at::Tensor loss = evaluate(closure);
+    for (auto& group : param_groups_) {
+      const LambOptions& options = static_cast<const LambGroupOptions&>(group.options()).values;
+      for (auto& parameter : group.params()) {
+        if (!parameter.grad().defined()) continue;
+        const at::Tensor& gradient = parameter.grad();
+        auto& slot = state_[state_key(state_, parameter)];
+        if (!slot) {
+          auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+          fresh->step(0);
+          fresh->exp_avg(at::zeros_like(parameter, at::MemoryFormat::Preserve));
+          fresh->exp_avg_sq(at::zeros_like(parameter, at::MemoryFormat::Preserve));
+          slot = std::move(fresh);
+        }
+        auto& state = static_cast<torch::optim::AdamWParamState&>(*slot);
+        state.step(state.step() + 1);
+        at::Tensor first_moment = state.exp_avg();
+        at::Tensor second_moment = state.exp_avg_sq();
+        first_moment.mul_(options.beta1).add_(gradient, 1 - options.beta1);
+        second_moment.mul_(options.beta2).addcmul_(gradient, gradient, 1 - options.beta2);
+        const double first_correction = 1 - std::pow(options.beta1, static_cast<double>(state.step()));
+        const double second_correction = 1 - std::pow(options.beta2, static_cast<double>(state.step()));
+        at::Tensor update = (first_moment / first_correction) / ((second_moment / second_correction).sqrt_().add_(options.eps));
+        if (excluded(parameter)) {
+          parameter.sub_(update * options.lr);
+        } else {
+          if (options.weight_decay != 0) update.add_(parameter, options.weight_decay);
+          const at::Tensor ratio = ratio_or_one(norm_of(parameter), norm_of(update));
+          parameter.sub_(update * (ratio * options.lr));
+        }
+      }
+    }
+    return loss;
+  }
+};
+
+void require(bool holds, const std::string& what) {
+  if (!holds) throw Error("invalid optimizer option: " + what);
+}
+
+}  // namespace
+
+std::unique_ptr<torch::optim::Optimizer> make_lars(std::vector<at::Tensor> parameters, const LarsOptions& options) {
+  require(options.lr >= 0, "lr must be >= 0, not " + std::to_string(options.lr));
+  require(options.momentum >= 0, "momentum must be >= 0, not " + std::to_string(options.momentum));
+  require(options.weight_decay >= 0, "weight decay must be >= 0, not " + std::to_string(options.weight_decay));
+  require(options.trust_coefficient > 0,
+          "trust coefficient must be > 0, not " + std::to_string(options.trust_coefficient));
+  return std::make_unique<Lars>(std::move(parameters), options);
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_lamb(std::vector<at::Tensor> parameters, const LambOptions& options) {
+  require(options.lr >= 0, "lr must be >= 0, not " + std::to_string(options.lr));
+  require(options.beta1 >= 0 && options.beta1 < 1, "beta1 must be in [0, 1), not " + std::to_string(options.beta1));
+  require(options.beta2 >= 0 && options.beta2 < 1, "beta2 must be in [0, 1), not " + std::to_string(options.beta2));
+  require(options.eps >= 0, "eps must be >= 0, not " + std::to_string(options.eps));
+  require(options.weight_decay >= 0, "weight decay must be >= 0, not " + std::to_string(options.weight_decay));
+  return std::make_unique<Lamb>(std::move(parameters), options);
+}
+
+}  // namespace dtrain
