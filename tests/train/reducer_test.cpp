@@ -7,6 +7,8 @@
 #include "test_world.h"
 
 #include <gtest/gtest.h>
+
+#include <cmath>
 #include <torch/torch.h>
 
 #include <limits>
@@ -100,6 +102,10 @@ TEST(Reducer, AllFiniteSeesNaNAndInfButNotLargeFiniteGradients) {
   torch::NoGradGuard no_grad;
   grad.fill_(3e38f);  // finite, but their float sum overflows
   EXPECT_TRUE(reducer.all_finite());
+  // The norm too overflows in float; the reducer recomputes it in double.
+  const double norm = reducer.grad_norm();
+  EXPECT_TRUE(std::isfinite(norm));
+  EXPECT_NEAR(norm, 3e38 * std::sqrt(static_cast<double>(grad.numel())), 1e-5 * norm);
   grad.view({-1})[1] = std::numeric_limits<float>::quiet_NaN();
   EXPECT_FALSE(reducer.all_finite());
   grad.fill_(0.5f);
