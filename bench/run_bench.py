@@ -16,7 +16,7 @@ the repetitions. Prints tables and writes everything to a JSON file.
   8. per-step costs of the stop agreement and the non-finite check, 2 ranks
 
 --only overhead,threads runs just those sections (names: allreduce, e2e,
-overhead, traffic, big, threads, checkpoint, guards).
+overhead, traffic, big, threads, checkpoint, guards, noise).
 """
 import argparse
 import json
@@ -96,7 +96,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per end-to-end run")
     parser.add_argument("--json", default=os.path.join(ROOT, "runs", "bench", "bench.json"))
-    parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards",
+    parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards,noise",
                         help="comma-separated sections to run")
     args = parser.parse_args()
     sections = set(args.only.split(","))
@@ -121,6 +121,8 @@ def main():
         checkpoint(args, bench, results)
     if "guards" in sections:
         guards(args, dtrain, results)
+    if "noise" in sections:
+        noise_scale(args, dtrain, results)
 
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
@@ -307,6 +309,35 @@ def guards(args, dtrain, results):
           ["step", "stop agreement", "agreement/step", "non-finite check", "check/step"],
           [[f"{step:.3f}", f"{agreement:.4f}", f"{100 * agreement / step:.2f}%", f"{check:.4f}",
             f"{100 * check / step:.2f}%"]])
+
+
+def noise_scale(args, dtrain, results):
+    """The default job at 2 ranks with and without --noise-scale, interleaved: its cost per step."""
+    repeats = max(args.repeats, 3)
+    base = ["--config", os.path.join(ROOT, "configs", "fashion_mnist_mlp.ini"), "--max-steps", str(args.steps * 3),
+            "--log-every", "50"]
+    rows, record = [], {}
+    # Accumulation 1: one norm per bucket; accumulation 2: also a copy of the gradients per micro-step.
+    for label, split in (("micro 128 x accum 1", []), ("micro 64 x accum 2", ["--micro-batch-size", "64",
+                                                                             "--global-batch-size", "256"])):
+        samples = {"off": [], "on": [], "observe": []}
+        for repeat in range(repeats):
+            order = [False, True] if repeat % 2 == 0 else [True, False]
+            for on in order:
+                summary = dtrain_summary(dtrain, base + split + (["--noise-scale", "true"] if on else []),
+                                         launcher=["mpirun", "-np", "2"])
+                samples["on" if on else "off"].append(summary["steady_ms_per_step"])
+                if on:
+                    samples["observe"].append(summary["noise_scale_ms_per_step"])
+        off, on = statistics.median(samples["off"]), statistics.median(samples["on"])
+        ratios = [b / a for a, b in zip(samples["off"], samples["on"])]
+        record[label] = samples
+        rows.append([label, f"{off:.3f}", f"{on:.3f}", f"{on / off:.3f}", f"{min(ratios):.3f}-{max(ratios):.3f}",
+                     f"{statistics.median(samples['observe']):.3f}"])
+    results["noise_scale"] = {"samples_ms": record, "repeats": repeats}
+    table(f"9. gradient noise scale cost, default job at 2 ranks ({args.steps * 3} steps, steady ms/step, median of "
+          f"{repeats} interleaved runs)",
+          ["split", "off", "--noise-scale", "on/off", "pairwise range", "of which all-reduce + estimate"], rows)
 
 
 if __name__ == "__main__":
