@@ -16,6 +16,7 @@
 #                                  weights harnesses for 60 s each with a fixed
 #                                  seed, after replaying their regression inputs
 # CI runs all three (.ci/run). Other arguments go to ctest (e.g. -R mpi).
+# The study driver's test (label "driver") runs in the first build only.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 builds=("${DTRAIN_BUILD_DIR:-$ROOT/build}")
@@ -34,6 +35,10 @@ done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 for build in "${builds[@]}"; do
   echo "== tests in $build"
+  # Tests labelled "driver" exercise Python around the binary (the study
+  # driver): once, against Debian's LibTorch, is enough.
+  label_args=()
+  [ "$build" = "${builds[0]}" ] || label_args=(-LE driver)
   if grep -q "^DTRAIN_SANITIZE:STRING=.\+" "$build/CMakeCache.txt" 2>/dev/null; then
     (
       # Halt on the first report; suppressions only for uninstrumented libraries.
@@ -44,10 +49,10 @@ for build in "${builds[@]}"; do
       # Open MPI's memory hooks (the patcher) intercept malloc and mmap, which
       # ASan must own.
       export OMPI_MCA_memory=^patcher
-      ctest --test-dir "$build" --output-on-failure "${ctest_args[@]}"
+      ctest --test-dir "$build" --output-on-failure "${label_args[@]}" "${ctest_args[@]}"
     )
   else
-    ctest --test-dir "$build" --output-on-failure "${ctest_args[@]}"
+    ctest --test-dir "$build" --output-on-failure "${label_args[@]}" "${ctest_args[@]}"
   fi
 done
 if [ "$fuzz" = 1 ]; then

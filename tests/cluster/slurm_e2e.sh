@@ -4,7 +4,8 @@
 # is signalled mid-run with scancel --signal=USR1. Checked: the job was
 # requeued, resumed from its checkpoint, completed, and its final weights
 # equal an uninterrupted run's bitwise. Then cluster/slurm/sweep.sbatch runs
-# a 2-line sweep as a job array. The cluster is torn down afterwards.
+# a 2-line sweep as a job array, and the study driver (study/study.py
+# --executor slurm) a 2-run study through it. The cluster is torn down afterwards.
 #   bash tests/cluster/slurm_e2e.sh DTRAIN [MPIRUN]
 # Exit 77 (skipped, with the reason) where a cluster cannot be started here.
 set -euo pipefail
@@ -168,6 +169,40 @@ grep -q '"global_batch_size": 64,' "$T/runs/dtrain-sweep-${array}_1/summary.json
 grep -q '"global_batch_size": 128,' "$T/runs/dtrain-sweep-${array}_2/summary.json" || fail "task 2 did not run line 2"
 grep -q "lr-scaling = sqrt" "$T/sweep-${array}_2.out" || fail "task 2 did not get --lr-scaling sqrt"
 pass "sweep array $array: one task per line, each in its own out dir"
+
+# --- The study driver's Slurm executor: lines with their own --out-dir -------
+cat >"$T/study-base.ini" <<'INI'
+dataset = synthetic
+synthetic-train-samples = 2048
+synthetic-test-samples = 256
+validation-size = 256
+hidden = 64
+threads = 1
+log-every = 5
+INI
+cat >"$T/study.ini" <<INI
+[study]
+base-config = $T/study-base.ini
+target = val_accuracy:0.3
+budget = steps:40
+options = --eval-schedule geometric:2 --noise-scale true
+checkpoint-every = 20
+[grid]
+global-batch-sizes = 32, 64
+lr-multipliers = 1
+INI
+/usr/bin/python3 study/study.py "$T/study.ini" --executor slurm --wait --poll-seconds 0.5 --out "$T/study" \
+  --dtrain "$DTRAIN" >"$T/study.log" 2>&1 || { cat "$T/study.log"; fail "the slurm study failed"; }
+for run in b00032-linear-x1-sgd-s0 b00064-linear-x1-sgd-s0; do
+  grep -q '"status": "completed"' "$T/study/runs/$run/summary.json" || { cat "$T/study.log"; fail "$run did not complete"; }
+  grep -q "dtrain exited 0" "$T/study/runs/$run/job.log" || fail "$run has no job.log of its own"
+done
+[ "$(grep -c ',completed,' "$T/study/results.csv")" -eq 2 ] || { cat "$T/study/results.csv"; fail "results.csv"; }
+/usr/bin/python3 study/study.py "$T/study.ini" --executor slurm --out "$T/study" --dtrain "$DTRAIN" >"$T/study2.log" 2>&1 \
+  || { cat "$T/study2.log"; fail "the slurm study's rerun failed"; }
+[ "$(grep -c '^skip ' "$T/study2.log")" -eq 2 ] && ! grep -q "submitted job array" "$T/study2.log" \
+  || { cat "$T/study2.log"; fail "the rerun submitted finished runs again"; }
+pass "study driver on Slurm: one array, each run in its own folder; a rerun submits nothing"
 # --- A killed task: srun --kill-on-bad-exit ends the job ----------------------
 job=$(sbatch --parsable -n 2 --output="$T/kill-%j.out" cluster/slurm/train.sbatch "$T/job.ini" --epochs 50)
 out=$T/runs/dtrain-$job

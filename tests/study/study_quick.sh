@@ -1,0 +1,100 @@
+# The batch-size study driver (docs/studies.md): its unit tests (the S(B)
+# fit, best-LR choice, study files; the driver against a fake dtrain), then the
+# shipped study's --quick variant with the real dtrain, whose outputs are
+# checked for content: results.csv has a row per run with every column and a
+# valid status, each run's steps_to_target is the first evaluation in its
+# metrics.jsonl that meets the target, fit.json is finite, report.md shows
+# every plot and every plot is a PNG. A rerun must run nothing, say so, and be
+# quick.
+#   bash tests/study/study_quick.sh DTRAIN [MPIRUN]
+source "$(dirname "$0")/../e2e/common.sh"
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+STUDY=$ROOT/configs/studies/fashion_mnist_batch.ini
+
+"$PYTHON" "$ROOT/tests/study/test_fit.py" 2>"$WORK/unit.log" || { cat "$WORK/unit.log"; fail "unit tests"; }
+pass "unit tests of the fit, best-LR choice and study files"
+"$PYTHON" "$ROOT/tests/study/test_driver.py" 2>"$WORK/driver.log" || { cat "$WORK/driver.log"; fail "driver test"; }
+pass "driver against a fake dtrain: failed, diverged and interrupted runs, resume, skips"
+
+study() {
+  timeout 600 "$PYTHON" "$ROOT/study/study.py" "$STUDY" --quick --out "$WORK/study" \
+    --dtrain "$DTRAIN" --mpirun "$MPIRUN_BIN" "$@"
+}
+started=$(date +%s)
+study >"$WORK/first.log" 2>&1 || { cat "$WORK/first.log"; fail "the quick study failed"; }
+seconds=$(( $(date +%s) - started ))
+pass "quick study in $seconds s"
+
+"$PYTHON" - "$ROOT" "$STUDY" "$WORK/study" <<'PY' || fail "the quick study's outputs"
+import csv, json, math, re, sys
+from pathlib import Path
+root, study_file, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+sys.path.insert(0, str(root / "study"))
+import aggregate, spec
+study = spec.load(study_file, root, quick=True)
+rows = list(csv.DictReader(open(out / "results.csv")))
+assert list(rows[0]) == aggregate.COLUMNS, list(rows[0])
+assert [row["run_id"] for row in rows] == [run.run_id for run in study.runs], [row["run_id"] for row in rows]
+eval_key = {"train_accuracy": "train_eval_accuracy", "train_loss": "train_eval_loss"}.get(
+    study.target.metric, study.target.metric)
+reached = 0
+for row, run in zip(rows, study.runs):
+    assert row["status"] in ("completed", "diverged"), (row["run_id"], row["status"])
+    assert int(row["global_batch_size"]) == run.global_batch_size and row["lr_rule"] == run.lr_rule
+    directory = out / "runs" / run.run_id
+    summary = json.load(open(directory / "summary.json"))
+    assert summary["status"] == row["status"] and summary["global_batch_size"] == run.global_batch_size
+    assert math.isclose(summary["peak_lr"], run.peak_lr, rel_tol=1e-9), (summary["peak_lr"], run.peak_lr)
+    events = [json.loads(line) for line in open(directory / "metrics.jsonl")]
+    meets = [e for e in events if e["event"] == "eval" and e.get(eval_key) is not None
+             and (e[eval_key] <= study.target.value if study.target.lower_is_better else e[eval_key] >= study.target.value)]
+    first = meets[0]["step"] if meets else None
+    assert (int(row["steps_to_target"]) if row["steps_to_target"] else None) == first, (run.run_id, row, first)
+    assert row["reached_target"] == str(first is not None)
+    if first is not None:
+        reached += 1
+        assert int(row["samples_to_target"]) == meets[0]["samples_seen"] == first * run.global_batch_size
+        assert int(row["steps"]) == first, "--stop-at-target ends the run at the target"
+    if row["status"] == "completed":
+        assert 0 <= float(row["val_accuracy"]) <= 1 and 0 <= float(row["test_accuracy"]) <= 1
+        noise = [e["noise_scale"] for e in events if e["event"] == "train" and e.get("noise_scale") is not None
+                 and (first is None or e["step"] <= first)]
+        assert noise and math.isclose(float(row["b_simple"]), sum(noise) / len(noise), rel_tol=1e-9)
+best = [row for row in rows if row["best_lr"] == "True"]
+assert sorted(int(row["global_batch_size"]) for row in best) == sorted({run.global_batch_size for run in study.runs})
+assert reached >= 3, f"only {reached} runs reached the target"
+
+fit = json.load(open(out / "fit.json"))["fits"]["sgd"]
+assert fit["status"] == "fitted", fit
+for key in ("s_min", "b_crit", "e_min", "r2", "mean_b_simple"):
+    assert isinstance(fit[key], float) and math.isfinite(fit[key]), (key, fit[key])
+assert fit["s_min"] > 0 and fit["b_crit"] > 0 and fit["r2"] <= 1
+assert math.isclose(fit["e_min"], fit["s_min"] * fit["b_crit"], rel_tol=1e-9)
+assert len(fit["points"]) >= 2
+
+report = (out / "report.md").read_text()
+linked = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report)
+pngs = sorted(p.relative_to(out).as_posix() for p in (out / "plots").glob("*.png"))
+assert sorted(linked) == pngs and len(pngs) == 5, (linked, pngs)
+import matplotlib.image
+for png in pngs:
+    data = (out / png).read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n"), png
+    assert matplotlib.image.imread(out / png).shape[0] > 100, png
+assert f"{fit['b_crit']:.4g}" in report
+print(f"ok: {len(rows)} runs, {reached} reached {study.target}; B_crit {fit['b_crit']:.4g}, "
+      f"S_min {fit['s_min']:.4g}, R² {fit['r2']:.3f}, mean B_simple {fit['mean_b_simple']:.4g}")
+PY
+
+# A rerun runs nothing: every run is finished and says so.
+touch "$WORK/before-rerun"
+started=$(date +%s)
+study >"$WORK/second.log" 2>&1 || { cat "$WORK/second.log"; fail "the rerun failed"; }
+seconds=$(( $(date +%s) - started ))
+runs=$(( $(wc -l <"$WORK/study/results.csv") - 1 ))
+[ "$(grep -c '\] skip b' "$WORK/second.log")" -eq "$runs" ] || { cat "$WORK/second.log"; fail "the rerun did not skip all $runs runs"; }
+grep -q "ran 0 run(s); skipped $runs" "$WORK/second.log" || { cat "$WORK/second.log"; fail "the rerun ran something"; }
+[ -z "$(find "$WORK/study/runs" -newer "$WORK/before-rerun" -name 'summary.json')" ] || fail "the rerun rewrote a summary"
+[ "$seconds" -le 30 ] || fail "the rerun took $seconds s"
+pass "rerun skipped all $runs finished runs in $seconds s"
+echo "study_quick: all passed"
