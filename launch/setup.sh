@@ -49,6 +49,8 @@ PACKAGES=(
   libssl-dev                               # SHA-256 of checkpoint files (OpenSSL)
   dataset-fashion-mnist                    # the default dataset
   python3-torch                            # PyTorch peer for interop tests (/usr/bin/python3)
+  python3-numpy python3-matplotlib         # the study driver's fit and plots (launch/study.sh)
+  bible-kjv                                # the King James Bible (bible -f gen1:1-rev22:21): language-model text
   slurm-wlm munge                          # the one-node Slurm cluster of tests/cluster/slurm_e2e.sh
 )
 # The fuzz harnesses: clang 14 and its libFuzzer runtime.
