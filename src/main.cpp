@@ -5,6 +5,8 @@
 #include "comm/mpi_communicator.h"
 #include "comm/placement.h"
 #include "comm/watchdog.h"
+#include "common/error.h"
+#include "io/files.h"
 #include "data/dataset.h"
 #include "io/weights.h"
 #include "models/models.h"
@@ -20,6 +22,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 
@@ -129,8 +132,15 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     resume_path = config.checkpoint.resume;
   }
   std::optional<Checkpoint> resume;
+  const int64_t measure_steps = config.study.measure_noise_scale;
   run_agreed(mpi, [&] {
     if (!resume_path.empty()) resume = read_checkpoint(resume_path);
+    if (measure_steps > 0 && resume_path.empty() && config.init_from.empty()) {
+      throw UsageError(config.checkpoint.resume == "never"
+                           ? "--measure-noise-scale measures given weights: add --init-from W.pt or --resume auto|PATH"
+                           : "--measure-noise-scale found no checkpoint in " + checkpoint_dir(config) +
+                                 " to measure; give --resume PATH or --init-from W.pt");
+    }
   });
 
   std::shared_ptr<Classifier> model;
@@ -143,7 +153,9 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     trainer = std::make_unique<Trainer>(config, plan, comm, mpi, data, model);
     if (resume) trainer->restore(*resume, resume_path);
     const int64_t keep_bytes = resume ? resume->trainer.value("metrics_bytes", int64_t{0}) : -1;
-    log = std::make_unique<MetricsLog>(config.run.out_dir, root, keep_bytes);
+    // A measurement writes only noise_scale.json: it may share --out-dir with
+    // the run whose checkpoint it measures, whose records stay as they are.
+    log = std::make_unique<MetricsLog>(config.run.out_dir, root && measure_steps == 0, keep_bytes);
     log->write_json("config.json", config_to_json(config));
   });
   if (resume && root) {
@@ -157,7 +169,6 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   // checkpoint is the same file on every rank already).
   if (trainer->start_step() == 0) trainer->broadcast_initial_state();
 
-  const int64_t measure_steps = config.study.measure_noise_scale;
   nlohmann::json summary = measure_steps > 0 ? trainer->measure_noise_scale(measure_steps) : trainer->run(*log);
   summary["launch_hash"] = hash_text(launch_hash(parsed.config));
   summary["trajectory_hash"] = hash_text(trajectory_hash(config));
@@ -167,7 +178,13 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
       save_weights(model_state(*model), config.export_path);
       std::cout << "exported weights to " << config.export_path << "\n";
     }
-    if (root) log->write_json("summary.json", summary);
+    if (root && status == "measured") {
+      std::filesystem::create_directories(config.run.out_dir);
+      write_file_atomically(config.run.out_dir + "/noise_scale.json", summary.dump(2) + "\n");
+      std::cout << "wrote " << config.run.out_dir << "/noise_scale.json\n";
+    } else if (root) {
+      log->write_json("summary.json", summary);
+    }
     if (!root) return;
     if (status == "preempted") {
       std::printf("preempted at step %lld; checkpoint %s; resume with --resume auto\n",

@@ -348,12 +348,16 @@ void check_resume_compatible(const nlohmann::json& trainer_state, const Config& 
   const bool horizon_free =
       resolved.lr.schedule == LrScheduleKind::Constant || resolved.lr.schedule == LrScheduleKind::Step;
   std::vector<std::string> changes;
+  const Config defaults;
   for (const auto& spec : option_table()) {
-    if (spec.effect != Effect::Exact || !saved.contains(spec.name)) continue;
+    if (spec.effect != Effect::Exact) continue;
     if (spec.name == "epochs" && horizon_free) continue;  // only where the run stops
     if (spec.name == "init-from") continue;               // the checkpoint's weights replace it
     const std::string now = spec.text(resolved);
-    const std::string then = saved[spec.name].is_string() ? saved[spec.name].get<std::string>() : saved[spec.name].dump();
+    // An option newer than the checkpoint had its default then.
+    const std::string then = !saved.contains(spec.name) ? spec.text(defaults)
+                             : saved[spec.name].is_string() ? saved[spec.name].get<std::string>()
+                                                            : saved[spec.name].dump();
     if (now != then) {
       changes.push_back("--" + spec.name + " " + (then.empty() ? "(unset)" : then) + " -> " +
                         (now.empty() ? "(unset)" : now));

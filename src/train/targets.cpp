@@ -63,10 +63,12 @@ nlohmann::json TargetTracker::state() const {
   return {{"target", text()}, {"steps", steps_}, {"samples", samples_}};
 }
 
-void TargetTracker::restore(const nlohmann::json& state) {
-  if (!enabled() || state.is_null() || state.at("target").get<std::string>() != text()) return;
+bool TargetTracker::restore(const nlohmann::json& state) {
+  if (!enabled() || state.is_null()) return true;
+  if (state.at("target").get<std::string>() != text()) return false;
   steps_ = state.at("steps").get<int64_t>();
   samples_ = state.at("samples").get<int64_t>();
+  return true;
 }
 
 }  // namespace dtrain

@@ -34,9 +34,10 @@ class TargetTracker {
   // summary.json's "target", "steps_to_target", "samples_to_target" (null
   // when not reached).
   void describe(nlohmann::json& summary) const;
-  // For checkpoints; restore ignores a state written for another target.
+  // For checkpoints. restore ignores a state written for another target and
+  // then returns false (true otherwise, also when there is nothing to restore).
   nlohmann::json state() const;
-  void restore(const nlohmann::json& state);
+  bool restore(const nlohmann::json& state);
 
  private:
   std::string text() const;

@@ -95,9 +95,6 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   if (config_.study.stop_at_target && !target_.enabled()) {
     throw UsageError("--stop-at-target needs --target METRIC:VALUE (e.g. --target val_accuracy:0.88)");
   }
-  if (config_.study.measure_noise_scale > 0 && config_.init_from.empty() && config_.checkpoint.resume == "never") {
-    throw UsageError("--measure-noise-scale measures given weights: add --init-from W.pt or --resume auto|PATH");
-  }
   if (config_.study.noise_scale || config_.study.measure_noise_scale > 0) {
     if (plan_.world_size * plan_.grad_accum_steps < 2) {
       throw UsageError("the noise scale compares micro-batch gradients with the global batch's, and " +
@@ -207,7 +204,9 @@ void Trainer::measure_noise(StepResult& result) {
   const auto start = Clock::now();
   result.noise = unbiased_estimate(observe_noise(*reducer_, comm_, plan_, result.grad_norm));
   result.noise_measured = true;
-  noise_->add(result.noise);
+  // A non-finite gradient let through by --on-nonfinite ignore would poison
+  // the averages for the rest of the run: leave it out of them.
+  if (std::isfinite(result.noise.grad_sq) && std::isfinite(result.noise.trace)) noise_->add(result.noise);
   noise_seconds_ += seconds_since(start);
 }
 
@@ -343,7 +342,8 @@ void Trainer::log_progress(int64_t steps_done, const StepResult& result, Metrics
   std::string noise_text;
   if (noise_) {
     // Averages of estimates that may be negative: B_simple only where both are positive.
-    const bool valid = !noise_->empty() && noise_->grad_sq() > 0 && noise_->trace() > 0;
+    const bool valid = !noise_->empty() && noise_->grad_sq() > 0 && noise_->trace() > 0 &&
+                       std::isfinite(noise_->b_simple());
     event["noise_scale"] = valid ? nlohmann::json(noise_->b_simple()) : nlohmann::json(nullptr);
     event["noise_grad_sq"] = noise_->empty() ? nlohmann::json(nullptr) : nlohmann::json(noise_->grad_sq());
     event["noise_trace"] = noise_->empty() ? nlohmann::json(nullptr) : nlohmann::json(noise_->trace());
@@ -415,7 +415,9 @@ nlohmann::json Trainer::run(MetricsLog& log) {
   constexpr int64_t kWarmupSteps = 20;
   RunStatus status = RunStatus::Completed;
   int64_t steps_done = start_step_;
-  for (int64_t step = start_step_; step < steps_to_run_; ++step) {
+  // A run resumed from the checkpoint of the step that met --target with
+  // --stop-at-target is already done.
+  for (int64_t step = start_step_; step < steps_to_run_ && !stop_at_target_; ++step) {
     // Steps 1-5.
     const auto step_start = Clock::now();
     const bool log_due = (step + 1) % config_.run.log_every == 0 || step + 1 == steps_to_run_;
@@ -437,6 +439,9 @@ nlohmann::json Trainer::run(MetricsLog& log) {
         evaluation_due(steps_done, steps_per_epoch_, config_.run.eval_every, config_.study.eval_per_doubling);
     if (log_now) log_progress(steps_done, result, log);
     if (eval_now) evaluate_and_log(steps_done, log);
+    // The target ends the run: its last progress line goes before the
+    // checkpoint, so that a resume from it logs nothing more.
+    if (stop_at_target_ && !log_now) log_progress(steps_done, result, log);
     // 6. Agree on a stop or a timed checkpoint. 7. Checkpoint; stop if preempted.
     const auto agreement_start = Clock::now();
     const StepDecision decision = agreement.decide();
@@ -446,15 +451,15 @@ nlohmann::json Trainer::run(MetricsLog& log) {
       agreement.checkpoint_written();
     }
     // A signal at the last step: the run is complete anyway.
-    if (decision.stop && steps_done < steps_to_run_) {
+    if (decision.stop && steps_done < steps_to_run_ && !stop_at_target_) {
       status = RunStatus::Preempted;
       break;
     }
     // The last step always reports; after the checkpoint, so that a run
     // continued from it logs exactly what an uninterrupted run logs.
-    if (steps_done == steps_to_run_ || stop_at_target_) {
+    if (stop_at_target_) break;
+    if (steps_done == steps_to_run_) {
       if (!log_now) log_progress(steps_done, result, log);
-      if (stop_at_target_) break;
       if (!eval_now) evaluate_and_log(steps_done, log);
     }
   }
@@ -498,7 +503,8 @@ nlohmann::json Trainer::run(MetricsLog& log) {
   }
   target_.describe(summary);
   if (noise_) {
-    const bool valid = !noise_->empty() && noise_->grad_sq() > 0 && noise_->trace() > 0;
+    const bool valid = !noise_->empty() && noise_->grad_sq() > 0 && noise_->trace() > 0 &&
+                       std::isfinite(noise_->b_simple());
     summary["noise_scale"] = valid ? nlohmann::json(noise_->b_simple()) : nlohmann::json(nullptr);
     summary["noise_scale_ms_per_step"] = per_step_ms(noise_seconds_, steps_this_run);
   }

@@ -165,7 +165,13 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
     train_seconds_ = saved.at("train_seconds").get<double>();
     last_eval_ = saved.at("last_eval");
     // Written since format 1 gained them; absent in older checkpoints.
-    target_.restore(saved.value("target", nlohmann::json(nullptr)));
+    const nlohmann::json target_state = saved.value("target", nlohmann::json(nullptr));
+    if (!target_.restore(target_state) && is_root()) {
+      std::fprintf(stderr, "dtrain: warning: %s was written with --target %s; steps_to_target counts this run's "
+                   "evaluations only, from step %lld\n", source.c_str(), target_state.at("target").get<std::string>().c_str(),
+                   static_cast<long long>(saved.at("step").get<int64_t>()));
+    }
+    stop_at_target_ = config_.study.stop_at_target && target_.reached();
     if (noise_) noise_->restore(saved.value("noise_scale", nlohmann::json(nullptr)));
     const auto& rng = saved.at("rng");
     for (auto& generator : generators(device_)) {

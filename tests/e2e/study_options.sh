@@ -5,7 +5,9 @@
 #      schedule, and --stop-at-target;
 #   3. the gradient noise scale online, its refusal where it cannot be
 #      measured, and --measure-noise-scale at fixed weights;
-#   4. an exact resume carries the noise-scale averages and the target.
+#   4. an exact resume carries the noise-scale averages and the target; a
+#      measurement of a run's checkpoint leaves its records alone; a run that
+#      met its target with --stop-at-target stays stopped when resumed.
 source "$(dirname "$0")/common.sh"
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 
@@ -88,7 +90,7 @@ mpirun -np 2 "$DTRAIN" "${BASE[@]}" --init-from "$WORK/noise.pt" --measure-noise
   >"$WORK/measure.log" 2>&1 || { cat "$WORK/measure.log"; fail "--measure-noise-scale failed"; }
 grep -E -q "^B_simple = [0-9.]+ \(95% interval [-0-9.]+ to [0-9.]+\) from 30 batches" "$WORK/measure.log" \
   || { cat "$WORK/measure.log"; fail "no measurement line"; }
-"$PYTHON" - "$WORK/measure/summary.json" "$WORK/noise.pt" "$WORK/measure" <<'PY' || fail "measurement summary"
+"$PYTHON" - "$WORK/measure/noise_scale.json" <<'PY' || fail "measurement record"
 import json, sys
 s = json.load(open(sys.argv[1]))
 n = s["noise_scale"]
@@ -123,3 +125,28 @@ assert sa["steps_to_target"] is not None and sa["steps_to_target"] < 100, "targe
 print(f"{len(a)} identical records; B_simple {sa['noise_scale']:.2f}, steps_to_target {sa['steps_to_target']}")
 PY
 pass "a run cut at step 100 and resumed logs the same noise scale, evaluations and target as an uninterrupted one"
+
+# A measurement in a finished run's folder, from its newest checkpoint, leaves
+# that run's records alone and writes noise_scale.json.
+before=$(md5sum "$WORK/cut/metrics.jsonl" "$WORK/cut/summary.json" "$WORK/cut/config.json")
+mpirun -np 2 "$DTRAIN" "${RESUME[@]}" --out-dir "$WORK/cut" --resume auto --measure-noise-scale 10 \
+  >"$WORK/measure2.log" 2>&1 || { cat "$WORK/measure2.log"; fail "measuring a checkpoint failed"; }
+[ "$before" = "$(md5sum "$WORK/cut/metrics.jsonl" "$WORK/cut/summary.json" "$WORK/cut/config.json")" ] \
+  || fail "measuring a checkpoint changed its run's records"
+grep -q '"status": "measured"' "$WORK/cut/noise_scale.json" || fail "no noise_scale.json"
+expect_error 2 "--measure-noise-scale found no checkpoint" -- "$DTRAIN" "${BASE[@]}" --resume auto \
+  --measure-noise-scale 5 --out-dir "$WORK/empty"
+pass "--measure-noise-scale --resume auto measures the newest checkpoint and leaves the run's records alone"
+
+# --stop-at-target with a checkpoint at the target step: a resume from it is done at once.
+STOP=("${BASE[@]}" --target val_accuracy:0.3 --stop-at-target true --eval-schedule geometric:4 --checkpoint-every 1)
+mpirun -np 2 "$DTRAIN" "${STOP[@]}" --out-dir "$WORK/stop" >/dev/null 2>&1 || fail "stop-at-target run failed"
+cp "$WORK/stop/metrics.jsonl" "$WORK/stop-metrics.jsonl"
+mpirun -np 2 "$DTRAIN" "${STOP[@]}" --out-dir "$WORK/stop" --resume auto >"$WORK/stop.log" 2>&1 \
+  || { cat "$WORK/stop.log"; fail "resuming a run that met its target failed"; }
+grep -q '"steps": 32,' "$WORK/stop/summary.json" || fail "the resumed run went past the target step"
+grep -q '"stopped_at_target": true' "$WORK/stop/summary.json" || fail "the resumed run forgot it met the target"
+# (The checkpoint's own record comes after the bytes it keeps, as in any resume.)
+diff <(grep -v '"event":"checkpoint"' "$WORK/stop-metrics.jsonl") <(grep -v '"event":"checkpoint"' "$WORK/stop/metrics.jsonl") \
+  >/dev/null || fail "the resumed run logged more"
+pass "a run resumed from its target step's checkpoint stops there, logging nothing more"

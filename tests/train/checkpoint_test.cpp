@@ -120,6 +120,13 @@ TEST_F(Checkpoints, ResumeRefusesTrajectoryChangesAndAllowsTheRest) {
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("--lr 0.1 -> 0.3, --epochs 1 -> 5"), std::string::npos) << e.what();
   }
+  // A checkpoint older than an option had that option's default: a resume
+  // that sets it otherwise changes the trajectory.
+  state["options"].erase("validation-size");
+  Config newer = saved;
+  EXPECT_NO_THROW(check_resume_compatible(state, newer, "ck"));
+  newer.data.validation_size = 5000;
+  EXPECT_THROW(check_resume_compatible(state, newer, "ck"), UsageError);
 }
 
 // Every optimizer's state goes out as named tensors and back in, and the
