@@ -16,7 +16,8 @@
 #                                  weights harnesses for 60 s each with a fixed
 #                                  seed, after replaying their regression inputs
 # CI runs all three (.ci/run). Other arguments go to ctest (e.g. -R mpi).
-# The study driver's test (label "driver") runs in the first build only.
+# Tests labelled "once" (the study driver, the Slurm cluster) run in the first
+# build only.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 builds=("${DTRAIN_BUILD_DIR:-$ROOT/build}")
@@ -35,10 +36,10 @@ done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 for build in "${builds[@]}"; do
   echo "== tests in $build"
-  # Tests labelled "driver" exercise Python around the binary (the study
-  # driver): once, against Debian's LibTorch, is enough.
+  # Tests labelled "once" exercise scripts around the binary (the study
+  # driver, the Slurm cluster): once, against Debian's LibTorch, is enough.
   label_args=()
-  [ "$build" = "${builds[0]}" ] || label_args=(-LE driver)
+  [ "$build" = "${builds[0]}" ] || label_args=(-LE once)
   if grep -q "^DTRAIN_SANITIZE:STRING=.\+" "$build/CMakeCache.txt" 2>/dev/null; then
     (
       # Halt on the first report; suppressions only for uninstrumented libraries.

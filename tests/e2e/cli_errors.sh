@@ -70,7 +70,7 @@ expect_error 1 "cannot create --out-dir" -- \
 
 # --help succeeds on every rank and prints the groups once.
 mpirun -np 2 "$DTRAIN" --help >"$WORK/help" || fail "--help exited non-zero"
-[ "$(grep -c '^Batch' "$WORK/help")" -eq 1 ] || fail "--help should print once"
+[ "$(grep -c '^Batch (global' "$WORK/help")" -eq 1 ] || fail "--help should print once"
 pass "--help"
 
 # Every option in --help is documented in docs/configuration.md.
