@@ -1,31 +1,16 @@
 #include "train/large_batch_optimizers.h"
 
 #include "common/error.h"
+#include "train/optimizer.h"
 
 #include <torch/torch.h>
 
 #include <cmath>
-#include <sstream>
 #include <string>
-#include <type_traits>
 
 namespace dtrain {
 
 namespace {
-
-// LibTorch keys its per-parameter state by the tensor's address: as text in
-// 1.13, as the pointer itself in 2.x (the same rule as optimizer.cpp, which
-// must find the entries these optimizers make).
-template <typename Map>
-typename Map::key_type state_key(const Map&, const at::Tensor& parameter) {
-  if constexpr (std::is_same_v<typename Map::key_type, std::string>) {
-    std::ostringstream text;
-    text << parameter.unsafeGetTensorImpl();
-    return text.str();
-  } else {
-    return parameter.unsafeGetTensorImpl();
-  }
-}
 
 // Biases and normalisation scales: no weight decay, trust ratio 1.
 bool excluded(const at::Tensor& parameter) { return parameter.dim() <= 1; }
@@ -88,7 +73,7 @@ class Lars : public torch::optim::Optimizer {
           const at::Tensor trust = ratio_or_one(norm_of(parameter) * options.trust_coefficient, norm_of(gradient));
           scaled_gradient = gradient * (trust * options.lr);
         }
-        auto& slot = state_[state_key(state_, parameter)];
+        auto& slot = state_[optimizer_state_key(state_, parameter)];
         if (!slot) {
           auto fresh = std::make_unique<torch::optim::SGDParamState>();
           fresh->momentum_buffer(at::zeros_like(parameter, at::MemoryFormat::Preserve));
@@ -116,7 +101,7 @@ class Lamb : public torch::optim::Optimizer {
       for (auto& parameter : group.params()) {
         if (!parameter.grad().defined()) continue;
         const at::Tensor& gradient = parameter.grad();
-        auto& slot = state_[state_key(state_, parameter)];
+        auto& slot = state_[optimizer_state_key(state_, parameter)];
         if (!slot) {
           auto fresh = std::make_unique<torch::optim::AdamWParamState>();
           fresh->step(0);

@@ -13,19 +13,6 @@ namespace dtrain {
 
 namespace {
 
-// LibTorch keys its per-parameter state by the tensor's address: as text in
-// 1.13, as the pointer itself in 2.x.
-template <typename Map>
-typename Map::key_type state_key(const Map&, const at::Tensor& parameter) {
-  if constexpr (std::is_same_v<typename Map::key_type, std::string>) {
-    std::ostringstream text;
-    text << parameter.unsafeGetTensorImpl();
-    return text.str();
-  } else {
-    return parameter.unsafeGetTensorImpl();
-  }
-}
-
 std::vector<std::string> state_fields(const OptimizerOptions& options) {
   switch (options.kind) {
     case OptimizerKind::Sgd:
@@ -67,7 +54,7 @@ NamedTensors optimizer_state(torch::optim::Optimizer& optimizer, const Optimizer
   NamedTensors state;
   auto& table = optimizer.state();
   for (const auto& [name, parameter] : parameters) {
-    const auto found = table.find(state_key(table, parameter));
+    const auto found = table.find(optimizer_state_key(table, parameter));
     if (found == table.end()) continue;
     switch (options.kind) {
       case OptimizerKind::Sgd:
@@ -114,7 +101,7 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerOpt
       case OptimizerKind::Lars: {
         auto sgd = std::make_unique<torch::optim::SGDParamState>();
         sgd->momentum_buffer(take(name + ".momentum_buffer", parameter));
-        table[state_key(table, parameter)] = std::move(sgd);
+        table[optimizer_state_key(table, parameter)] = std::move(sgd);
         break;
       }
       case OptimizerKind::AdamW:
@@ -125,7 +112,7 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerOpt
         const at::Tensor step = take(name + ".step", at::Tensor());
         if (step.numel() != 1) refuse(name + ".step is not one number");
         adam->step(step.to(torch::kLong).item<int64_t>());
-        table[state_key(table, parameter)] = std::move(adam);
+        table[optimizer_state_key(table, parameter)] = std::move(adam);
         break;
       }
     }

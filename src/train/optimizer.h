@@ -9,7 +9,9 @@
 #include "io/weights.h"
 
 #include <memory>
+#include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -20,6 +22,21 @@ class Optimizer;
 namespace dtrain {
 
 using NamedParameters = std::vector<std::pair<std::string, at::Tensor>>;
+
+// The key of `parameter` in an optimizer's state map (Optimizer::state()):
+// LibTorch keys it by the tensor's address, as text in 1.13 and as the
+// pointer itself in 2.x. For the optimizers that make entries (LARS, LAMB)
+// and the code that saves and restores them.
+template <typename StateMap>
+typename StateMap::key_type optimizer_state_key(const StateMap&, const at::Tensor& parameter) {
+  if constexpr (std::is_same_v<typename StateMap::key_type, std::string>) {
+    std::ostringstream text;
+    text << parameter.unsafeGetTensorImpl();
+    return text.str();
+  } else {
+    return parameter.unsafeGetTensorImpl();
+  }
+}
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
                                                         const NamedParameters& parameters, double lr);

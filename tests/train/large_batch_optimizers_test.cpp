@@ -4,6 +4,8 @@
 // that dtrain's checkpoints save.
 #include "train/large_batch_optimizers.h"
 
+#include "train/optimizer.h"
+
 #include "common/error.h"
 #include "io/weights.h"
 
@@ -49,18 +51,6 @@ void expect_values(const at::Tensor& actual, std::vector<double> expected, const
   }
 }
 
-// The same key LibTorch's optimizers (and optimizer.cpp) use for a parameter.
-template <typename Map>
-typename Map::key_type state_key(const Map&, const at::Tensor& parameter) {
-  if constexpr (std::is_same_v<typename Map::key_type, std::string>) {
-    std::ostringstream text;
-    text << parameter.unsafeGetTensorImpl();
-    return text.str();
-  } else {
-    return parameter.unsafeGetTensorImpl();
-  }
-}
-
 TEST(LargeBatchOptions, OutOfRangeValuesAreRefused) {
   const std::vector<at::Tensor> parameters = {parameter({1.0f})};
   EXPECT_THROW(make_lars(parameters, {-0.1}), Error);
@@ -97,7 +87,7 @@ TEST(LargeBatchLars, TwoStepsByHand) {
   expect_values(frozen, {1, 2, 3, 4}, "frozen");
   EXPECT_EQ(optimizer->state().size(), 2u);
   const auto& velocity = static_cast<const torch::optim::SGDParamState&>(
-      *optimizer->state().at(state_key(optimizer->state(), bias)));
+      *optimizer->state().at(optimizer_state_key(optimizer->state(), bias)));
   expect_values(velocity.momentum_buffer(), {0.145, 0.0725}, "bias momentum_buffer");
 }
 
@@ -145,7 +135,7 @@ TEST(LargeBatchLamb, TwoStepsByHand) {
   expect_values(frozen, {1, 2, 3, 4}, "frozen");
   EXPECT_EQ(optimizer->state().size(), 2u);
   const auto& moments = static_cast<const torch::optim::AdamWParamState&>(
-      *optimizer->state().at(state_key(optimizer->state(), bias)));
+      *optimizer->state().at(optimizer_state_key(optimizer->state(), bias)));
   EXPECT_EQ(moments.step(), 2);
   expect_values(moments.exp_avg(), {0.19 * 0.5, 0.19 * -1.5}, "bias exp_avg");
   expect_values(moments.exp_avg_sq(), {0.001999 * 0.25, 0.001999 * 2.25}, "bias exp_avg_sq");
@@ -273,62 +263,9 @@ TEST(LargeBatchReference, FiveStepsMatchTheLiteralPythonDefinitions) {
 }
 
 // ---- State round trip --------------------------------------------------------
-
-// Three steps, the state copied out to CPU tensors through the ParamState
-// type (what a checkpoint keeps), a new optimizer on new parameter tensors
-// given that state (a resumed run), two more steps: bit for bit the same as
-// five uninterrupted steps.
-template <typename ParamState, typename Make, typename Save, typename Load>
-void expect_round_trip_continues_exactly(Make make, Save save, Load load) {
-  const Problem problem = random_problem();
-  const std::vector<at::Tensor> uninterrupted = fresh_parameters(problem);
-  auto reference = make(uninterrupted);
-  run(*reference, problem, uninterrupted, 0, 5);
-
-  const std::vector<at::Tensor> before = fresh_parameters(problem);
-  auto first = make(before);
-  run(*first, problem, before, 0, 3);
-  std::vector<std::vector<at::Tensor>> saved;
-  for (const auto& parameter : before) {
-    const auto& state = static_cast<const ParamState&>(*first->state().at(state_key(first->state(), parameter)));
-    saved.push_back(save(state));
-  }
-  std::vector<at::Tensor> after;
-  for (const auto& parameter : before) after.push_back(parameter.detach().clone().requires_grad_());
-  auto second = make(after);
-  for (size_t i = 0; i < after.size(); ++i) {
-    auto state = std::make_unique<ParamState>();
-    load(*state, saved[i], after[i]);
-    second->state()[state_key(second->state(), after[i])] = std::move(state);
-  }
-  run(*second, problem, after, 3, 5);
-  for (size_t i = 0; i < after.size(); ++i) {
-    EXPECT_TRUE(torch::equal(after[i], uninterrupted[i])) << problem.initial[i].first;
-  }
-}
-
-TEST(LargeBatchLars, StateRoundTripContinuesBitForBit) {
-  expect_round_trip_continues_exactly<torch::optim::SGDParamState>(
-      [](std::vector<at::Tensor> parameters) { return make_lars(parameters, kLars); },
-      [](const torch::optim::SGDParamState& state) { return std::vector<at::Tensor>{state.momentum_buffer().cpu().clone()}; },
-      [](torch::optim::SGDParamState& state, const std::vector<at::Tensor>& saved, const at::Tensor& like) {
-        state.momentum_buffer(saved.at(0).to(like.options()));
-      });
-}
-
-TEST(LargeBatchLamb, StateRoundTripContinuesBitForBit) {
-  expect_round_trip_continues_exactly<torch::optim::AdamWParamState>(
-      [](std::vector<at::Tensor> parameters) { return make_lamb(parameters, kLamb); },
-      [](const torch::optim::AdamWParamState& state) {
-        return std::vector<at::Tensor>{state.exp_avg().cpu().clone(), state.exp_avg_sq().cpu().clone(),
-                                       torch::tensor(static_cast<int64_t>(state.step()), torch::kLong)};
-      },
-      [](torch::optim::AdamWParamState& state, const std::vector<at::Tensor>& saved, const at::Tensor& like) {
-        state.exp_avg(saved.at(0).to(like.options()));
-        state.exp_avg_sq(saved.at(1).to(like.options()));
-        state.step(saved.at(2).item<int64_t>());
-      });
-}
+// Through the checkpoint's named state (optimizer_state, load_optimizer_state):
+// OptimizerState.EveryOptimizerContinuesBitForBitFromItsNamedState in
+// checkpoint_test.cpp, for LARS and LAMB as for SGD and AdamW.
 
 }  // namespace
 }  // namespace dtrain
