@@ -82,8 +82,7 @@ NoiseSample observe_noise(const GradientReducer& reducer, Communicator& comm, co
                           double big_grad_norm) {
   // Each micro-batch's raw gradient is (1/global) x its samples' gradient sum:
   // global/micro times its per-sample mean.
-  auto local = torch::full({1}, reducer.micro_batch_sq_norm_sum(),
-                           torch::TensorOptions().dtype(torch::kDouble).device(reducer.device()));
+  at::Tensor local = reducer.micro_batch_sq_norm_sum();
   {
     CollectiveWatchdog::Scope watched(comm.watchdog(), "noise-scale all-reduce");
     comm.all_reduce(local);

@@ -176,9 +176,9 @@ void GradientReducer::measure_micro_step(Bucket& bucket) {
   bucket.before.copy_(bucket.buffer);
 }
 
-double GradientReducer::micro_batch_sq_norm_sum() const {
+at::Tensor GradientReducer::micro_batch_sq_norm_sum() const {
   if (!track_micro_norms_ || !micro_sq_norm_sum_.defined()) throw Error("micro-batch norms are not tracked");
-  return micro_sq_norm_sum_.item<double>();
+  return micro_sq_norm_sum_.reshape({1}).clone();
 }
 
 void GradientReducer::start(Bucket& bucket) {

@@ -21,7 +21,6 @@
 #include "comm/communicator.h"
 
 #include <ATen/core/Tensor.h>
-#include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
@@ -69,9 +68,9 @@ class GradientReducer {
   // accumulating.
   void track_micro_batch_norms(bool on) { track_micro_norms_ = on; }
   // This rank's sum over the step's micro-batches of their raw gradients'
-  // squared L2 norms (after finish()).
-  double micro_batch_sq_norm_sum() const;
-  c10::Device device() const { return parameters_.front().device(); }
+  // squared L2 norms (after finish()): a copy, a double of shape [1] on the
+  // gradients' device, ready to all-reduce without a host round trip.
+  at::Tensor micro_batch_sq_norm_sum() const;
 
   size_t num_buckets() const { return assignment_.size(); }
   // Parameter indices per bucket, in launch order.
