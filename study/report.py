@@ -32,6 +32,15 @@ def save(figure, path):
     plt.close(figure)
 
 
+def save_log_log(figure, axes, ylabel, path):
+    """A plot against the global batch (log 2) of a log-scale quantity, with its legend."""
+    axes.set(xscale="log", yscale="log", xlabel="global batch B", ylabel=ylabel)
+    axes.set_xscale("log", base=2)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7)
+    save(figure, path)
+
+
 def plot_steps(best, fits, path):
     figure, axes = plt.subplots(figsize=(6.4, 4.6))
     for index, (optimizer, fit) in enumerate(sorted(fits.items())):
@@ -59,11 +68,7 @@ def plot_steps(best, fits, path):
         if at_target is not None and at_target > 0:
             axes.axvline(at_target, color="grey", linestyle=(0, (1, 3)), linewidth=1.5,
                          label=f"B_simple at the target, B={points[0]['global_batch_size']} run = {at_target:.0f}")
-    axes.set(xscale="log", yscale="log", xlabel="global batch B", ylabel="steps to target (best LR)")
-    axes.set_xscale("log", base=2)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7)
-    save(figure, path)
+    save_log_log(figure, axes, "steps to target (best LR)", path)
 
 
 def plot_best_lr(cells, best, path):
@@ -89,11 +94,7 @@ def plot_best_lr(cells, best, path):
                   label="linear rule through the smallest batch")
         axes.plot(batches, lrs[0] * np.sqrt(batches / batches[0]), ":", color=color, alpha=0.8,
                   label="sqrt rule through the smallest batch")
-    axes.set(xscale="log", yscale="log", xlabel="global batch B", ylabel="peak learning rate")
-    axes.set_xscale("log", base=2)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7)
-    save(figure, path)
+    save_log_log(figure, axes, "peak learning rate", path)
 
 
 def plot_generalization(cells, best, path):

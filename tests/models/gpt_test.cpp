@@ -30,15 +30,18 @@ namespace fs = std::filesystem;
 
 constexpr const char* kPython = "/usr/bin/python3";  // Debian's python3-torch; the first python3 on PATH may lack torch
 
-GptOptions tiny_options() {
+// Two layers over bytes, of the given sizes.
+GptOptions small_options(int64_t block_size, int64_t n_head, int64_t n_embd) {
   GptOptions options;
   options.vocab_size = 256;
-  options.block_size = 16;
+  options.block_size = block_size;
   options.n_layer = 2;
-  options.n_head = 2;
-  options.n_embd = 16;
+  options.n_head = n_head;
+  options.n_embd = n_embd;
   return options;
 }
+
+GptOptions tiny_options() { return small_options(16, 2, 16); }
 
 // Every parameter drawn afresh (biases and LayerNorms included, which start
 // at 0 and 1), so a test sees every term of the computation, and large
@@ -334,15 +337,7 @@ class GptInterop : public ::testing::Test {
   fs::path dir_;
 };
 
-GptOptions interop_options() {
-  GptOptions options;
-  options.vocab_size = 256;
-  options.block_size = 24;
-  options.n_layer = 2;
-  options.n_head = 4;
-  options.n_embd = 32;
-  return options;
-}
+GptOptions interop_options() { return small_options(24, 4, 32); }
 
 TEST_F(GptInterop, ExportedWeightsGiveTheSameLogitsInPyTorch) {
   const GptOptions options = interop_options();
