@@ -31,9 +31,6 @@ for arg in "$@"; do
     *) echo "setup: unknown argument $arg (known: --torch2, --sanitize, --fuzz)" >&2; exit 2 ;;
   esac
 done
-# The torch wheel dtrain is tested against; change it here and only here.
-TORCH2_SPEC=${DTRAIN_TORCH2_SPEC:-torch==2.15.0}
-TORCH2_VENV=${DTRAIN_TORCH2_VENV:-$HOME/.cache/dtrain/torch2-venv}
 TORCH2_BUILD_DIR=${DTRAIN_TORCH2_BUILD_DIR:-$ROOT/build-torch2}
 SANITIZE_BUILD_DIR=${DTRAIN_SANITIZE_BUILD_DIR:-$ROOT/build-asan}
 FUZZ_BUILD_DIR=${DTRAIN_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
@@ -110,15 +107,10 @@ if [ "$WITH_FUZZ" = 1 ]; then
 fi
 
 if [ "$WITH_TORCH2" = 1 ]; then
-  if [ ! -x "$TORCH2_VENV/bin/python" ] || ! "$TORCH2_VENV/bin/python" -c "import torch" 2>/dev/null; then
-    echo "setup: installing $TORCH2_SPEC into $TORCH2_VENV (several GB, once)"
-    python3 -m venv "$TORCH2_VENV" 2>/dev/null || {
-      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null && /usr/bin/python3 -m venv "$TORCH2_VENV"; }
-    "$TORCH2_VENV/bin/pip" install -q --disable-pip-version-check "$TORCH2_SPEC"
-  fi
-  TORCH2_ROOT=$("$TORCH2_VENV/bin/python" -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)
-  TORCH2_CMAKE=$("$TORCH2_VENV/bin/python" -c "import torch.utils; print(torch.utils.cmake_prefix_path)" 2>/dev/null)
-  echo "setup: LibTorch $("$TORCH2_VENV/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null) from $TORCH2_ROOT"
+  TORCH2_PYTHON=$("$ROOT/launch/torch2_venv.sh")
+  TORCH2_ROOT=$("$TORCH2_PYTHON" -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)
+  TORCH2_CMAKE=$("$TORCH2_PYTHON" -c "import torch.utils; print(torch.utils.cmake_prefix_path)" 2>/dev/null)
+  echo "setup: LibTorch $("$TORCH2_PYTHON" -c "import torch; print(torch.__version__)" 2>/dev/null) from $TORCH2_ROOT"
   # The package root too, so CMake finds the wheel's libtorch.so before
   # Debian's; and the NCCL the wheel was built with, which LibTorch links.
   nccl_args=()
