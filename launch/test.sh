@@ -12,10 +12,16 @@
 #                                  multi-rank tests included, halting on the
 #                                  first report (tests/sanitizers/ holds the
 #                                  suppressions for uninstrumented libraries)
+#   launch/test.sh --gpu-kit       also prepares the GPU acceptance kit and
+#                                  rehearses it (tests/gpu/kit.sh, docs/gpu.md):
+#                                  a build against the CUDA LibTorch 2.x of the
+#                                  PyPI torch wheel from the kit's packages alone,
+#                                  with this machine's copies hidden, and the
+#                                  suite there (needs root)
 #   launch/test.sh --fuzz          also runs the idx, config, option_values and
 #                                  weights harnesses for 60 s each with a fixed
 #                                  seed, after replaying their regression inputs
-# CI runs all three (.ci/run). Other arguments go to ctest (e.g. -R mpi).
+# CI runs --gpu-kit, --sanitize and --fuzz (.ci/run). Other arguments go to ctest (e.g. -R mpi).
 # Tests labelled "once" (the study driver, the Slurm cluster) run in the first
 # build only.
 set -euo pipefail
@@ -24,11 +30,13 @@ builds=("${DTRAIN_BUILD_DIR:-$ROOT/build}")
 setup_args=()
 ctest_args=()
 fuzz=0
+gpu_kit=0
 for arg in "$@"; do
   case "$arg" in
     --with-torch2) setup_args+=(--torch2); builds+=("${DTRAIN_TORCH2_BUILD_DIR:-$ROOT/build-torch2}") ;;
     --sanitize) setup_args+=(--sanitize); builds+=("${DTRAIN_SANITIZE_BUILD_DIR:-$ROOT/build-asan}") ;;
     --fuzz) fuzz=1 ;;
+    --gpu-kit) gpu_kit=1 ;;
     *) ctest_args+=("$arg") ;;
   esac
 done
@@ -56,6 +64,11 @@ for build in "${builds[@]}"; do
     ctest --test-dir "$build" --output-on-failure "${label_args[@]}" "${ctest_args[@]}"
   fi
 done
+if [ "$gpu_kit" = 1 ]; then
+  echo "== the GPU acceptance kit: prepare and rehearse"
+  "$ROOT/tests/gpu/kit.sh" prepare
+  "$ROOT/tests/gpu/kit.sh" rehearse
+fi
 if [ "$fuzz" = 1 ]; then
   for harness in idx config option_values weights; do "$ROOT/launch/fuzz.sh" "$harness" 1; done
 fi

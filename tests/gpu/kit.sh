@@ -1,0 +1,374 @@
+#!/usr/bin/env bash
+# The GPU acceptance kit (docs/gpu.md): dtrain's checks for a bare, offline
+# GPU machine that has a driver, Python with a CUDA PyTorch and the NCCL
+# wheel, nvcc, CMake and a C++ compiler, but none of Open MPI,
+# Boost.Program_options, nlohmann-json, GoogleTest or Fashion-MNIST.
+#
+#   tests/gpu/kit.sh prepare          here (registries reachable): download the
+#                                     Debian packages that machine lacks into
+#                                     .gpu-kit/ with a manifest, add Fashion-MNIST
+#                                     if it fits, and check what travels <= 64 MiB
+#   tests/gpu/kit.sh run REPORT_DIR   there: unpack the kit under /tmp, build dtrain
+#                                     against the machine's PyTorch and NCCL, run
+#                                     the GPU checks, write REPORT_DIR/gpu-report.json
+#                                     and REPORT_DIR/kit.log
+#   tests/gpu/kit.sh rehearse [DIR]   here, without a GPU: the same unpack and build
+#                                     with this machine's copies of the kit's packages
+#                                     hidden (a private mount namespace), against the
+#                                     CUDA LibTorch 2.x of launch/torch2_venv.sh; then
+#                                     an ldd check and the CPU test suite (ctest),
+#                                     relocated mpirun included
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+KIT=${DTRAIN_GPU_KIT:-$ROOT/.gpu-kit}
+PREFIX=${DTRAIN_GPU_KIT_PREFIX:-/tmp/dtrain-gpu-kit}  # fixed, so ccache hits across rehearsals
+R=$PREFIX/root                                          # the unpacked packages
+LIMIT_MIB=64
+MULTIARCH=x86_64-linux-gnu
+
+# What the GPU machine lacks, and nothing of what it has (compiler, CMake,
+# Python, CUDA): not the dependency closure (177 packages, gfortran included).
+PACKAGES=(
+  # Open MPI, its launcher and wrapper data, and its runtime libraries
+  openmpi-bin libopenmpi3 libopenmpi-dev openmpi-common
+  libpmix2 libhwloc15 libevent-core-2.1-7 libevent-pthreads-2.1-7
+  libfabric1 libucx0 libibverbs1 librdmacm1 libnl-3-200 libnl-route-3-200
+  libpsm-infinipath1 libpsm2-2 libmunge2
+  # the CLI and config files, JSON, tests, gzip and SHA-256 headers
+  libboost-program-options1.74.0 libboost-program-options1.74-dev libboost1.74-dev
+  nlohmann-json3-dev libgtest-dev zlib1g-dev libssl-dev
+  # runtime libraries a base system usually has (carried in case it does not)
+  libssl3 libudev1 libnuma1
+)
+# The last group is not hidden in the rehearsal: this machine's own tools
+# (cmake, git, python) load them.
+BASE_PACKAGES=" libssl3 libudev1 libnuma1 "
+
+say() { echo "kit: $*"; }
+die() { echo "kit: error: $*" >&2; exit 1; }
+
+# Bytes of everything that travels: the tracked and untracked-not-ignored
+# files of the checkout, and the kit.
+travel_bytes() {
+  local tree kit=0
+  tree=$(cd "$ROOT" && git ls-files -co --exclude-standard -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+  [ -d "$KIT" ] && kit=$(du -sb "$KIT" | cut -f1)
+  echo $((tree + kit))
+}
+
+prepare() {
+  mkdir -p "$KIT/debs"
+  rm -f "$KIT"/debs/*.deb "$KIT/manifest.tsv"
+  say "downloading ${#PACKAGES[@]} Debian packages into $KIT/debs"
+  if ! (cd "$KIT/debs" && apt-get download -qq "${PACKAGES[@]}" 2>/dev/null); then
+    apt-get update -qq
+    (cd "$KIT/debs" && apt-get download -qq "${PACKAGES[@]}" 2>/dev/null) || die "apt-get download failed (are Debian's registries reachable?)"
+  fi
+  {
+    printf 'package\tversion\tbytes\tsha256\n'
+    for deb in "$KIT"/debs/*.deb; do
+      printf '%s\t%s\t%s\t%s\n' "$(dpkg-deb -f "$deb" Package)" "$(dpkg-deb -f "$deb" Version)" \
+        "$(stat -c %s "$deb")" "$(sha256sum "$deb" | cut -d' ' -f1)"
+    done
+  } >"$KIT/manifest.tsv"
+  [ "$(($(wc -l <"$KIT/manifest.tsv") - 1))" -eq "${#PACKAGES[@]}" ] || die "the manifest does not list every package"
+  say "packages: $(du -sh "$KIT/debs" | cut -f1) (manifest: $KIT/manifest.tsv)"
+
+  rm -rf "$KIT/fashion-mnist"
+  local fashion=/usr/share/datasets/fashion-mnist limit=$((LIMIT_MIB * 1024 * 1024))
+  if [ -f "$fashion/train-images-idx3-ubyte.gz" ]; then
+    local needed=$(( $(travel_bytes) + $(du -sb "$fashion" | cut -f1) ))
+    if [ "$needed" -le "$limit" ]; then
+      mkdir -p "$KIT/fashion-mnist"
+      cp "$fashion"/*-ubyte.gz "$KIT/fashion-mnist/"
+      say "Fashion-MNIST added ($(du -sh "$KIT/fashion-mnist" | cut -f1))"
+    else
+      say "Fashion-MNIST does not fit ($((needed / 1048576)) MiB with it): the checks use the synthetic data set"
+    fi
+  else
+    say "Fashion-MNIST is not installed here (launch/setup.sh installs it): the checks use the synthetic data set"
+  fi
+  local total
+  total=$(travel_bytes)
+  say "what travels (tree + kit): $((total / 1048576)) MiB of $LIMIT_MIB"
+  [ "$total" -le "$limit" ] || die "the tree and the kit are $((total / 1048576)) MiB, over the $LIMIT_MIB MiB a device copy takes"
+}
+
+# Unpacks the kit's packages under $R (never onto /) and relinks the
+# absolute symbolic links they carry (libz.so -> /lib/...) to the kit's copy
+# or to the base system's library.
+unpack() {
+  [ -f "$KIT/manifest.tsv" ] || die "no kit in $KIT: run tests/gpu/kit.sh prepare first (where apt-get works)"
+  rm -rf "$R"
+  mkdir -p "$R"
+  for deb in "$KIT"/debs/*.deb; do
+    if command -v dpkg-deb >/dev/null; then
+      dpkg-deb -x "$deb" "$R"
+    else  # a deb is an ar archive of tarballs
+      (cd "$R" && ar p "$deb" "$(ar t "$deb" | grep '^data.tar')" | tar -x --auto-compress -f - 2>/dev/null ||
+        ar p "$deb" "$(ar t "$deb" | grep '^data.tar')" | tar -xJ)
+    fi
+  done
+  local link target
+  while IFS= read -r link; do
+    target=$(readlink "$link")
+    case "$target" in /*) ;; *) continue ;; esac
+    if [ -e "$R$target" ]; then
+      ln -sfn "$R$target" "$link"
+    else  # e.g. libz.so.1.2.13 -> the system's libz.so.1
+      local base=${target##*/}
+      local soname=${base%%.so.*}.so.$(echo "${base#*.so.}" | cut -d. -f1)
+      for dir in /lib/$MULTIARCH /usr/lib/$MULTIARCH /lib64 /usr/lib64; do
+        [ -e "$dir/$soname" ] && { ln -sfn "$dir/$soname" "$link"; break; }
+      done
+    fi
+  done < <(find "$R" -type l)
+  # What update-alternatives would have made.
+  for tool in mpirun mpiexec mpicc mpicxx; do ln -sfn "$tool.openmpi" "$R/usr/bin/$tool"; done
+  say "unpacked $(ls "$KIT"/debs/*.deb | wc -l) packages into $R ($(du -sh "$R" | cut -f1))"
+}
+
+# The environment of the relocated Open MPI and PMIx, for running programs
+# (not for the compiler or CMake: they keep the machine's own libraries).
+kit_env() {
+  local lib=$R/usr/lib/$MULTIARCH
+  export OPAL_PREFIX=$R/usr OPAL_SYSCONFDIR=$R/etc/openmpi
+  export PMIX_MCA_mca_base_component_path=$lib/pmix2/lib/pmix
+  export PATH=$R/usr/bin:$PATH
+  export LD_LIBRARY_PATH=$lib:$lib/openmpi/lib:$lib/pmix2/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 GTEST_COLOR=no
+  # One host: shared memory and self; no InfiniBand or UCX probing.
+  export OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 OMPI_MCA_osc=^ucx OMPI_MCA_mtl=^ofi,psm,psm2
+}
+
+# configure_and_build PYTHON BUILD_DIR JOBS [TARGETS...]. Open MPI is named
+# to CMake directly: its compiler wrapper would need the relocation
+# environment, and that would reach CMake and the compiler too.
+configure_and_build() {
+  local python=$1 build=$2 jobs=$3
+  shift 3
+  local torch_cmake torch_root nccl_home generator=()
+  torch_cmake=$("$python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
+  torch_root=$("$python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+  nccl_home=$("$python" -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null ||
+    { [ -d "$torch_root/../nvidia/nccl" ] && cd "$torch_root/../nvidia/nccl" && pwd; } || true)
+  [ -n "$nccl_home" ] || die "no NCCL next to PyTorch ($torch_root): install the nvidia-nccl wheel"
+  say "PyTorch $("$python" -c 'import torch; print(torch.__version__)') at $torch_root; NCCL at $nccl_home"
+  command -v ninja >/dev/null && [ ! -f "$build/Makefile" ] && generator=(-G Ninja)
+  mkdir -p "$build"
+  local lib=$R/usr/lib/$MULTIARCH
+  cmake -S "$ROOT" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_PREFIX_PATH="$torch_cmake;$torch_root;$R/usr;$lib/cmake" \
+    -DMPI_SKIP_COMPILER_WRAPPER=ON -DMPI_C_HEADER_DIR="$lib/openmpi/include" -DMPI_C_LIB_NAMES=mpi \
+    -DMPI_mpi_LIBRARY="$lib/openmpi/lib/libmpi.so" -DMPIEXEC_EXECUTABLE="$R/usr/bin/mpirun.openmpi" \
+    -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$lib:$lib/pmix2/lib" \
+    -DCMAKE_CXX_FLAGS="-isystem $R/usr/include/$MULTIARCH" -DCMAKE_C_FLAGS="-isystem $R/usr/include/$MULTIARCH" \
+    -DZLIB_ROOT="$R/usr" -DOPENSSL_ROOT_DIR="$R/usr" -DNCCL_HOME="$nccl_home" -DDTRAIN_WITH_NCCL=ON \
+    >"$build/kit-configure.log" 2>&1 || { tail -40 "$build/kit-configure.log" >&2; die "configuring failed (log: $build/kit-configure.log)"; }
+  grep -E "dtrain:" "$build/kit-configure.log" | sed 's/^/kit: /'
+  local targets=()
+  for target in "$@"; do targets+=(--target "$target"); done
+  local start=$SECONDS
+  local lock=()  # DTRAIN_BUILD_LOCK=FILE: wait for other builds on a small machine
+  [ -n "${DTRAIN_BUILD_LOCK:-}" ] && lock=(flock "$DTRAIN_BUILD_LOCK")
+  if ! "${lock[@]}" cmake --build "$build" -j"$jobs" "${targets[@]}" >"$build/kit-build.log" 2>&1; then
+    grep -E "error|Error" "$build/kit-build.log" | head -30 >&2
+    die "the build failed (log: $build/kit-build.log)"
+  fi
+  say "built in $((SECONDS - start)) s with $jobs jobs"
+}
+
+# Every library the binaries load comes from the kit, the PyTorch wheel, the
+# CUDA toolkit or the base system (C and C++ runtimes, zlib, and the runtime
+# group of PACKAGES); prints the offenders and fails otherwise.
+check_libraries() {
+  local python=$1 build=$2 site bad=0
+  site=$(cd "$("$python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')/.." && pwd)
+  local base='^(linux-vdso|ld-linux-x86-64|libc|libm|libdl|libpthread|librt|libutil|libstdc\+\+|libgcc_s|libz|libcrypto|libssl|libudev|libnuma)\.so'
+  for binary in "$build/dtrain" "$build/tests/dtrain_unit_tests" "$build/tests/dtrain_mpi_tests"; do
+    while read -r name arrow path _; do
+      [ "$arrow" = "=>" ] || { [[ $name =~ ^/ ]] && continue; [[ $name =~ $base ]] && continue; }
+      case "$path" in
+        "$R"/*|"$site"/*|/usr/local/cuda*) ;;
+        not) echo "kit: $binary: $name not found" >&2; bad=1 ;;
+        *) [[ $name =~ $base ]] || { echo "kit: $binary: $name from $path (not the kit, the wheel or the base system)" >&2; bad=1; } ;;
+      esac
+    done < <(ldd "$binary")
+  done
+  [ "$bad" = 0 ] || die "some libraries come from outside the kit"
+  say "ldd: every library of dtrain and the tests comes from the kit, the wheel, CUDA or the base system"
+}
+
+rehearse() {
+  [ "$(id -u)" -eq 0 ] || die "the rehearsal needs root (a private mount namespace hides this machine's packages)"
+  local python
+  python=$("$ROOT/launch/torch2_venv.sh")
+  [ -f "$KIT/manifest.tsv" ] || prepare
+  exec unshare -m --propagation private -- "$0" rehearse-inside "$python" "${1:-$ROOT/build-kit}"
+}
+
+rehearse_inside() {
+  local python=$1 build=$2
+  touch "$PREFIX.empty" 2>/dev/null || { mkdir -p "$(dirname "$PREFIX")"; touch "$PREFIX.empty"; }
+  local hide=()
+  for deb in "$KIT"/debs/*.deb; do
+    [[ $BASE_PACKAGES == *" $(dpkg-deb -f "$deb" Package) "* ]] || hide+=("$deb")
+  done
+  say "hiding this machine's copies of $(echo ${#hide[@]}) packages: $(python3 "$ROOT/tests/gpu/kit_hide.py" "$PREFIX.empty" "${hide[@]}" | wc -l) mounts"
+  [ ! -s /usr/include/boost/version.hpp ] && [ ! -x /usr/bin/orterun ] || die "hiding failed"
+  unpack
+  export CCACHE_BASEDIR=$ROOT
+  configure_and_build "$python" "$build" 2
+  kit_env
+  check_libraries "$python" "$build"
+  say "mpirun: $(command -v mpirun) ($(mpirun --version 2>&1 | head -1))"
+  grep -q "^MPIEXEC_EXECUTABLE:FILEPATH=$R/" "$build/CMakeCache.txt" || die "ctest would not use the kit's mpirun"
+  mpirun --oversubscribe -np 2 "$build/tests/dtrain_mpi_tests" --gtest_filter='Communicator.*' >"$build/kit-np2.log" 2>&1 ||
+    { tail -30 "$build/kit-np2.log" >&2; die "mpirun -np 2 of the relocated Open MPI failed"; }
+  say "mpirun -np 2 of the relocated Open MPI: $(grep -c '^\[       OK' "$build/kit-np2.log") tests passed"
+  ctest --test-dir "$build" --output-on-failure -LE once
+  say "rehearsal passed"
+}
+
+# check NAME TIMEOUT_S COMMAND...: runs one check under a timeout (skipped
+# once the budget is spent), appends its output to the log and a row to
+# $CHECKS (name, pass/fail/skip, seconds, detail). The detail is the
+# command's last line that starts with "figures:" or is a JSON object, else
+# gtest's verdict lines.
+check() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((DEADLINE - SECONDS))
+  if [ "$left" -lt 20 ]; then
+    printf '%s\tskip\t0\tthe time budget is spent\n' "$name" >>"$CHECKS"
+    say "== $name: skipped (time budget spent)"
+    return 0
+  fi
+  [ "$limit" -le "$left" ] || limit=$left
+  say "== $name (at most $limit s)"
+  local out=$PREFIX/check.out start=$SECONDS code=0
+  timeout -k 5 "$limit" "$@" >"$out" 2>&1 || code=$?
+  cat "$out"
+  local status=pass detail
+  [ "$code" -eq 0 ] || status=fail
+  [ "$code" -eq 124 ] && echo "kit: $name ran past $limit s"
+  if grep -q '^\[  SKIPPED \]' "$out"; then status=fail; echo "kit: $name: a GPU test skipped on the GPU machine"; fi
+  if grep -q '^\[==========\] 0 tests' "$out"; then status=fail; echo "kit: $name: the filter selected no test"; fi
+  detail=$(grep -E '^(figures:|\{)' "$out" | tail -1 | sed 's/^figures: *//' | tr '\t' ' ')
+  [ -n "$detail" ] || detail=$(grep -E '^\[  (PASSED|FAILED)  \]|^kit-check:' "$out" | tr '\n' ' ' | tr '\t' ' ')
+  printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$((SECONDS - start))" "$detail" >>"$CHECKS"
+  say "== $name: $status ($((SECONDS - start)) s)"
+}
+
+# The watchdog must end a collective that never completes: the helper stalls
+# the NCCL stream on a value nobody writes, then waits in .item().
+stall_check() {
+  local build=$1 timeout_s=5 start=$SECONDS code=0
+  mpirun -np 1 "$build/tests/dtrain_nccl_stall" --collective-timeout "$timeout_s" >"$PREFIX/stall.out" 2>&1 || code=$?
+  local took=$((SECONDS - start))
+  cat "$PREFIX/stall.out"
+  local left
+  left=$(pgrep -f dtrain_nccl_stall || true)
+  echo "figures: exit $code after $took s with --collective-timeout $timeout_s; processes left: ${left:-none}"
+  [ "$code" -ne 0 ] || { echo "kit-check: the stalled job exited 0"; return 1; }
+  grep -q 'collective-timeout' "$PREFIX/stall.out" || { echo "kit-check: no watchdog line"; return 1; }
+  [ "$took" -le $((timeout_s + 10)) ] || { echo "kit-check: took $took s (timeout $timeout_s + 10 allowed)"; return 1; }
+  [ -z "$left" ] || { echo "kit-check: processes left behind: $left"; return 1; }
+}
+
+# The default job on one GPU at its global batch of 256 (micro 128 x accum 2).
+default_job_check() {
+  local build=$1 data=(--dataset synthetic) min_accuracy=0
+  if [ -f "$KIT/fashion-mnist/train-images-idx3-ubyte.gz" ]; then
+    data=(--data-dir "$KIT/fashion-mnist")
+    min_accuracy=0.89
+  fi
+  local out=$PREFIX/default-job
+  rm -rf "$out"
+  mpirun -np 1 "$build/dtrain" --config "$ROOT/configs/fashion_mnist_mlp.ini" --device cuda --backend nccl \
+    --micro-batch-size 128 --grad-accum-steps 2 "${data[@]}" --out-dir "$out" || return 1
+  python3 - "$out/summary.json" "$min_accuracy" <<'PY'
+import json, sys
+summary = json.load(open(sys.argv[1]))
+keys = ("test_accuracy", "samples_per_sec", "steady_ms_per_step", "train_seconds", "global_batch_size")
+print("figures: " + json.dumps({k: summary.get(k) for k in keys}))
+if summary["test_accuracy"] < float(sys.argv[2]):
+    print(f"kit-check: test accuracy {summary['test_accuracy']:.4f} < {sys.argv[2]}")
+    sys.exit(1)
+PY
+}
+
+write_report() {
+  python3 - "$CHECKS" "$1/gpu-report.json" "$2" <<'PY'
+import json, subprocess, sys, datetime
+checks_path, report_path, build_seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def run(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception as error:  # a missing tool is a fact to report, not a failure
+        return f"unavailable ({error})"
+checks = []
+for line in open(checks_path):
+    name, status, seconds, detail = (line.rstrip("\n").split("\t") + [""] * 4)[:4]
+    try:
+        detail = json.loads(detail)
+    except ValueError:
+        pass
+    checks.append({"name": name, "status": status, "seconds": int(seconds), "detail": detail})
+report = {
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "gpus": run("nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader").splitlines(),
+    "torch": run("python3", "-c", "import torch; print(torch.__version__, torch.version.cuda)"),
+    "nccl": run("python3", "-c", "import torch; print('.'.join(map(str, torch.cuda.nccl.version())))"),
+    "build_seconds": build_seconds,
+    "passed": sum(c["status"] == "pass" for c in checks),
+    "failed": sum(c["status"] == "fail" for c in checks),
+    "skipped": sum(c["status"] == "skip" for c in checks),
+    "checks": checks,
+}
+json.dump(report, open(report_path, "w"), indent=2)
+print(f"kit: {report['passed']} passed, {report['failed']} failed, {report['skipped']} skipped: {report_path}")
+sys.exit(1 if report["failed"] else 0)
+PY
+}
+
+run_kit() {
+  local report=${1:?usage: tests/gpu/kit.sh run REPORT_DIR}
+  mkdir -p "$report"
+  report=$(cd "$report" && pwd)
+  exec > >(tee "$report/kit.log") 2>&1
+  DEADLINE=$((SECONDS + ${DTRAIN_KIT_BUDGET_S:-450}))
+  CHECKS=$PREFIX/checks.tsv
+  mkdir -p "$PREFIX"
+  : >"$CHECKS"
+  command -v nvidia-smi >/dev/null && nvidia-smi -L || say "no nvidia-smi"
+  local gpus
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  unpack
+  local build=$PREFIX/build start=$SECONDS
+  configure_and_build "${DTRAIN_KIT_PYTHON:-python3}" "$build" "$(nproc)" dtrain dtrain_mpi_tests dtrain_nccl_stall dtrain_gpu_step_split
+  local build_seconds=$((SECONDS - start))
+  kit_env
+  local tests=$build/tests/dtrain_mpi_tests
+  check nccl_world1 60 mpirun -np 1 "$tests" --gtest_filter='Nccl.*'
+  check reducer_cuda 90 mpirun -np 1 "$tests" --gtest_filter='ReducerGpu.*'
+  check equivalence_gpu 120 mpirun -np 1 "$tests" --gtest_filter='Equivalence.*Gpu*'
+  check watchdog_stall 60 stall_check "$build"
+  check step_split 60 mpirun -np 1 "$build/tests/dtrain_gpu_step_split"
+  check default_job 150 default_job_check "$build"
+  if [ "$gpus" -ge 2 ]; then
+    check equivalence_multi_gpu 120 mpirun -np "$gpus" "$tests" --gtest_filter='Nccl.*:Equivalence.*'
+  else
+    printf 'equivalence_multi_gpu\tskip\t0\tneeds 2 or more GPUs (this machine has %s)\n' "$gpus" >>"$CHECKS"
+  fi
+  printf 'language_model\tskip\t0\tthe language-model issue has not landed: no GPT tokens/s, auto micro-batch or OOM re-split yet\n' >>"$CHECKS"
+  write_report "$report" "$build_seconds"
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  rehearse) shift; rehearse "$@" ;;
+  rehearse-inside) shift; rehearse_inside "$@" ;;
+  run) shift; run_kit "$@" ;;
+  *) echo "usage: tests/gpu/kit.sh prepare | run REPORT_DIR | rehearse [BUILD_DIR]" >&2; exit 2 ;;
+esac
