@@ -76,26 +76,11 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   resolved.batch = {plan.micro_batch_size, plan.grad_accum_steps, plan.global_batch_size};
   if (resolved.optimizer.eps == 0) resolved.optimizer.eps = default_eps(resolved.optimizer.kind);
   const Config& config = resolved;
-  const std::unique_ptr<Communicator> backend = make_backend(placement, mpi);
+  const std::unique_ptr<Communicator> backend = make_backend(placement, mpi, config.checkpoint.collective_timeout);
   Communicator& comm = backend ? *backend : mpi;
   // From here on, a collective that waits past --collective-timeout ends the job.
-  std::unique_ptr<CollectiveWatchdog> watchdog;
-  if (config.checkpoint.collective_timeout > 0) {
-    watchdog = std::make_unique<CollectiveWatchdog>(config.checkpoint.collective_timeout, mpi.rank(), [&comm] {
-      comm.abort();
-      MpiSession::abort_world(1);
-    });
-    mpi.set_watchdog(watchdog.get());
-    comm.set_watchdog(watchdog.get());
-  }
-  struct Unwatch {  // before the watchdog goes
-    Communicator& a;
-    Communicator& b;
-    ~Unwatch() {
-      a.set_watchdog(nullptr);
-      b.set_watchdog(nullptr);
-    }
-  } unwatch{mpi, comm};
+  const std::string gpu = placement.device == DeviceKind::Cuda ? "GPU " + std::to_string(placement.device_index) : "";
+  const JobWatchdog watchdog(config.checkpoint.collective_timeout, mpi.rank(), gpu, comm, mpi);
   const torch::Device device = placement.device == DeviceKind::Cuda
                                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(placement.device_index))
                                    : torch::Device(torch::kCPU);

@@ -1,5 +1,6 @@
 #include "comm/nccl_communicator.h"
 
+#include "comm/watchdog.h"
 #include "common/error.h"
 
 #include <ATen/ATen.h>
@@ -11,8 +12,14 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <exception>
+#include <mutex>
 #include <string>
+#include <thread>
 
 namespace dtrain {
 
@@ -20,38 +27,107 @@ namespace {
 
 std::string where(const char* file, int line) { return std::string(file) + ":" + std::to_string(line); }
 
-void check_cuda(cudaError_t code, const char* expression, const char* file, int line, int rank, int device) {
-  if (code == cudaSuccess) return;
-  throw CommError(std::string(expression) + " failed at " + where(file, line) + " on rank " + std::to_string(rank) +
-                  ", GPU " + std::to_string(device) + ": " + cudaGetErrorString(code));
+std::string seconds_text(double seconds) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", seconds);
+  return text;
 }
 
 }  // namespace
 
-#define CUDA_CHECK(call) check_cuda((call), #call, __FILE__, __LINE__, rank(), state_->device)
-#define NCCL_CHECK(call) state_->check_nccl((call), #call, __FILE__, __LINE__, rank())
+#define CUDA_CHECK(call) state_->check_cuda((call), #call, __FILE__, __LINE__)
+#define NCCL_CHECK(call) state_->check_nccl((call), #call, __FILE__, __LINE__)
 
+// Shared by the communicator, its Works and the watchdog's health check, any
+// of which may outlive the communicator.
 struct NcclCommunicator::State {
+  int rank = 0;
   int device = -1;
-  ncclComm_t comm = nullptr;
+  double timeout_seconds = 0;     // for NCCL calls in progress; 0: forever
   cudaStream_t stream = nullptr;  // the comm stream
   bool owns_stream = false;
+  // A call failed, or the communicator was aborted: no more collectives.
+  std::atomic<bool> failed{false};
+  CollectiveWatchdog* health_watched_by = nullptr;  // main thread only
+  // The NCCL handle. Whoever swaps it to null (take_comm) aborts or destroys
+  // it; `comm_mutex` keeps that from happening during a health check.
+  std::atomic<ncclComm_t> comm{nullptr};
+  std::mutex comm_mutex;
 
-  // Aborts the communicator (so no rank waits on a broken one) and throws.
-  void check_nccl(ncclResult_t code, const char* expression, const char* file, int line, int rank) {
+  std::string who() const { return "rank " + std::to_string(rank) + " (GPU " + std::to_string(device) + ")"; }
+
+  ncclComm_t take_comm() {
+    std::lock_guard<std::mutex> lock(comm_mutex);
+    return comm.exchange(nullptr);
+  }
+
+  // Any thread: marks the communicator failed and aborts it, so no rank
+  // waits on a broken one.
+  void fail() {
+    failed = true;
+    if (ncclComm_t handle = take_comm()) ncclCommAbort(handle);
+  }
+
+  void check_cuda(cudaError_t code, const char* expression, const char* file, int line) {
+    if (code == cudaSuccess) return;
+    fail();
+    throw CommError(std::string(expression) + " failed at " + where(file, line) + " on " + who() + ": " +
+                    cudaGetErrorString(code));
+  }
+
+  // ncclInProgress is success for a call that starts work on a nonblocking
+  // communicator, once the work has settled; anything else aborts and throws.
+  void check_nccl(ncclResult_t code, const char* expression, const char* file, int line) {
+    if (code == ncclInProgress) code = settle(comm.load());
     if (code == ncclSuccess) return;
-    std::string message = std::string(expression) + " failed at " + where(file, line) + " on rank " +
-                          std::to_string(rank) + ", GPU " + std::to_string(device) + ": " + ncclGetErrorString(code);
-    if (comm) {
-      const char* detail = ncclGetLastError(comm);
+    const std::string at = " at " + where(file, line) + " on " + who() + ": ";
+    std::string message = expression;
+    if (code == ncclInProgress) {
+      message += " did not complete within --collective-timeout " + seconds_text(timeout_seconds) + " s" + at +
+                 "another rank stopped responding or did not make the same call";
+    } else {
+      message += " failed" + at + ncclGetErrorString(code);
+      const char* detail = ncclGetLastError(comm.load());
       if (detail && *detail) message += " (" + std::string(detail) + ")";
-      ncclCommAbort(comm);
-      comm = nullptr;
     }
+    fail();
     throw CommError(message);
   }
 
-  // The stream compute runs on: LibTorch's current one, or the legacy default.
+  // Polls until the last call on `handle` has finished (NCCL forbids other
+  // calls on it, and CUDA work on its stream, before then) and returns its
+  // result; ncclInProgress if it is still running after the timeout.
+  ncclResult_t settle(ncclComm_t handle) const {
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      ncclResult_t state = ncclInProgress;
+      const ncclResult_t code = ncclCommGetAsyncError(handle, &state);
+      if (code != ncclSuccess) return code;
+      if (state != ncclInProgress) return state;
+      if (timeout_seconds > 0 &&
+          std::chrono::steady_clock::now() - start > std::chrono::duration<double>(timeout_seconds)) {
+        return ncclInProgress;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
+
+  // The watchdog's health check (its thread): NCCL's asynchronous error, e.g.
+  // a peer that died or a network failure, or empty.
+  std::string async_error() {
+    std::lock_guard<std::mutex> lock(comm_mutex);
+    const ncclComm_t handle = comm.load();
+    ncclResult_t state = ncclSuccess;
+    if (!handle || ncclCommGetAsyncError(handle, &state) != ncclSuccess) return {};
+    if (state == ncclSuccess || state == ncclInProgress) return {};
+    failed = true;
+    std::string error = std::string("NCCL async error: ") + ncclGetErrorString(state);
+    const char* detail = ncclGetLastError(handle);
+    if (detail && *detail) error += " (" + std::string(detail) + ")";
+    return error;
+  }
+
+  // The stream compute runs on now: LibTorch's current one, or the legacy default.
   cudaStream_t compute_stream() const {
 #ifdef DTRAIN_TORCH_CUDA
     return at::cuda::getCurrentCUDAStream(device).stream();
@@ -87,32 +163,63 @@ ncclRedOp_t nccl_op_of(ReduceOp op) {
   return ncclSum;
 }
 
-// Completes when the comm stream reaches the event recorded after the
-// collective. wait() orders the compute stream after it (no host sync).
-class NcclWork final : public Work {
+// One collective in flight: the event recorded after it on the comm stream.
+// Shared by its Work and the watchdog; whichever drops it last destroys the
+// event. cudaEventQuery is safe from any thread.
+class NcclCollective final : public WatchedCollective {
  public:
-  NcclWork(cudaEvent_t done, cudaStream_t compute) : done_(done), compute_(compute) {}
-  ~NcclWork() override { cudaEventDestroy(done_); }
-  void wait() override {
-    const cudaError_t code = cudaStreamWaitEvent(compute_, done_, 0);
-    if (code != cudaSuccess) throw CommError(std::string("cudaStreamWaitEvent failed: ") + cudaGetErrorString(code));
-  }
-  bool test() override {
+  NcclCollective(cudaEvent_t done, int device, const char* name) : done_(done), device_(device), name_(name) {}
+  ~NcclCollective() override { cudaEventDestroy(done_); }
+  const char* name() const override { return name_; }
+  cudaEvent_t done() const { return done_; }
+
+  CollectiveState poll() override {
+    // The watchdog thread's first CUDA call must not make a context on GPU 0.
+    cudaSetDevice(device_);
     const cudaError_t code = cudaEventQuery(done_);
-    if (code == cudaSuccess) return true;
+    if (code == cudaSuccess) return {CollectiveState::Done, {}};
     if (code == cudaErrorNotReady) {
       (void)cudaGetLastError();  // not an error: do not leave it for LibTorch's next launch check
-      return false;
+      return {};
     }
-    throw CommError(std::string("cudaEventQuery on a NCCL collective failed: ") + cudaGetErrorString(code));
+    return {CollectiveState::Failed, std::string("CUDA error on GPU ") + std::to_string(device_) + ": " +
+                                         cudaGetErrorString(code)};
   }
 
  private:
   cudaEvent_t done_;
-  cudaStream_t compute_;
+  int device_;
+  const char* name_;
 };
 
 }  // namespace
+
+// wait() orders the stream current when it is called (as c10d's
+// WorkNCCL::wait does) after the collective: no host sync.
+class NcclCommunicator::NcclWork final : public Work {
+ public:
+  NcclWork(std::shared_ptr<State> state, std::shared_ptr<NcclCollective> collective)
+      : state_(std::move(state)), collective_(std::move(collective)) {}
+  void wait() override {
+    if (state_->failed) {
+      throw CommError(state_->who() + ": the NCCL communicator failed or was aborted while the " +
+                      collective_->name() + " ran; its result is lost");
+    }
+    CUDA_CHECK(cudaStreamWaitEvent(state_->compute_stream(), collective_->done(), 0));
+  }
+  bool test() override {
+    const CollectiveState state = collective_->poll();
+    if (state.status == CollectiveState::Failed) {
+      state_->failed = true;
+      throw CommError(state_->who() + ": the " + collective_->name() + " failed: " + state.error);
+    }
+    return state.status == CollectiveState::Done;
+  }
+
+ private:
+  std::shared_ptr<State> state_;
+  std::shared_ptr<NcclCollective> collective_;
+};
 
 int cuda_device_count() {
   int count = 0;
@@ -123,9 +230,11 @@ int cuda_device_count() {
   return count;
 }
 
-NcclCommunicator::NcclCommunicator(Communicator& bootstrap, int device_index)
-    : bootstrap_(bootstrap), state_(std::make_unique<State>()) {
+NcclCommunicator::NcclCommunicator(Communicator& bootstrap, int device_index, double timeout_seconds)
+    : bootstrap_(bootstrap), state_(std::make_shared<State>()) {
+  state_->rank = bootstrap.rank();
   state_->device = device_index;
+  state_->timeout_seconds = timeout_seconds;
   CUDA_CHECK(cudaSetDevice(device_index));
   ncclUniqueId id;
   if (rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
@@ -133,7 +242,23 @@ NcclCommunicator::NcclCommunicator(Communicator& bootstrap, int device_index)
   std::memcpy(id_bytes.data_ptr(), &id, sizeof(id));
   bootstrap_.broadcast(id_bytes, 0);
   std::memcpy(&id, id_bytes.data_ptr(), sizeof(id));
-  NCCL_CHECK(ncclCommInitRank(&state_->comm, world_size(), id, rank()));
+
+  // Nonblocking, so a rank that never joins cannot hang this one: poll
+  // until initialized, under the timeout.
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclComm_t handle = nullptr;
+  ncclResult_t result = ncclCommInitRankConfig(&handle, world_size(), id, rank(), &config);
+  state_->comm = handle;
+  if (result == ncclInProgress) result = state_->settle(handle);
+  if (result == ncclInProgress) {
+    state_->fail();
+    throw CommError(state_->who() + ": NCCL initialization did not complete: another rank did not join NCCL "
+                                    "initialization within --collective-timeout " +
+                    seconds_text(timeout_seconds) + " s; check that every rank started, or raise the timeout");
+  }
+  state_->check_nccl(result, "ncclCommInitRankConfig", __FILE__, __LINE__);
+
 #ifdef DTRAIN_TORCH_CUDA
   state_->stream = at::cuda::getStreamFromPool(/*isHighPriority=*/true, device_index).stream();
 #else
@@ -142,17 +267,27 @@ NcclCommunicator::NcclCommunicator(Communicator& bootstrap, int device_index)
 #endif
 }
 
-void NcclCommunicator::abort() {
-  if (state_->comm) ncclCommAbort(state_->comm);
-}
+void NcclCommunicator::abort() { state_->fail(); }
 
 NcclCommunicator::~NcclCommunicator() {
-  if (state_->comm) {
-    cudaStreamSynchronize(state_->stream);
-    ncclCommDestroy(state_->comm);
+  // Never blocks on a broken job: after a failure or abort(), or while an
+  // exception unwinds (some rank may have left a collective half done),
+  // abort. Otherwise finalize (flushes our collectives, under the timeout)
+  // and destroy, falling back to abort.
+  if (ncclComm_t handle = state_->take_comm()) {
+    bool finalized = false;
+    if (!state_->failed && std::uncaught_exceptions() == 0) {
+      ncclResult_t result = ncclCommFinalize(handle);
+      if (result == ncclInProgress) result = state_->settle(handle);
+      finalized = result == ncclSuccess;
+    }
+    if (finalized) ncclCommDestroy(handle);
+    else ncclCommAbort(handle);
   }
   if (state_->owns_stream) cudaStreamDestroy(state_->stream);
 }
+
+cudaStream_t NcclCommunicator::comm_stream() const { return state_->stream; }
 
 namespace {
 
@@ -164,13 +299,20 @@ void require_cuda(const at::Tensor& tensor, int device) {
 
 }  // namespace
 
-cudaStream_t NcclCommunicator::prepare_collective(const at::Tensor& tensor) {
+void NcclCommunicator::prepare_collective(const at::Tensor& tensor) {
+  if (state_->failed) {
+    throw CommError(state_->who() + ": the NCCL communicator failed or was aborted earlier; no collective can run");
+  }
   require_cuda(tensor, state_->device);
-  const cudaStream_t compute = state_->compute_stream();
+  CollectiveWatchdog* const watchdog = this->watchdog();
+  if (watchdog && watchdog != state_->health_watched_by) {
+    watchdog->add_health_check([state = state_] { return state->async_error(); });
+    state_->health_watched_by = watchdog;
+  }
   // The collective must see everything compute has queued for this tensor.
   cudaEvent_t ready;
   CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
-  CUDA_CHECK(cudaEventRecord(ready, compute));
+  CUDA_CHECK(cudaEventRecord(ready, state_->compute_stream()));
   CUDA_CHECK(cudaStreamWaitEvent(state_->stream, ready, 0));
   CUDA_CHECK(cudaEventDestroy(ready));
 #ifdef DTRAIN_TORCH_CUDA
@@ -179,21 +321,24 @@ cudaStream_t NcclCommunicator::prepare_collective(const at::Tensor& tensor) {
   c10::cuda::CUDACachingAllocator::recordStream(tensor.storage().data_ptr(),
                                                  c10::cuda::getStreamFromExternal(state_->stream, state_->device));
 #endif
-  return compute;
 }
 
-std::unique_ptr<Work> NcclCommunicator::finish_collective(cudaStream_t compute) {
+std::unique_ptr<Work> NcclCommunicator::finish_collective(const char* name) {
+  CollectiveWatchdog* const watchdog = this->watchdog();
+  const char* const scope = watchdog ? watchdog->scope_name() : nullptr;
   cudaEvent_t done;
   CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  auto collective = std::make_shared<NcclCollective>(done, state_->device, scope ? scope : name);
   CUDA_CHECK(cudaEventRecord(done, state_->stream));
-  return std::make_unique<NcclWork>(done, compute);
+  if (watchdog) watchdog->track(collective);
+  return std::make_unique<NcclWork>(state_, std::move(collective));
 }
 
 std::unique_ptr<Work> NcclCommunicator::do_all_reduce_async(at::Tensor& tensor, ReduceOp op) {
-  const cudaStream_t compute = prepare_collective(tensor);
+  prepare_collective(tensor);
   NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), static_cast<size_t>(tensor.numel()),
-                           nccl_type_of(tensor), nccl_op_of(op), state_->comm, state_->stream));
-  return finish_collective(compute);
+                           nccl_type_of(tensor), nccl_op_of(op), state_->comm.load(), state_->stream));
+  return finish_collective("NCCL all-reduce");
 }
 
 void NcclCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
@@ -202,14 +347,17 @@ void NcclCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
 }
 
 void NcclCommunicator::do_broadcast(at::Tensor& tensor, int root) {
-  const cudaStream_t compute = prepare_collective(tensor);
+  prepare_collective(tensor);
   NCCL_CHECK(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), static_cast<size_t>(tensor.numel()),
-                           nccl_type_of(tensor), root, state_->comm, state_->stream));
-  finish_collective(compute)->wait();
+                           nccl_type_of(tensor), root, state_->comm.load(), state_->stream));
+  finish_collective("NCCL broadcast")->wait();
 }
 
 void NcclCommunicator::barrier() {
-  CUDA_CHECK(cudaStreamSynchronize(state_->stream));
+  {
+    CollectiveWatchdog::Scope watched(watchdog(), "NCCL barrier");
+    CUDA_CHECK(cudaStreamSynchronize(state_->stream));
+  }
   bootstrap_.barrier();
 }
 

@@ -105,10 +105,11 @@ void check_same_placement(Communicator& comm, const Placement& placement) {
   }
 }
 
-std::unique_ptr<Communicator> make_backend(const Placement& placement, Communicator& bootstrap) {
+std::unique_ptr<Communicator> make_backend(const Placement& placement, Communicator& bootstrap,
+                                           double timeout_seconds) {
 #ifdef DTRAIN_HAVE_NCCL
   if (placement.backend == BackendKind::Nccl) {
-    return std::make_unique<NcclCommunicator>(bootstrap, placement.device_index);
+    return std::make_unique<NcclCommunicator>(bootstrap, placement.device_index, timeout_seconds);
   }
 #endif
   return nullptr;

@@ -34,7 +34,9 @@ Placement choose_placement(const DistributedOptions& options, int local_rank);
 void check_same_placement(Communicator& comm, const Placement& placement);
 
 // The communicator training uses: NCCL over `bootstrap` for Nccl, else null
-// (train on `bootstrap` itself, the MPI communicator).
-std::unique_ptr<Communicator> make_backend(const Placement& placement, Communicator& bootstrap);
+// (train on `bootstrap` itself, the MPI communicator). `timeout_seconds`
+// (--collective-timeout; 0: forever) bounds NCCL's initialization.
+std::unique_ptr<Communicator> make_backend(const Placement& placement, Communicator& bootstrap,
+                                           double timeout_seconds);
 
 }  // namespace dtrain

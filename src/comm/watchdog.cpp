@@ -1,5 +1,9 @@
 #include "comm/watchdog.h"
 
+#include "comm/communicator.h"
+#include "comm/mpi_communicator.h"
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <unistd.h>
@@ -7,14 +11,24 @@
 namespace dtrain {
 
 namespace {
+
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
+
+double seconds_since(int64_t since_ns) { return static_cast<double>(now_ns() - since_ns) / 1e9; }
+
+std::string at_step(int64_t step) { return step >= 0 ? "at step " + std::to_string(step) : "during start-up"; }
+
+// How long the abort action gets before the watchdog ends the process itself.
+constexpr double kAbortGraceSeconds = 3;
+
 }  // namespace
 
-CollectiveWatchdog::CollectiveWatchdog(double timeout_seconds, int rank, std::function<void()> on_timeout)
-    : timeout_seconds_(timeout_seconds), rank_(rank), on_timeout_(std::move(on_timeout)) {
+CollectiveWatchdog::CollectiveWatchdog(double timeout_seconds, int rank, std::string device,
+                                       std::function<void()> on_timeout)
+    : timeout_seconds_(timeout_seconds), rank_(rank), device_(std::move(device)), on_timeout_(std::move(on_timeout)) {
   thread_ = std::thread([this] { watch(); });
 }
 
@@ -25,6 +39,17 @@ CollectiveWatchdog::~CollectiveWatchdog() {
   }
   stop_signal_.notify_all();
   thread_.join();
+}
+
+void CollectiveWatchdog::track(std::shared_ptr<WatchedCollective> collective) {
+  const int64_t since = now_ns();
+  std::lock_guard<std::mutex> lock(mutex_);
+  in_flight_.push_back({std::move(collective), since, step_.load(std::memory_order_relaxed)});
+}
+
+void CollectiveWatchdog::add_health_check(std::function<std::string()> check) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  health_checks_.push_back(std::move(check));
 }
 
 CollectiveWatchdog::Scope::Scope(CollectiveWatchdog* watchdog, const char* what) : watchdog_(watchdog) {
@@ -42,30 +67,92 @@ CollectiveWatchdog::Scope::~Scope() {
   }
 }
 
+const char* CollectiveWatchdog::scope_name() const {
+  return depth_.load(std::memory_order_acquire) > 0 ? what_.load(std::memory_order_relaxed) : nullptr;
+}
+
 void CollectiveWatchdog::watch() {
   // Checks a few times per timeout (at least once a second), so a hang is
   // reported within the timeout plus that interval.
   const auto interval = std::chrono::duration<double>(std::min(1.0, timeout_seconds_ / 4));
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_signal_.wait_for(lock, interval, [this] { return stopping_; })) {
-    const int64_t since = since_ns_.load(std::memory_order_acquire);
-    if (since == 0) continue;
-    const double waited = static_cast<double>(now_ns() - since) / 1e9;
-    if (waited < timeout_seconds_) continue;
-    const int64_t step = step_.load(std::memory_order_relaxed);
-    const char* what = what_.load(std::memory_order_relaxed);
-    char where[48] = "during start-up";
-    if (step >= 0) std::snprintf(where, sizeof where, "at step %lld", static_cast<long long>(step));
-    std::fprintf(stderr,
-                 "dtrain: error: rank %d: the %s %s has not completed after %.0f s (--collective-timeout): another "
-                 "rank stopped responding or died; aborting the job\n",
-                 rank_, what ? what : "collective", where, waited);
-    std::fflush(stderr);
-    // If the abort itself hangs, the alarm's default action ends the process.
-    alarm(30);
-    on_timeout_();
-    _exit(1);
+    const std::string failure = check();
+    if (failure.empty()) continue;
+    lock.unlock();  // the abort action, and other threads, may still call in
+    fire(failure);
   }
+}
+
+std::string CollectiveWatchdog::check() {
+  // Text only on failure: a pass allocates nothing.
+  const auto the = [](const char* what, int64_t step) { return std::string("the ") + what + " " + at_step(step); };
+  const auto timed_out = [this] {
+    char text[160];
+    std::snprintf(text, sizeof text,
+                  " has not completed after %g s (--collective-timeout): another rank stopped responding or died",
+                  timeout_seconds_);
+    return std::string(text);
+  };
+
+  const int64_t scope_since = since_ns_.load(std::memory_order_acquire);
+  if (scope_since != 0 && seconds_since(scope_since) >= timeout_seconds_) {
+    const char* what = what_.load(std::memory_order_relaxed);
+    return the(what ? what : "collective", step_.load()) + timed_out();
+  }
+  for (const auto& health_check : health_checks_) {
+    const std::string error = health_check();
+    if (!error.empty()) return "the communicator failed " + at_step(step_.load()) + ": " + error;
+  }
+  for (auto& watched : in_flight_) {
+    const CollectiveState state = watched.collective->poll();
+    if (state.status == CollectiveState::Failed) {
+      return the(watched.collective->name(), watched.step) + " failed: " + state.error;
+    }
+    if (state.status == CollectiveState::Done) {
+      watched.collective.reset();
+    } else if (seconds_since(watched.since_ns) >= timeout_seconds_) {
+      return the(watched.collective->name(), watched.step) + timed_out();
+    }
+  }
+  const auto done = [](const InFlight& watched) { return !watched.collective; };
+  in_flight_.erase(std::remove_if(in_flight_.begin(), in_flight_.end(), done), in_flight_.end());
+  return {};
+}
+
+void CollectiveWatchdog::fire(const std::string& failure) {
+  const std::string who = "rank " + std::to_string(rank_) + (device_.empty() ? "" : " (" + device_ + ")");
+  std::fprintf(stderr, "dtrain: error: %s: %s; aborting the job\n", who.c_str(), failure.c_str());
+  std::fflush(stderr);
+  // The abort action can block (ncclCommAbort waiting on a hung GPU, exit
+  // handlers synchronizing it), so it runs on its own thread and this one
+  // ends the process when its time is up.
+  std::thread(on_timeout_).detach();
+  const double grace = std::min(kAbortGraceSeconds, timeout_seconds_);
+  std::this_thread::sleep_for(std::chrono::duration<double>(grace));
+  std::fprintf(stderr, "dtrain: error: %s: the abort did not end the process within %g s; exiting\n", who.c_str(),
+               grace);
+  std::fflush(stderr);
+  _exit(1);
+}
+
+JobWatchdog::JobWatchdog(double timeout_seconds, int rank, std::string device, Communicator& comm,
+                         Communicator& bootstrap)
+    : comm_(comm), bootstrap_(bootstrap) {
+  if (timeout_seconds <= 0) return;
+  // If the NCCL abort blocks, the watchdog's bound ends the process without
+  // MPI_Abort: mpirun then ends the job because a rank exited unfinalized.
+  watchdog_ = std::make_unique<CollectiveWatchdog>(timeout_seconds, rank, std::move(device), [&comm] {
+    comm.abort();
+    MpiSession::abort_world(1);
+  });
+  bootstrap_.set_watchdog(watchdog_.get());
+  comm_.set_watchdog(watchdog_.get());
+}
+
+JobWatchdog::~JobWatchdog() {
+  bootstrap_.set_watchdog(nullptr);
+  comm_.set_watchdog(nullptr);
 }
 
 }  // namespace dtrain
