@@ -185,8 +185,13 @@ void GradientReducer::start(Bucket& bucket) {
   if (track_micro_norms_) measure_micro_step(bucket);
   if (!bucket.wire.is_same(bucket.buffer)) bucket.wire.copy_(bucket.buffer);
   // World size 1: the sum over one rank is the bucket itself.
-  bucket.work = comm_.world_size() > 1 ? comm_.all_reduce_async(bucket.wire, ReduceOp::Sum)
-                                       : std::make_unique<CompletedWork>();
+  if (comm_.world_size() > 1) {
+    // Names the collective for the watchdog, which on NCCL watches it in flight.
+    CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient all-reduce");
+    bucket.work = comm_.all_reduce_async(bucket.wire, ReduceOp::Sum);
+  } else {
+    bucket.work = std::make_unique<CompletedWork>();
+  }
   bucket.started = true;
 }
 

@@ -23,6 +23,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 KIT=${DTRAIN_GPU_KIT:-$ROOT/.gpu-kit}
 PREFIX=${DTRAIN_GPU_KIT_PREFIX:-/tmp/dtrain-gpu-kit}  # fixed, so ccache hits across rehearsals
 R=$PREFIX/root                                          # the unpacked packages
+export ROOT KIT PREFIX R  # for the checks, which run in a shell of their own
 LIMIT_MIB=64
 MULTIARCH=x86_64-linux-gnu
 
@@ -99,6 +100,10 @@ prepare() {
 # or to the base system's library.
 unpack() {
   [ -f "$KIT/manifest.tsv" ] || die "no kit in $KIT: run tests/gpu/kit.sh prepare first (where apt-get works)"
+  if cmp -s "$KIT/manifest.tsv" "$R/.kit-manifest.tsv"; then
+    say "the kit is already unpacked in $R"
+    return 0
+  fi
   rm -rf "$R"
   mkdir -p "$R"
   for deb in "$KIT"/debs/*.deb; do
@@ -125,6 +130,7 @@ unpack() {
   done < <(find "$R" -type l)
   # What update-alternatives would have made.
   for tool in mpirun mpiexec mpicc mpicxx; do ln -sfn "$tool.openmpi" "$R/usr/bin/$tool"; done
+  cp "$KIT/manifest.tsv" "$R/.kit-manifest.tsv"
   say "unpacked $(ls "$KIT"/debs/*.deb | wc -l) packages into $R ($(du -sh "$R" | cut -f1))"
 }
 
@@ -247,15 +253,20 @@ check() {
   [ "$limit" -le "$left" ] || limit=$left
   say "== $name (at most $limit s)"
   local out=$PREFIX/check.out start=$SECONDS code=0
-  timeout -k 5 "$limit" "$@" >"$out" 2>&1 || code=$?
+  local run=("$@")
+  if declare -F "$1" >/dev/null; then  # a function of this script: timeout needs a program
+    export -f "$1"
+    run=(bash -c '"$@"' bash "$@")
+  fi
+  timeout -k 5 "$limit" "${run[@]}" >"$out" 2>&1 || code=$?
   cat "$out"
   local status=pass detail
   [ "$code" -eq 0 ] || status=fail
   [ "$code" -eq 124 ] && echo "kit: $name ran past $limit s"
   if grep -q '^\[  SKIPPED \]' "$out"; then status=fail; echo "kit: $name: a GPU test skipped on the GPU machine"; fi
   if grep -q '^\[==========\] 0 tests' "$out"; then status=fail; echo "kit: $name: the filter selected no test"; fi
-  detail=$(grep -E '^(figures:|\{)' "$out" | tail -1 | sed 's/^figures: *//' | tr '\t' ' ')
-  [ -n "$detail" ] || detail=$(grep -E '^\[  (PASSED|FAILED)  \]|^kit-check:' "$out" | tr '\n' ' ' | tr '\t' ' ')
+  detail=$(grep -E '^(figures:|\{)' "$out" | tail -1 | sed 's/^figures: *//' | tr '\t' ' ' || true)
+  [ -n "$detail" ] || detail=$(grep -E '^\[  (PASSED|FAILED)  \]|^kit-check:' "$out" | tr '\n' ' ' | tr '\t' ' ' || true)
   printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$((SECONDS - start))" "$detail" >>"$CHECKS"
   say "== $name: $status ($((SECONDS - start)) s)"
 }
@@ -268,7 +279,9 @@ stall_check() {
   local took=$((SECONDS - start))
   cat "$PREFIX/stall.out"
   local left
-  left=$(pgrep -f dtrain_nccl_stall || true)
+  # /proc, not pgrep: a bare machine may lack procps. The bracket keeps
+  # grep's own command line from matching.
+  left=$(grep -ls 'dtrain_nccl_stal[l]' /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3 | tr '\n' ' ' || true)
   echo "figures: exit $code after $took s with --collective-timeout $timeout_s; processes left: ${left:-none}"
   [ "$code" -ne 0 ] || { echo "kit-check: the stalled job exited 0"; return 1; }
   grep -q 'collective-timeout' "$PREFIX/stall.out" || { echo "kit-check: no watchdog line"; return 1; }
@@ -342,6 +355,7 @@ run_kit() {
   mkdir -p "$PREFIX"
   : >"$CHECKS"
   command -v nvidia-smi >/dev/null && nvidia-smi -L || say "no nvidia-smi"
+  say "$(c++ --version 2>&1 | head -1); $(cmake --version 2>&1 | head -1); ninja $(ninja --version 2>&1 || echo absent); $(nproc) cores"
   local gpus
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   unpack
