@@ -335,6 +335,9 @@ std::unique_ptr<Work> NcclCommunicator::finish_collective(const char* name) {
 }
 
 std::unique_ptr<Work> NcclCommunicator::do_all_reduce_async(at::Tensor& tensor, ReduceOp op) {
+  // The enqueue itself is watched too: NCCL may block in it (its first
+  // collective connects peers; a full work queue waits for the GPU).
+  CollectiveWatchdog::Scope watched(watchdog(), "NCCL all-reduce");
   prepare_collective(tensor);
   NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), static_cast<size_t>(tensor.numel()),
                            nccl_type_of(tensor), nccl_op_of(op), state_->comm.load(), state_->stream));
@@ -347,6 +350,7 @@ void NcclCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
 }
 
 void NcclCommunicator::do_broadcast(at::Tensor& tensor, int root) {
+  CollectiveWatchdog::Scope watched(watchdog(), "NCCL broadcast");
   prepare_collective(tensor);
   NCCL_CHECK(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), static_cast<size_t>(tensor.numel()),
                            nccl_type_of(tensor), root, state_->comm.load(), state_->stream));

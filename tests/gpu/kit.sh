@@ -139,7 +139,8 @@ unpack() {
 kit_env() {
   local lib=$R/usr/lib/$MULTIARCH
   export OPAL_PREFIX=$R/usr OPAL_SYSCONFDIR=$R/etc/openmpi
-  export PMIX_MCA_mca_base_component_path=$lib/pmix2/lib/pmix
+  export PMIX_INSTALL_PREFIX=$lib/pmix2 PMIX_MCA_mca_base_component_path=$lib/pmix2/lib/pmix
+  export PMIX_MCA_pcompress_base_silence_warning=1
   export PATH=$R/usr/bin:$PATH
   export LD_LIBRARY_PATH=$lib:$lib/openmpi/lib:$lib/pmix2/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 GTEST_COLOR=no
@@ -275,9 +276,11 @@ check() {
 # the NCCL stream on a value nobody writes, then waits in .item().
 stall_check() {
   local build=$1 timeout_s=5 start=$SECONDS code=0
-  mpirun -np 1 "$build/tests/dtrain_nccl_stall" --collective-timeout "$timeout_s" >"$PREFIX/stall.out" 2>&1 || code=$?
+  # Its output goes to the log as it comes (tee), so a hang still shows where.
+  set -o pipefail
+  timeout -k 5 $((timeout_s + 30)) mpirun -np 1 "$build/tests/dtrain_nccl_stall" --collective-timeout "$timeout_s" 2>&1 |
+    while IFS= read -r line; do echo "[$((SECONDS - start)) s] $line"; done | tee "$PREFIX/stall.out" || code=$?
   local took=$((SECONDS - start))
-  cat "$PREFIX/stall.out"
   local left
   # /proc, not pgrep: a bare machine may lack procps. The bracket keeps
   # grep's own command line from matching.

@@ -66,12 +66,21 @@ int main(int argc, char** argv) {
   try {
     NcclCommunicator nccl(world, 0, timeout);
     const JobWatchdog watchdog(timeout, world.rank(), "GPU 0", nccl, world);
+    // A first collective that completes, as in training: NCCL connects and
+    // sets up its device state in its first collective.
+    auto warm_up = torch::ones({1 << 20}, torch::TensorOptions().device(torch::kCUDA, 0));
+    nccl.all_reduce(warm_up);
+    const float warm_sum = warm_up.sum().item<float>();
+    std::printf("nccl_stall: NCCL is up (warm-up sum %g)\n", warm_sum);
+    std::fflush(stdout);
 
     void* never_written = nullptr;
     check(cudaMalloc(&never_written, sizeof(int)), "cudaMalloc");
     check(cudaMemset(never_written, 0, sizeof(int)), "cudaMemset");
     check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     wait_forever(nccl.comm_stream(), never_written);
+    std::printf("nccl_stall: the NCCL stream waits on a value nobody writes\n");
+    std::fflush(stdout);
 
     // A gradient-like all-reduce, as the reducer starts it: async, no Scope.
     auto gradient = torch::ones({1 << 20}, torch::TensorOptions().device(torch::kCUDA, 0));
