@@ -122,9 +122,9 @@ nlohmann::json bench_loop(const std::map<std::string, std::string>& f) {
   options.hidden = int_list(get(f, "hidden", "1024,1024"));
   torch::manual_seed(0);
   auto model = dtrain::make_model(options, {1, 28, 28}, 10);
-  dtrain::DataOptions data_options;
-  if (get(f, "data", "fashion-mnist") == "synthetic") data_options.dataset = dtrain::DatasetKind::Synthetic;
-  const auto data = dtrain::load_dataset(data_options);
+  dtrain::Config data_config;
+  if (get(f, "data", "fashion-mnist") == "synthetic") data_config.data.dataset = dtrain::DatasetKind::Synthetic;
+  const auto data = dtrain::load_dataset(data_config);
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(std::stod(get(f, "lr", "0.01"))).momentum(0.9));
   const int64_t n = data.train.size();
   const int64_t steps_per_epoch = n / micro;

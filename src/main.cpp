@@ -95,8 +95,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
 
   Dataset data;
   run_agreed(mpi, [&] {
-    data = load_dataset(config.data);
-    if (config.data.validation_size > 0) hold_out_validation(data, config.data.validation_size, config.run.seed);
+    data = load_dataset(config);
   });
 
   // Where the run starts: rank 0 resolves --resume, every rank reads the
@@ -175,6 +174,14 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
       std::printf("preempted at step %lld; checkpoint %s; resume with --resume auto\n",
                   static_cast<long long>(summary["steps"].get<int64_t>()),
                   summary["checkpoint"].get<std::string>().c_str());
+    } else if (status == "completed" && summary.contains("tokens_per_sec")) {
+      const bool has_val = summary["val_bits_per_byte"].is_number();
+      std::printf("done: %s %.4f nats/token (%.3f bits/byte), %.1f s training, %.0f tokens/s; see %s/\n",
+                  has_val ? "val loss" : "train-subset loss",
+                  summary[has_val ? "val_loss" : "train_eval_loss"].get<double>(),
+                  summary[has_val ? "val_bits_per_byte" : "train_eval_bits_per_byte"].get<double>(),
+                  summary["train_seconds"].get<double>(), summary["tokens_per_sec"].get<double>(),
+                  config.run.out_dir.c_str());
     } else if (status == "completed") {
       std::printf("done: test accuracy %.4f, train-subset accuracy %.4f, %.1f s training, %.0f samples/s; see %s/\n",
                   summary["test_accuracy"].get<double>(), summary["train_eval_accuracy"].get<double>(),

@@ -12,8 +12,8 @@ namespace dtrain {
 enum class LrScaling { Linear, Sqrt, None };
 enum class LrScheduleKind { Constant, Cosine, Linear, Step };
 enum class OptimizerKind { Sgd, AdamW, Lars, Lamb };
-enum class DatasetKind { FashionMnist, Synthetic };
-enum class ModelKind { Mlp, Cnn };
+enum class DatasetKind { FashionMnist, Synthetic, Kjv, Text };
+enum class ModelKind { Mlp, Cnn, Gpt };
 enum class BackendKind { Auto, Mpi, Nccl };
 enum class DeviceKind { Auto, Cpu, Cuda };
 enum class ReduceDtype { Fp32, Bf16, Fp16 };
@@ -69,12 +69,20 @@ struct DataOptions {
   int64_t synthetic_classes = 10;
   uint64_t synthetic_seed = 1;
   // Training samples held out as a validation split (chosen by --seed); 0: none.
+  // For text datasets: whole documents.
   int64_t validation_size = 0;
+  std::string data_file;  // --dataset text: one document per line
+  bool pack = false;      // text datasets: concatenate documents into full rows
 };
 
 struct ModelOptions {
   ModelKind kind = ModelKind::Mlp;
   std::vector<int64_t> hidden = {512, 256};
+  // --model gpt (models/gpt.h); block_size is also the text datasets' row length.
+  int64_t n_layer = 4;
+  int64_t n_head = 4;
+  int64_t n_embd = 128;
+  int64_t block_size = 128;
 };
 
 struct DistributedOptions {

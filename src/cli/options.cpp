@@ -43,9 +43,17 @@ const char* to_string(OptimizerKind value) {
 }
 double default_eps(OptimizerKind kind) { return kind == OptimizerKind::Lamb ? 1e-6 : 1e-8; }
 const char* to_string(DatasetKind value) {
-  return value == DatasetKind::FashionMnist ? "fashion-mnist" : "synthetic";
+  switch (value) {
+    case DatasetKind::FashionMnist: return "fashion-mnist";
+    case DatasetKind::Synthetic: return "synthetic";
+    case DatasetKind::Kjv: return "kjv";
+    case DatasetKind::Text: return "text";
+  }
+  return "?";
 }
-const char* to_string(ModelKind value) { return value == ModelKind::Mlp ? "mlp" : "cnn"; }
+const char* to_string(ModelKind value) {
+  return value == ModelKind::Mlp ? "mlp" : value == ModelKind::Cnn ? "cnn" : "gpt";
+}
 const char* to_string(BackendKind value) {
   switch (value) {
     case BackendKind::Auto: return "auto";
@@ -103,7 +111,7 @@ void validate(const Config& c) {
   require(!c.optimizer.nesterov || c.optimizer.momentum > 0, "--nesterov true needs --momentum > 0");
   require(!c.optimizer.nesterov || c.optimizer.kind == OptimizerKind::Sgd,
           "--nesterov applies to --optimizer sgd only");
-  require(!c.model.hidden.empty() || c.model.kind == ModelKind::Cnn,
+  require(!c.model.hidden.empty() || c.model.kind != ModelKind::Mlp,
           "--hidden needs at least one width for --model mlp (e.g. --hidden 512,256)");
   require(!(c.distributed.backend == BackendKind::Nccl && c.distributed.device == DeviceKind::Cpu),
           "--backend nccl needs --device cuda (or auto)");

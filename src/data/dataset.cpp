@@ -3,6 +3,7 @@
 #include "common/error.h"
 #include "data/idx_reader.h"
 #include "data/sampler.h"
+#include "data/text_dataset.h"
 
 #include <torch/torch.h>
 
@@ -73,15 +74,48 @@ Dataset make_synthetic(int64_t train_samples, int64_t test_samples, int64_t num_
   return dataset;
 }
 
-Dataset load_dataset(const DataOptions& options) {
+Dataset token_dataset(const std::string& name, const TextDataset& text) {
+  Dataset dataset;
+  dataset.name = name;
+  dataset.train = {text.train.inputs, text.train.targets, text.train.target_counts};
+  dataset.validation = {text.validation.inputs, text.validation.targets, text.validation.target_counts};
+  dataset.num_classes = 256;
+  dataset.input_shape = {text.block_size};
+  dataset.tokens = true;
+  return dataset;
+}
+
+Dataset load_dataset(const Config& config) {
+  const DataOptions& options = config.data;
+  const bool text = options.dataset == DatasetKind::Kjv || options.dataset == DatasetKind::Text;
+  if (text != (config.model.kind == ModelKind::Gpt)) {
+    throw UsageError(text ? std::string("--dataset ") + to_string(options.dataset) +
+                                " is text: train it with --model gpt"
+                          : std::string("--model gpt trains on text: use --dataset kjv or --dataset text --data-file F"));
+  }
+  Dataset dataset;
   switch (options.dataset) {
     case DatasetKind::FashionMnist:
-      return load_fashion_mnist(options.data_dir);
+      dataset = load_fashion_mnist(options.data_dir);
+      break;
     case DatasetKind::Synthetic:
-      return make_synthetic(options.synthetic_train_samples, options.synthetic_test_samples,
-                            options.synthetic_classes, options.synthetic_seed);
+      dataset = make_synthetic(options.synthetic_train_samples, options.synthetic_test_samples,
+                               options.synthetic_classes, options.synthetic_seed);
+      break;
+    case DatasetKind::Kjv:
+    case DatasetKind::Text: {
+      if (options.dataset == DatasetKind::Text && options.data_file.empty()) {
+        throw UsageError("--dataset text needs --data-file PATH (a text file, one document per line)");
+      }
+      const auto documents =
+          options.dataset == DatasetKind::Kjv ? kjv_documents() : read_documents(options.data_file);
+      return token_dataset(to_string(options.dataset),
+                           make_text_dataset(documents, config.model.block_size, options.validation_size,
+                                             config.run.seed, options.pack));
+    }
   }
-  throw Error("unknown dataset");
+  if (options.validation_size > 0) hold_out_validation(dataset, options.validation_size, config.run.seed);
+  return dataset;
 }
 
 void hold_out_validation(Dataset& dataset, int64_t size, uint64_t seed) {

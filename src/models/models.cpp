@@ -1,6 +1,7 @@
 #include "models/models.h"
 
 #include "common/error.h"
+#include "models/gpt.h"
 
 #include <torch/torch.h>
 
@@ -66,6 +67,18 @@ std::shared_ptr<Classifier> make_model(const ModelOptions& options, const std::v
     }
     case ModelKind::Cnn:
       return std::make_shared<SmallCnn>(input_shape, num_classes);
+    case ModelKind::Gpt: {
+      if (input_shape.size() != 1 || input_shape[0] != options.block_size) {
+        throw UsageError("--model gpt reads rows of --block-size tokens: train it on --dataset kjv or text");
+      }
+      GptOptions gpt;
+      gpt.vocab_size = num_classes;
+      gpt.block_size = options.block_size;
+      gpt.n_layer = options.n_layer;
+      gpt.n_head = options.n_head;
+      gpt.n_embd = options.n_embd;
+      return make_gpt(gpt);
+    }
   }
   throw Error("unknown model");
 }

@@ -18,6 +18,14 @@ namespace dtrain {
 
 namespace {
 
+// The sum of per-item cross-entropy: per sample ([N, C] logits), or per target
+// token ([N, T, V] logits, -1 targets skipped: padding never counts).
+at::Tensor summed_cross_entropy(const at::Tensor& logits, const at::Tensor& targets) {
+  return torch::nn::functional::cross_entropy(
+      logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(-1));
+}
+
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
@@ -113,7 +121,9 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
 
   test_shard_ = eval_shard(data_.test.size(), comm_.rank(), comm_.world_size());
   validation_shard_ = eval_shard(data_.validation.size(), comm_.rank(), comm_.world_size());
-  const auto subset = fixed_subset(data_.train.size(), data_.test.size(), config_.run.seed);
+  // The train-eval subset matches the held-out split it is compared with.
+  const int64_t compared = data_.test.size() > 0 ? data_.test.size() : data_.validation.size();
+  const auto subset = fixed_subset(data_.train.size(), compared, config_.run.seed);
   for (int64_t position : eval_shard(static_cast<int64_t>(subset.size()), comm_.rank(), comm_.world_size())) {
     train_eval_shard_.push_back(subset[position]);
   }
@@ -137,6 +147,14 @@ void Trainer::broadcast_initial_state() {
   }
 }
 
+double Trainer::global_batch_items(int64_t step_in_epoch) const {
+  if (!data_.train.target_counts.defined()) return static_cast<double>(plan_.global_batch_size);
+  const auto window = torch::from_blob(const_cast<int64_t*>(permutation_.data()) +
+                                           step_in_epoch * plan_.global_batch_size,
+                                       {plan_.global_batch_size}, torch::kLong);
+  return static_cast<double>(data_.train.target_counts.index_select(0, window).sum().item<int64_t>());
+}
+
 StepResult Trainer::train_step(int64_t step, bool compute_grad_norm, bool update) {
   if (CollectiveWatchdog* watchdog = comm_.watchdog()) watchdog->set_step(step + 1);
   const int64_t epoch = step / steps_per_epoch_;
@@ -154,20 +172,17 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm, bool update
   reducer_->zero_grad();
   step_loss_.zero_();
   // 2. Micro-batches. The normalizer is the number of loss items in the whole
-  // global batch (here one per sample; a token-weighted loss will count
-  // tokens), so summing the ranks' gradients gives exactly the gradient of the
-  // global mean.
-  const double loss_items_per_step = static_cast<double>(plan_.global_batch_size);
+  // global batch (one per sample; for text, its target tokens), so summing
+  // the ranks' gradients gives exactly the gradient of the global mean.
+  const double loss_items_per_step = global_batch_items(step_in_epoch);
+  result.loss_items = loss_items_per_step;
   for (int64_t micro_step = 0; micro_step < plan_.grad_accum_steps; ++micro_step) {
     const auto indices = micro_batch_indices(permutation_, plan_, step_in_epoch, micro_step, comm_.rank());
     const auto index_tensor = as_index_tensor(indices);
     const auto inputs = data_.train.inputs.index_select(0, index_tensor).to(device_);
     const auto targets = data_.train.targets.index_select(0, index_tensor).to(device_);
     reducer_->begin_micro_step(micro_step == plan_.grad_accum_steps - 1);
-    const auto logits = model_->forward(inputs);
-    auto loss = torch::nn::functional::cross_entropy(
-                    logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
-                loss_items_per_step;
+    auto loss = summed_cross_entropy(model_->forward(inputs), targets) / loss_items_per_step;
     if (step + 1 == fault_nan_step_ && (fault_nan_rank_ < 0 || fault_nan_rank_ == comm_.rank())) {
       loss = loss * std::numeric_limits<double>::quiet_NaN();  // fault injection (tests only)
     }
@@ -233,57 +248,82 @@ EvalResult Trainer::evaluate(const Split& split, const std::vector<int64_t>& ind
   torch::NoGradGuard no_grad;
   model_->eval();
   constexpr int64_t kChunk = 1000;
+  // Rows of up to a few hundred tokens: smaller chunks keep the logits small.
+  const int64_t chunk = split.target_counts.defined() ? std::max<int64_t>(1, 65536 / split.inputs.size(1)) : kChunk;
   double loss_sum = 0;
-  int64_t correct = 0;
-  for (size_t start = 0; start < indices.size(); start += kChunk) {
-    const int64_t count = std::min<int64_t>(kChunk, static_cast<int64_t>(indices.size() - start));
+  int64_t correct = 0, items = 0;
+  for (size_t start = 0; start < indices.size(); start += chunk) {
+    const int64_t count = std::min<int64_t>(chunk, static_cast<int64_t>(indices.size() - start));
     const auto index_tensor =
         torch::from_blob(const_cast<int64_t*>(indices.data() + start), {count}, torch::kLong);
     const auto logits = model_->forward(split.inputs.index_select(0, index_tensor).to(device_));
     const auto targets = split.targets.index_select(0, index_tensor).to(device_);
-    loss_sum += torch::nn::functional::cross_entropy(
-                    logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                    .item<double>();
-    correct += logits.argmax(1).eq(targets).sum().item<int64_t>();
+    loss_sum += summed_cross_entropy(logits, targets).item<double>();
+    correct += logits.argmax(-1).eq(targets).sum().item<int64_t>();  // a -1 target is never a class
+    items += split.target_counts.defined() ? split.target_counts.index_select(0, index_tensor).sum().item<int64_t>()
+                                           : count;
   }
-  const auto sums = all_reduce_sums({loss_sum, static_cast<double>(correct), static_cast<double>(indices.size())});
+  const auto sums = all_reduce_sums(
+      {loss_sum, static_cast<double>(correct), static_cast<double>(indices.size()), static_cast<double>(items)});
   EvalResult result;
   result.samples = static_cast<int64_t>(sums[2]);
-  result.loss = sums[0] / static_cast<double>(result.samples);
-  result.accuracy = sums[1] / static_cast<double>(result.samples);
+  result.items = static_cast<int64_t>(sums[3]);
+  result.loss = sums[0] / static_cast<double>(result.items);
+  result.accuracy = sums[1] / static_cast<double>(result.items);
   return result;
 }
 
 nlohmann::json Trainer::evaluate_all(int64_t steps_done) {
-  const EvalResult test = evaluate(data_.test, test_shard_);
-  const EvalResult train = evaluate(data_.train, train_eval_shard_);
+  // Text datasets have no test split: their held-out documents are the validation split.
+  const bool has_test = data_.test.size() > 0;
   const bool has_validation = data_.validation.size() > 0;
+  const EvalResult test = has_test ? evaluate(data_.test, test_shard_) : EvalResult{};
+  const EvalResult train = evaluate(data_.train, train_eval_shard_);
   const EvalResult validation = has_validation ? evaluate(data_.validation, validation_shard_) : EvalResult{};
   nlohmann::json event = {
       {"event", "eval"},
       {"step", steps_done},
       {"epoch", static_cast<double>(steps_done) / static_cast<double>(steps_per_epoch_)},
       {"samples_seen", steps_done * plan_.global_batch_size},
-      {"test_loss", test.loss},
-      {"test_accuracy", test.accuracy},
-      {"test_samples", test.samples},
       {"train_eval_loss", train.loss},
       {"train_eval_accuracy", train.accuracy},
       {"train_eval_samples", train.samples},
-      {"generalization_gap", train.accuracy - test.accuracy},
   };
-  if (has_validation) {
-    event["val_loss"] = validation.loss;
-    event["val_accuracy"] = validation.accuracy;
-    event["val_samples"] = validation.samples;
-  }
+  auto add = [&](const std::string& prefix, const EvalResult& result) {
+    event[prefix + "_loss"] = result.loss;
+    event[prefix + "_accuracy"] = result.accuracy;
+    event[prefix + "_samples"] = result.samples;
+    if (data_.tokens) {  // byte tokens: nats per token / ln 2 = bits per byte
+      event[prefix + "_tokens"] = result.items;
+      event[prefix + "_bits_per_byte"] = result.loss / std::log(2.0);
+      event[prefix + "_perplexity"] = std::exp(result.loss);
+    }
+  };
+  if (has_test) add("test", test);
+  add("train_eval", train);
+  if (has_validation) add("val", validation);
+  // Classification: train-subset accuracy minus test accuracy; text: held-out
+  // loss minus train-subset loss (nats per token).
+  if (has_test) event["generalization_gap"] = train.accuracy - test.accuracy;
+  else if (data_.tokens && has_validation) event["generalization_gap"] = validation.loss - train.loss;
   if (is_root()) {
-    const std::string val = has_validation ? " | val acc " + format_metric(validation.accuracy) + " loss " +
-                                                 format_metric(validation.loss)
-                                           : "";
-    std::fprintf(stdout, "eval step %lld (epoch %.2f): test acc %.4f loss %.4f%s | train-subset acc %.4f loss %.4f | gap %+.4f\n",
-                 static_cast<long long>(steps_done), event["epoch"].get<double>(), test.accuracy, test.loss,
-                 val.c_str(), train.accuracy, train.loss, train.accuracy - test.accuracy);
+    std::string line;
+    if (data_.tokens) {
+      char text[256];
+      std::snprintf(text, sizeof text, "val loss %.4f (%.3f bits/byte, perplexity %.2f) | train-subset loss %.4f",
+                    validation.loss, validation.loss / std::log(2.0), std::exp(validation.loss), train.loss);
+      line = has_validation ? text : "train-subset loss " + format_metric(train.loss);
+    } else {
+      const std::string val = has_validation ? " | val acc " + format_metric(validation.accuracy) + " loss " +
+                                                   format_metric(validation.loss)
+                                             : "";
+      char text[256];
+      std::snprintf(text, sizeof text, "test acc %.4f loss %.4f%s | train-subset acc %.4f loss %.4f | gap %+.4f",
+                    test.accuracy, test.loss, val.c_str(), train.accuracy, train.loss, train.accuracy - test.accuracy);
+      line = text;
+    }
+    std::fprintf(stdout, "eval step %lld (epoch %.2f): %s\n", static_cast<long long>(steps_done),
+                 event["epoch"].get<double>(), line.c_str());
     std::fflush(stdout);
   }
   return event;
@@ -349,14 +389,21 @@ void Trainer::log_progress(int64_t steps_done, const StepResult& result, Metrics
     event["noise_trace"] = noise_->empty() ? nlohmann::json(nullptr) : nlohmann::json(noise_->trace());
     if (valid) noise_text = " | B_simple " + std::to_string(std::llround(noise_->b_simple()));
   }
+  std::string rate = std::to_string(std::llround(samples_per_second)) + " samples/s";
+  if (data_.tokens) {
+    const double tokens_per_second = interval_tokens_ / interval_seconds_;
+    event["tokens_per_sec"] = tokens_per_second;
+    rate = std::to_string(std::llround(tokens_per_second)) + " tokens/s";
+  }
   log.record(event);
   if (is_root()) {
-    std::fprintf(stderr, "step %lld/%lld | epoch %.2f | loss %.4f | lr %.4g | grad norm %.3g%s | %.0f samples/s | eta %s\n",
+    std::fprintf(stderr, "step %lld/%lld | epoch %.2f | loss %.4f | lr %.4g | grad norm %.3g%s | %s | eta %s\n",
                  static_cast<long long>(steps_done), static_cast<long long>(steps_to_run_), epoch, loss, result.lr,
-                 result.grad_norm, noise_text.c_str(), samples_per_second, format_duration(eta).c_str());
+                 result.grad_norm, noise_text.c_str(), rate.c_str(), format_duration(eta).c_str());
   }
   interval_seconds_ = 0;
   interval_steps_ = 0;
+  interval_tokens_ = 0;
 }
 
 void Trainer::report_nonfinite(int64_t steps_done, const StepResult& result, MetricsLog& log) {
@@ -427,6 +474,9 @@ nlohmann::json Trainer::run(MetricsLog& log) {
     if (step - start_step_ >= kWarmupSteps) steady_seconds += step_seconds;
     interval_seconds_ += step_seconds;
     ++interval_steps_;
+    interval_tokens_ += result.loss_items;
+    run_tokens_ += result.loss_items;
+    run_seconds_ += step_seconds;
     steps_done = step + 1;
     if (result.verdict != StepVerdict::Update) report_nonfinite(steps_done, result, log);
     if (result.verdict == StepVerdict::Diverge) {
@@ -500,6 +550,12 @@ nlohmann::json Trainer::run(MetricsLog& log) {
   if (last_eval_.contains("val_accuracy")) {
     summary["val_accuracy"] = last_eval_["val_accuracy"];
     summary["val_loss"] = last_eval_["val_loss"];
+  }
+  if (data_.tokens) {
+    for (const char* key : {"val_bits_per_byte", "val_perplexity", "train_eval_bits_per_byte"}) {
+      summary[key] = last_eval_.contains(key) ? last_eval_[key] : nlohmann::json(nullptr);
+    }
+    summary["tokens_per_sec"] = run_seconds_ > 0 ? run_tokens_ / run_seconds_ : 0.0;
   }
   target_.describe(summary);
   if (noise_) {

@@ -48,14 +48,18 @@ class Optimizer;
 
 namespace dtrain {
 
+// Token datasets: loss in nats per target token and next-token accuracy,
+// both over target tokens (items); classification: per sample.
 struct EvalResult {
   double loss = 0;
   double accuracy = 0;
   int64_t samples = 0;
+  int64_t items = 0;  // samples, or target tokens
 };
 
 struct StepResult {
   double lr = 0;
+  double loss_items = 0;  // the global batch's loss normalizer: samples, or target tokens
   double grad_norm = NAN;  // of the all-reduced gradient before clipping; when asked, clipping or non-finite
   StepVerdict verdict = StepVerdict::Update;
   bool noise_measured = false;  // --noise-scale: `noise` holds this step's estimates
@@ -124,6 +128,11 @@ class Trainer {
   const GradientReducer& reducer() const { return *reducer_; }
 
  private:
+  // The loss normalizer of a step: the global batch's samples, or for token
+  // datasets the target tokens of all its rows. Every rank holds the epoch's
+  // permutation and the whole training set's target counts, so each sums the
+  // same window of the permutation itself: no communication.
+  double global_batch_items(int64_t step_in_epoch) const;  // after permutation_ is set
   nlohmann::json evaluate_all(int64_t steps_done);
   void print_plan() const;
   void log_progress(int64_t steps_done, const StepResult& result, MetricsLog& log);
@@ -166,6 +175,8 @@ class Trainer {
   double train_seconds_ = 0;                // excludes evaluation; carried across resumes
   double interval_seconds_ = 0;             // since the last progress line
   int64_t interval_steps_ = 0;
+  double interval_tokens_ = 0;              // token datasets: target tokens trained since the last progress line
+  double run_tokens_ = 0, run_seconds_ = 0;  // this process's, for tokens/s
   double nonfinite_check_seconds_ = 0;      // the gradient norm of step 4
   nlohmann::json last_eval_;
   TargetTracker target_;

@@ -7,6 +7,12 @@ expect_error 2 "no-such-flag" -- "$DTRAIN" --no-such-flag
 expect_error 2 "--lr must be positive" -- "$DTRAIN" --lr -1 --micro-batch-size 8
 expect_error 2 "--lr-scaling cubic is not one of linear|sqrt|none" -- "$DTRAIN" --lr-scaling cubic
 expect_error 2 "cannot open config file" -- "$DTRAIN" --config "$WORK/absent.ini"
+# Text datasets and the GPT go together; text needs its file; a bad file is named.
+expect_error 2 "train it with --model gpt" -- "$DTRAIN" --dataset kjv --micro-batch-size 8
+expect_error 2 "--model gpt trains on text" -- "$DTRAIN" --model gpt --dataset synthetic --micro-batch-size 8
+expect_error 2 "--dataset text needs --data-file" -- "$DTRAIN" --dataset text --model gpt --micro-batch-size 8
+expect_error nonzero "$WORK/absent.txt" -- "$DTRAIN" --dataset text --data-file "$WORK/absent.txt" --model gpt --micro-batch-size 8
+expect_error 2 "--n-embd" -- "$DTRAIN" --dataset kjv --model gpt --n-embd 30 --n-head 4 --micro-batch-size 8
 printf 'micro-batch-size = 8\nlearning_rate = 0.1\n' >"$WORK/bad.ini"
 expect_error 2 "learning_rate" -- "$DTRAIN" --config "$WORK/bad.ini"
 

@@ -113,7 +113,7 @@ nlohmann::ordered_json measure(const Settings& settings) {
   }
   Config config = parse_options(args).config;
   if (config.optimizer.eps == 0) config.optimizer.eps = default_eps(config.optimizer.kind);
-  const Dataset data = load_dataset(config.data);
+  const Dataset data = load_dataset(config);
 
   LocalCommunicator bootstrap;  // a world of one needs no MPI
   NcclCommunicator nccl(bootstrap, kGpu);

@@ -8,6 +8,8 @@
 #include "comm/communicator.h"
 #include "comm/placement.h"
 #include "data/dataset.h"
+#include "data/sampler.h"
+#include "data/text_dataset.h"
 #include "models/models.h"
 #include "test_world.h"
 #include "train/trainer.h"
@@ -20,6 +22,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <random>
 
 namespace dtrain {
 namespace {
@@ -193,6 +196,73 @@ class NoTf32 {
   bool cublas_, cudnn_;
 };
 #endif
+
+// Text of very different lengths (1 to 40 bytes, rows of block 16): the
+// micro-batches of one global batch carry very different numbers of target
+// tokens. The loss divides by the global batch's target tokens, so every split
+// trains the same GPT; dividing per micro-batch (or per rank) would weight
+// short rows too heavily and break the agreement.
+const Dataset& text_data() {
+  static const Dataset dataset = [] {
+    std::mt19937 random(3);
+    std::vector<std::string> documents;
+    for (int i = 0; i < 120; ++i) {
+      std::string document(1 + random() % 40, ' ');
+      for (char& c : document) c = static_cast<char>('a' + random() % 6);
+      documents.push_back(document);
+    }
+    return token_dataset("text", make_text_dataset(documents, 16, 0, 7, /*pack=*/false));
+  }();
+  return dataset;
+}
+
+Config gpt_config() {
+  Config config = parse_options({"--dataset", "text", "--data-file", "unused.txt", "--model", "gpt", "--n-layer", "1",
+                                 "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--seed", "7",
+                                 "--lr", "0.1", "--momentum", "0.9", "--weight-decay", "0.01"})
+                      .config;
+  config.optimizer.eps = default_eps(config.optimizer.kind);
+  config.run.max_steps = kSteps;
+  return config;
+}
+
+TEST(Equivalence, TokenWeightedLossTrainsTheSameGptForEverySplit) {
+  const Dataset& text = text_data();
+  const auto counts = text.train.target_counts;
+  ASSERT_LT(counts.min().item<int64_t>(), 4);
+  ASSERT_EQ(counts.max().item<int64_t>(), 16);
+  const Config config = gpt_config();
+  LocalCommunicator local;
+
+  // The normalizer is the global batch's target tokens, read from the
+  // permutation every rank holds.
+  {
+    const BatchPlan plan = derive_batch_plan(kGlobalBatch, 1, 0, 1);
+    torch::manual_seed(config.run.seed);
+    auto model = make_model(config.model, text.input_shape, text.num_classes);
+    Trainer trainer(config, plan, local, text, model);
+    const auto permutation = epoch_permutation(text.train.size(), config.run.seed, 0, config.run.shuffle);
+    for (int64_t step = 0; step < 2; ++step) {
+      int64_t tokens = 0;
+      for (int64_t i = 0; i < kGlobalBatch; ++i) tokens += counts[permutation[step * kGlobalBatch + i]].item<int64_t>();
+      EXPECT_EQ(trainer.train_step(step, false, /*update=*/false).loss_items, static_cast<double>(tokens));
+      EXPECT_NE(tokens, kGlobalBatch);
+    }
+  }
+
+  const Trained reference = train(config, local, kGlobalBatch, 1, torch::kCPU, text);
+  EXPECT_GT(max_relative_difference(train(config, local, 16, 1, torch::kCPU, text).weights, reference.weights), 1e-4);
+  int compared = 0;
+  for (const auto& split : kSplits) {
+    if (split.world != 1 && split.world != world().world_size()) continue;
+    Communicator& comm = split.world == 1 ? static_cast<Communicator&>(local) : world();
+    const auto result = train(config, comm, split.micro, split.accum, torch::kCPU, text);
+    EXPECT_LT(max_relative_difference(result.weights, reference.weights), 1e-5)
+        << "micro " << split.micro << " accum " << split.accum << " world " << split.world;
+    ++compared;
+  }
+  EXPECT_GE(compared, 2);
+}
 
 // On GPUs through NCCL: the same model as the CPU reference, up to the
 // rounding differences of GPU kernels. Runs on a GPU host (tests/gpu/);
