@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The language-model job (configs/kjv_gpt.ini) on 2 ranks, cut to 600 steps (half its epoch):
+# its validation bits per byte must beat a bigram model fitted on the same
+# training split (computed here, by dtrain_bigram) by a clear margin, and the
+# export loads strictly into the PyTorch definition of docs/models.md. (Logits
+# in both directions, and --init-from of a torch.save state_dict, are
+# GptInterop.* in tests/models/gpt_test.cpp.)
+source "$(dirname "$0")/common.sh"
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+: "${DTRAIN_BIGRAM:?path to dtrain_bigram}"
+"$PYTHON" -c "import torch" 2>/dev/null || fail "$PYTHON has no torch: apt-get install python3-torch"
+CONFIG=(--config "$ROOT/configs/kjv_gpt.ini")
+
+bigram=$("$DTRAIN_BIGRAM" "${CONFIG[@]}") || fail "dtrain_bigram failed"
+pass "bigram baseline on the same split: $bigram bits/byte"
+
+mpirun -np 2 "$DTRAIN" "${CONFIG[@]}" --max-steps 600 --eval-every 600 --out-dir "$WORK/run" \
+  --export "$WORK/gpt.pt" >"$WORK/out" 2>&1 || { tail -20 "$WORK/out"; fail "training failed"; }
+grep -q "tokens/s" "$WORK/out" || fail "no tokens/s on the progress lines"
+"$PYTHON" - "$WORK/run/summary.json" "$bigram" <<'PY' || { tail -5 "$WORK/out"; fail "the GPT does not beat the bigram"; }
+import json, math, sys
+summary = json.load(open(sys.argv[1]))
+bigram = float(sys.argv[2])
+bpb = summary["val_bits_per_byte"]
+assert abs(bpb - summary["val_loss"] / math.log(2)) < 1e-9, "bits per byte is nats per token / ln 2"
+assert abs(summary["val_perplexity"] - math.exp(summary["val_loss"])) < 1e-6 * summary["val_perplexity"]
+assert summary["tokens_per_sec"] > 0
+margin = 0.25
+print(f"val {bpb:.3f} bits/byte against the bigram's {bigram:.3f}; {summary['tokens_per_sec']:.0f} tokens/s")
+assert bpb < bigram - margin, f"{bpb:.3f} is not {margin} below {bigram:.3f}"
+PY
+pass "the GPT beats the bigram by a clear margin"
+
+# The export loads with load_state_dict(strict=True) into the documented definition.
+(cd "$WORK" && "$PYTHON" - "$ROOT/tests/models" <<'PY') || fail "the export does not load into the PyTorch definition"
+import sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from gpt_reference import Gpt
+model = Gpt(256, 64, 4, 4, 128)
+model.load_state_dict(torch.load("gpt.pt"), strict=True)
+tokens = torch.tensor([list(b"In the beginning God created the heaven and the earth.")])
+logits = model(tokens)
+assert logits.shape == (1, tokens.shape[1], 256) and torch.isfinite(logits).all()
+PY
+pass "the export loads strictly into the PyTorch GPT"
