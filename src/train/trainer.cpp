@@ -4,6 +4,7 @@
 #include "comm/watchdog.h"
 #include "data/sampler.h"
 #include "train/checkpoint.h"
+#include "train/memory.h"
 #include "train/optimizer.h"
 
 #include <torch/torch.h>
@@ -454,6 +455,7 @@ bool Trainer::checkpoint_due(int64_t steps_done) const {
 
 nlohmann::json Trainer::run(MetricsLog& log) {
   run_start_ = Clock::now();
+  reset_peak_memory(device_);
   print_plan();
   install_preemption_handlers();
   StopAgreement agreement(control_, config_.checkpoint.every_minutes);
@@ -551,6 +553,7 @@ nlohmann::json Trainer::run(MetricsLog& log) {
     summary["val_accuracy"] = last_eval_["val_accuracy"];
     summary["val_loss"] = last_eval_["val_loss"];
   }
+  if (const auto peak = peak_memory_bytes(device_)) summary["peak_device_memory_bytes"] = *peak;
   if (data_.tokens) {
     for (const char* key : {"val_bits_per_byte", "val_perplexity", "train_eval_bits_per_byte"}) {
       summary[key] = last_eval_.contains(key) ? last_eval_[key] : nlohmann::json(nullptr);
