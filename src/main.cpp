@@ -20,6 +20,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -176,10 +177,11 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
                   summary["checkpoint"].get<std::string>().c_str());
     } else if (status == "completed" && summary.contains("tokens_per_sec")) {
       const bool has_val = summary["val_bits_per_byte"].is_number();
+      auto number = [&](const char* key) { return summary[key].is_number() ? summary[key].get<double>() : NAN; };
       std::printf("done: %s %.4f nats/token (%.3f bits/byte), %.1f s training, %.0f tokens/s; see %s/\n",
                   has_val ? "val loss" : "train-subset loss",
-                  summary[has_val ? "val_loss" : "train_eval_loss"].get<double>(),
-                  summary[has_val ? "val_bits_per_byte" : "train_eval_bits_per_byte"].get<double>(),
+                  number(has_val ? "val_loss" : "train_eval_loss"),
+                  number(has_val ? "val_bits_per_byte" : "train_eval_bits_per_byte"),
                   summary["train_seconds"].get<double>(), summary["tokens_per_sec"].get<double>(),
                   config.run.out_dir.c_str());
     } else if (status == "completed") {

@@ -113,6 +113,9 @@ void validate(const Config& c) {
           "--nesterov applies to --optimizer sgd only");
   require(!c.model.hidden.empty() || c.model.kind != ModelKind::Mlp,
           "--hidden needs at least one width for --model mlp (e.g. --hidden 512,256)");
+  require(c.model.kind != ModelKind::Gpt || c.model.n_embd % c.model.n_head == 0,
+          "--n-embd " + std::to_string(c.model.n_embd) + " must be a multiple of --n-head " +
+              std::to_string(c.model.n_head) + " (each head gets n_embd / n_head dimensions)");
   require(!(c.distributed.backend == BackendKind::Nccl && c.distributed.device == DeviceKind::Cpu),
           "--backend nccl needs --device cuda (or auto)");
   const std::string& metric = c.study.target.metric;

@@ -78,6 +78,10 @@ struct NcclCommunicator::State {
   // ncclInProgress is success for a call that starts work on a nonblocking
   // communicator, once the work has settled; anything else aborts and throws.
   void check_nccl(ncclResult_t code, const char* expression, const char* file, int line) {
+    if (failed) {  // aborted under the call (the watchdog): its result means nothing
+      throw CommError(std::string(expression) + " on " + who() +
+                      ": the NCCL communicator was aborted (by the watchdog or an earlier failure)");
+    }
     if (code == ncclInProgress) code = settle(comm.load());
     if (code == ncclSuccess) return;
     const std::string at = " at " + where(file, line) + " on " + who() + ": ";
@@ -277,6 +281,11 @@ NcclCommunicator::~NcclCommunicator() {
   if (ncclComm_t handle = state_->take_comm()) {
     bool finalized = false;
     if (!state_->failed && std::uncaught_exceptions() == 0) {
+      // No watchdog is left at this point: bound the flush by itself.
+      constexpr double kFinalizeSeconds = 30;
+      if (state_->timeout_seconds <= 0 || state_->timeout_seconds > kFinalizeSeconds) {
+        state_->timeout_seconds = kFinalizeSeconds;
+      }
       ncclResult_t result = ncclCommFinalize(handle);
       if (result == ncclInProgress) result = state_->settle(handle);
       finalized = result == ncclSuccess;

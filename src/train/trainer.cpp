@@ -104,6 +104,10 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   if (config_.study.stop_at_target && !target_.enabled()) {
     throw UsageError("--stop-at-target needs --target METRIC:VALUE (e.g. --target val_accuracy:0.88)");
   }
+  if (target_.enabled() && config_.study.target.metric.rfind("test_", 0) == 0 && data_.test.size() == 0) {
+    throw UsageError("--target " + config_.study.target.metric + " needs a test split, and " + data_.name +
+                     " has none: use val_loss or val_bits_per_byte with --validation-size N");
+  }
   if (config_.study.noise_scale || config_.study.measure_noise_scale > 0) {
     if (plan_.world_size * plan_.grad_accum_steps < 2) {
       throw UsageError("the noise scale compares micro-batch gradients with the global batch's, and " +
@@ -122,8 +126,11 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
 
   test_shard_ = eval_shard(data_.test.size(), comm_.rank(), comm_.world_size());
   validation_shard_ = eval_shard(data_.validation.size(), comm_.rank(), comm_.world_size());
-  // The train-eval subset matches the held-out split it is compared with.
-  const int64_t compared = data_.test.size() > 0 ? data_.test.size() : data_.validation.size();
+  // The train-eval subset matches the held-out split it is compared with
+  // (text without a validation split: 1000 rows).
+  const int64_t compared = data_.test.size() > 0         ? data_.test.size()
+                           : data_.validation.size() > 0 ? data_.validation.size()
+                                                         : std::min<int64_t>(data_.train.size(), 1000);
   const auto subset = fixed_subset(data_.train.size(), compared, config_.run.seed);
   for (int64_t position : eval_shard(static_cast<int64_t>(subset.size()), comm_.rank(), comm_.world_size())) {
     train_eval_shard_.push_back(subset[position]);
@@ -249,8 +256,13 @@ EvalResult Trainer::evaluate(const Split& split, const std::vector<int64_t>& ind
   torch::NoGradGuard no_grad;
   model_->eval();
   constexpr int64_t kChunk = 1000;
-  // Rows of up to a few hundred tokens: smaller chunks keep the logits small.
-  const int64_t chunk = split.target_counts.defined() ? std::max<int64_t>(1, 65536 / split.inputs.size(1)) : kChunk;
+  // Token rows: chunks whose logits [rows, T, 256] and attention scores
+  // [rows, heads, T, T] stay near 2^24 floats each.
+  const int64_t row_floats =
+      split.target_counts.defined()
+          ? split.inputs.size(1) * std::max<int64_t>(256, config_.model.n_head * split.inputs.size(1))
+          : 1;
+  const int64_t chunk = split.target_counts.defined() ? std::max<int64_t>(1, (int64_t{1} << 24) / row_floats) : kChunk;
   double loss_sum = 0;
   int64_t correct = 0, items = 0;
   for (size_t start = 0; start < indices.size(); start += chunk) {
@@ -269,8 +281,8 @@ EvalResult Trainer::evaluate(const Split& split, const std::vector<int64_t>& ind
   EvalResult result;
   result.samples = static_cast<int64_t>(sums[2]);
   result.items = static_cast<int64_t>(sums[3]);
-  result.loss = sums[0] / static_cast<double>(result.items);
-  result.accuracy = sums[1] / static_cast<double>(result.items);
+  result.loss = result.items > 0 ? sums[0] / static_cast<double>(result.items) : NAN;
+  result.accuracy = result.items > 0 ? sums[1] / static_cast<double>(result.items) : NAN;
   return result;
 }
 

@@ -261,7 +261,8 @@ check() {
     say "== $name: skipped (time budget spent)"
     return 0
   fi
-  [ "$limit" -le "$left" ] || limit=$left
+  local cut=0  # the budget, not the check's own limit, bounds it
+  [ "$limit" -le "$left" ] || { limit=$left; cut=1; }
   say "== $name (at most $limit s)"
   local out=$PREFIX/check.out start=$SECONDS code=0
   local run=("$@")
@@ -274,6 +275,7 @@ check() {
   local status=pass detail
   [ "$code" -eq 0 ] || status=fail
   [ "$code" -eq 124 ] && echo "kit: $name ran past $limit s"
+  [ "$code" -eq 124 ] && [ "$cut" = 1 ] && status=skip  # out of budget, not failed
   if grep -q '^\[  SKIPPED \]' "$out"; then status=fail; echo "kit: $name: a GPU test skipped on the GPU machine"; fi
   if grep -q '^\[==========\] 0 tests' "$out"; then status=fail; echo "kit: $name: the filter selected no test"; fi
   detail=$(grep -E '^(figures:|\{)' "$out" | tail -1 | sed 's/^figures: *//' | tr '\t' ' ' || true)
@@ -386,6 +388,9 @@ run_kit() {
   CHECKS=$PREFIX/checks.tsv
   mkdir -p "$PREFIX"
   : >"$CHECKS"
+  # A kit that dies before its checks (an odd machine) still reports why.
+  REPORT=$report
+  trap '[ -f "$REPORT/gpu-report.json" ] || { printf "setup\tfail\t0\tunpack, configure or build failed: see kit.log\n" >>"$CHECKS"; write_report "$REPORT" 0 || true; }' EXIT
   command -v nvidia-smi >/dev/null && nvidia-smi -L || say "no nvidia-smi"
   say "$(c++ --version 2>&1 | head -1); $(cmake --version 2>&1 | head -1); ninja $(ninja --version 2>&1 || echo absent); $(nproc) cores"
   local gpus
