@@ -8,6 +8,9 @@
 //   dtrain_bench loop --hidden 1024,1024 --micro 64 --steps 200 [--data synthetic]
 //       a bare LibTorch training loop (no dtrain pieces) on Fashion-MNIST:
 //       steady ms/step and samples/s.
+//   dtrain_bench gpt_loop --config configs/kjv_gpt.ini --micro 64 --steps 150
+//       the same for the GPT: the config's model and text rows, AdamW and
+//       clipping as dtrain, the loss averaged over the batch's target tokens.
 //   dtrain_bench traffic --accum 1,8        (under mpirun)
 //       bytes and calls per optimizer step from the communicator's counters.
 //   dtrain_bench checkpoint --hidden 5000,4000 --repeats 5 --dir runs/bench/checkpoint
@@ -149,6 +152,51 @@ nlohmann::json bench_loop(const std::map<std::string, std::string>& f) {
 }
 
 // Bytes and calls per optimizer step from the communicator's counters.
+// The GPT of `config`, in the plainest loop: AdamW (the config's lr and
+// weight decay), clip_grad_norm_, the token-mean loss of one batch of `micro`
+// rows; a fresh permutation each epoch; steady ms/step after 20 steps.
+nlohmann::json bench_gpt_loop(const std::map<std::string, std::string>& f) {
+  torch::set_num_threads(std::stoi(get(f, "threads", "1")));
+  const int64_t micro = std::stoll(get(f, "micro", "64"));
+  const int steps = std::stoi(get(f, "steps", "150"));
+  const dtrain::Config config =
+      dtrain::parse_options({"--config", get(f, "config", "configs/kjv_gpt.ini")}).config;
+  const auto data = dtrain::load_dataset(config);
+  torch::manual_seed(0);
+  auto model = dtrain::make_model(config.model, data.input_shape, data.num_classes);
+  const auto parameters = dtrain::trainable_parameters(*model);  // the tied weight once
+  torch::optim::AdamW optimizer(parameters,
+                                torch::optim::AdamWOptions(config.lr.lr).weight_decay(config.optimizer.weight_decay));
+  const int64_t n = data.train.size();
+  const int64_t steps_per_epoch = n / micro;
+  constexpr int kWarmup = 20;
+  torch::Tensor permutation;
+  double tokens = 0;
+  auto start = Clock::now();
+  for (int step = 0; step < kWarmup + steps; ++step) {
+    if (step == kWarmup) {
+      start = Clock::now();
+      tokens = 0;
+    }
+    if (step % steps_per_epoch == 0) permutation = torch::randperm(n, torch::kLong);
+    const auto indices = permutation.narrow(0, (step % steps_per_epoch) * micro, micro);
+    const auto targets = data.train.targets.index_select(0, indices);
+    const auto logits = model->forward(data.train.inputs.index_select(0, indices));
+    const double count = static_cast<double>(data.train.target_counts.index_select(0, indices).sum().item<int64_t>());
+    optimizer.zero_grad();
+    (torch::nn::functional::cross_entropy(
+         logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
+         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(-1)) /
+     count)
+        .backward();
+    torch::nn::utils::clip_grad_norm_(parameters, config.optimizer.grad_clip_norm);
+    optimizer.step();
+    tokens += count;
+  }
+  const double seconds = seconds_since(start);
+  return {{"mode", "gpt_loop"}, {"tokens_per_sec", tokens / seconds}, {"ms_per_step", 1000 * seconds / steps}};
+}
+
 nlohmann::json bench_traffic(dtrain::MpiCommunicator& comm, const std::map<std::string, std::string>& f) {
   nlohmann::json rows = nlohmann::json::array();
   const auto data = dtrain::make_synthetic(8192, 64, 10, 1);
@@ -244,6 +292,7 @@ int main(int argc, char** argv) {
     nlohmann::json result;
     if (mode == "allreduce") result = bench_allreduce(comm, f);
     else if (mode == "loop") result = bench_loop(f);
+    else if (mode == "gpt_loop") result = bench_gpt_loop(f);
     else if (mode == "traffic") result = bench_traffic(comm, f);
     else if (mode == "checkpoint") result = bench_checkpoint(f);
     else throw dtrain::UsageError("unknown mode " + mode + " (allreduce|loop|traffic|checkpoint)");
