@@ -23,6 +23,8 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "models"))
 from gpt_reference import Gpt  # noqa: E402
 
+from ddp_common import init_gloo_from_mpi  # noqa: E402
+
 
 def kjv_rows(block):
     text = subprocess.run(["bible", "-f", "gen1:1-rev22:21"], capture_output=True, check=True).stdout
@@ -45,13 +47,7 @@ def main():
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--port", default="29519")
     args = parser.parse_args()
-    os.environ.setdefault("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
-    os.environ.setdefault("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", args.port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = init_gloo_from_mpi(args.port)
 
     inputs, targets = kjv_rows(64)
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0))

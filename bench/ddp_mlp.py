@@ -7,12 +7,13 @@ in memory, SGD with momentum. Prints one JSON line on rank 0.
 """
 import argparse
 import json
-import os
 import time
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ddp_common import init_gloo_from_mpi
 
 
 def main():
@@ -24,13 +25,7 @@ def main():
     parser.add_argument("--port", default="29517")
     args = parser.parse_args()
 
-    os.environ.setdefault("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
-    os.environ.setdefault("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", args.port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = init_gloo_from_mpi(args.port)
 
     torch.manual_seed(0)
     layers, width = [nn.Flatten()], 784

@@ -3,6 +3,7 @@
 // prefixed by the rank. The exit code is non-zero on every rank if any rank
 // failed, so mpirun and ctest see one verdict.
 #include "comm/mpi_communicator.h"
+#include "comm/placement.h"
 #include "test_world.h"
 
 #include <gtest/gtest.h>
@@ -30,6 +31,14 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
 
 namespace dtrain::testing {
 Communicator& world() { return *g_world; }
+
+bool every_rank_has_a_gpu() {
+  const int64_t mine = nccl_compiled() && world().local_rank() < usable_gpu_count() ? 1 : 0;
+  for (int64_t has : world().all_gather(mine)) {
+    if (!has) return false;
+  }
+  return true;
+}
 }  // namespace dtrain::testing
 
 int main(int argc, char** argv) {

@@ -6,4 +6,8 @@
 
 namespace dtrain::testing {
 Communicator& world();
+// True on every rank iff NCCL is in the build and every rank has a GPU of
+// its own (a collective: call it on every rank). GPU tests skip together on
+// its false.
+bool every_rank_has_a_gpu();
 }

@@ -28,16 +28,8 @@
 namespace dtrain {
 namespace {
 
+using testing::every_rank_has_a_gpu;
 using testing::world;
-
-// True on every rank iff every rank has a GPU of its own (collective).
-bool every_rank_has_a_gpu() {
-  const int64_t mine = nccl_compiled() && world().local_rank() < usable_gpu_count() ? 1 : 0;
-  for (int64_t has : world().all_gather(mine)) {
-    if (!has) return false;
-  }
-  return true;
-}
 
 TEST(Nccl, CollectivesOnGpus) {
   if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";

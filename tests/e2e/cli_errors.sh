@@ -13,6 +13,9 @@ expect_error 2 "--model gpt trains on text" -- "$DTRAIN" --model gpt --dataset s
 expect_error 2 "--dataset text needs --data-file" -- "$DTRAIN" --dataset text --model gpt --micro-batch-size 8
 expect_error nonzero "$WORK/absent.txt" -- "$DTRAIN" --dataset text --data-file "$WORK/absent.txt" --model gpt --micro-batch-size 8
 expect_error 2 "--n-embd" -- "$DTRAIN" --dataset kjv --model gpt --n-embd 30 --n-head 4 --micro-batch-size 8
+printf 'in the beginning\nand the earth\n%.0s' {1..20} >"$WORK/tiny.txt"
+expect_error 2 "needs a test split" -- "$DTRAIN" --dataset text --data-file "$WORK/tiny.txt" --model gpt \
+  --micro-batch-size 8 --target test_accuracy:0.5
 printf 'micro-batch-size = 8\nlearning_rate = 0.1\n' >"$WORK/bad.ini"
 expect_error 2 "learning_rate" -- "$DTRAIN" --config "$WORK/bad.ini"
 

@@ -119,9 +119,8 @@ unpack() {
   for deb in "$KIT"/debs/*.deb; do
     if command -v dpkg-deb >/dev/null; then
       dpkg-deb -x "$deb" "$R"
-    else  # a deb is an ar archive of tarballs
-      (cd "$R" && ar p "$deb" "$(ar t "$deb" | grep '^data.tar')" | tar -x --auto-compress -f - 2>/dev/null ||
-        ar p "$deb" "$(ar t "$deb" | grep '^data.tar')" | tar -xJ)
+    else  # a deb is an ar archive; Debian 12's data member is data.tar.xz
+      (cd "$R" && ar p "$deb" data.tar.xz | tar -xJ)
     fi
   done
   local link target

@@ -27,6 +27,7 @@
 namespace dtrain {
 namespace {
 
+using testing::every_rank_has_a_gpu;
 using testing::world;
 
 constexpr int64_t kGlobalBatch = 32;
@@ -165,13 +166,6 @@ TEST(Equivalence, OneAllReducePerBucketPerOptimizerStepWhateverTheAccumulation) 
   int64_t parameter_bytes = 0;
   for (const auto& p : model->parameters()) parameter_bytes += p.numel() * static_cast<int64_t>(p.element_size());
   EXPECT_EQ(train(config, world(), kGlobalBatch / w, 1).gradient_bytes, parameter_bytes);
-}
-
-// True on every rank iff every rank has a GPU of its own (collective).
-bool every_rank_has_a_gpu() {
-  const int64_t has_gpu = nccl_compiled() && world().local_rank() < usable_gpu_count() ? 1 : 0;
-  const auto all = world().all_gather(has_gpu);
-  return std::all_of(all.begin(), all.end(), [](int64_t has) { return has != 0; });
 }
 
 #ifdef DTRAIN_TORCH_CUDA

@@ -44,16 +44,8 @@
 namespace dtrain {
 namespace {
 
+using testing::every_rank_has_a_gpu;
 using testing::world;
-
-// True on every rank iff every rank has a GPU of its own (collective).
-bool every_rank_has_a_gpu() {
-  const int64_t mine = nccl_compiled() && world().local_rank() < usable_gpu_count() ? 1 : 0;
-  for (int64_t has : world().all_gather(mine)) {
-    if (!has) return false;
-  }
-  return true;
-}
 
 // A world of one (`one`) presented as a world of two whose other rank is
 // this one again: collectives go to `one`, so each sum has a single term.
