@@ -17,9 +17,9 @@
 #                                  a build against the CUDA LibTorch 2.x of the
 #                                  PyPI torch wheel from the kit's packages alone,
 #                                  with this machine's copies hidden, and the
-#                                  suite there (needs root)
+#                                  binaries and jobs there (needs root)
 #   launch/test.sh --fuzz          also runs the idx, config, option_values and
-#                                  weights harnesses for 60 s each with a fixed
+#                                  weights harnesses for 30 s each with a fixed
 #                                  seed, after replaying their regression inputs
 # CI runs --gpu-kit, --sanitize and --fuzz (.ci/run). Other arguments go to ctest (e.g. -R mpi).
 # Tests labelled "once" (the study driver, the Slurm cluster) run in the first
@@ -70,5 +70,5 @@ if [ "$gpu_kit" = 1 ]; then
   "$ROOT/tests/gpu/kit.sh" rehearse
 fi
 if [ "$fuzz" = 1 ]; then
-  for harness in idx config option_values weights; do "$ROOT/launch/fuzz.sh" "$harness" 1; done
+  for harness in idx config option_values weights; do "$ROOT/launch/fuzz.sh" "$harness" 0.5; done
 fi

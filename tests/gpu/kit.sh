@@ -238,7 +238,9 @@ rehearse_inside() {
   [ ! -s /usr/include/boost/version.hpp ] && [ ! -x /usr/bin/orterun ] || die "hiding failed"
   unpack
   export CCACHE_BASEDIR=$ROOT
-  configure_and_build "$python" "$build" 2
+  # The binaries the GPU checks run, not the benchmarks and e2e helpers:
+  # CI's time goes to what only this build can show.
+  configure_and_build "$python" "$build" 2 dtrain dtrain_unit_tests dtrain_mpi_tests dtrain_nccl_stall dtrain_gpu_step_split
   kit_env
   check_libraries "$python" "$build"
   say "mpirun: $(command -v mpirun) ($(mpirun --version 2>&1 | head -1))"
@@ -246,7 +248,9 @@ rehearse_inside() {
   mpirun --oversubscribe -np 2 "$build/tests/dtrain_mpi_tests" --gtest_filter='Communicator.*' >"$build/kit-np2.log" 2>&1 ||
     { tail -30 "$build/kit-np2.log" >&2; die "mpirun -np 2 of the relocated Open MPI failed"; }
   say "mpirun -np 2 of the relocated Open MPI: $(grep -c '^\[       OK' "$build/kit-np2.log") tests passed"
-  ctest --test-dir "$build" --output-on-failure -LE once
+  # What the relocated kit can break: linking, MPI start-up at 1, 2 and 4
+  # ranks, and whole jobs. The rest of the suite ran against Debian's LibTorch.
+  ctest --test-dir "$build" --output-on-failure -R '^(unit|mpi_np[124]|e2e_train_synthetic|e2e_train_fashion)$'
   say "rehearsal passed"
 }
 
