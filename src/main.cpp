@@ -60,8 +60,11 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   CpuShare cpu_share;
   run_agreed(mpi, [&] { cpu_share = measure_cpu_share(mpi); });
   run_agreed(mpi, [&] {
-    plan = derive_batch_plan(parsed.config.batch.micro_batch_size, parsed.config.batch.grad_accum_steps,
-                             parsed.config.batch.global_batch_size, mpi.world_size());
+    // auto starts from the whole share of each rank; the trainer narrows it.
+    const bool auto_micro = parsed.config.batch.micro_batch_size == kAutoMicroBatch;
+    plan = derive_batch_plan(auto_micro ? 0 : parsed.config.batch.micro_batch_size,
+                             parsed.config.batch.grad_accum_steps, parsed.config.batch.global_batch_size,
+                             mpi.world_size());
     placement = choose_placement(parsed.config.distributed, mpi.local_rank());
   });
   run_agreed(mpi, [&] { check_same_placement(mpi, placement); });
@@ -74,7 +77,10 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   Config resolved = parsed.config;
   resolved.distributed.overlap = placement.overlap ? Switch::On : Switch::Off;
   resolved.run.threads = threads.threads;
-  resolved.batch = {plan.micro_batch_size, plan.grad_accum_steps, plan.global_batch_size};
+  const bool auto_micro = parsed.config.batch.micro_batch_size == kAutoMicroBatch;
+  resolved.batch.micro_batch_size = auto_micro ? kAutoMicroBatch : plan.micro_batch_size;
+  resolved.batch.grad_accum_steps = auto_micro ? 0 : plan.grad_accum_steps;
+  resolved.batch.global_batch_size = plan.global_batch_size;
   if (resolved.optimizer.eps == 0) resolved.optimizer.eps = default_eps(resolved.optimizer.kind);
   const Config& config = resolved;
   const std::unique_ptr<Communicator> backend = make_backend(placement, mpi, config.checkpoint.collective_timeout);
@@ -137,6 +143,11 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     model->to(device);
     trainer = std::make_unique<Trainer>(config, plan, comm, mpi, data, model);
     if (resume) trainer->restore(*resume, resume_path);
+    if (auto_micro) {
+      trainer->choose_micro_batch();
+      resolved.batch.micro_batch_size = trainer->plan().micro_batch_size;
+      resolved.batch.grad_accum_steps = trainer->plan().grad_accum_steps;
+    }
     const int64_t keep_bytes = resume ? resume->trainer.value("metrics_bytes", int64_t{0}) : -1;
     // A measurement writes only noise_scale.json: it may share --out-dir with
     // the run whose checkpoint it measures, whose records stay as they are.
@@ -200,6 +211,11 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any tensor exists, so every CPU byte LibTorch hands out is counted.
+  // DTRAIN_MEMORY_ACCOUNTING=0 leaves LibTorch's allocator alone (its cost
+  // is measured with it: docs/performance.md).
+  const char* accounting = std::getenv("DTRAIN_MEMORY_ACCOUNTING");
+  if (accounting == nullptr || std::string(accounting) != "0") dtrain::install_cpu_memory_accounting();
   std::unique_ptr<dtrain::MpiSession> mpi;
   std::unique_ptr<dtrain::MpiCommunicator> world;
   try {

@@ -20,11 +20,17 @@ enum class ReduceDtype { Fp32, Bf16, Fp16 };
 enum class Switch { Auto, On, Off };
 enum class NonFinitePolicy { Stop, Skip, Ignore };
 
+// --micro-batch-size auto: the largest that fits the memory budget.
+constexpr int64_t kAutoMicroBatch = -1;
+
 struct BatchOptions {
   // 0 means "not given": derive it from the other two (train/batch_plan.h).
-  int64_t micro_batch_size = 0;
+  int64_t micro_batch_size = 0;  // or kAutoMicroBatch
   int64_t grad_accum_steps = 0;
   int64_t global_batch_size = 0;
+  // Bytes one rank's training step may use (train/memory.h); 0 = not given:
+  // on CUDA the free device memory less a margin, on CPU no limit.
+  int64_t memory_budget = 0;
 };
 
 struct LrOptions {

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <sstream>
 
@@ -274,6 +275,71 @@ OptionSpec list(const Row& row, Access access, Check check) {
                    [](const std::vector<Number>& v) { return nlohmann::json(join(v)); });
 }
 
+// --micro-batch-size: a batch size, auto (kAutoMicroBatch), or left out (0).
+template <typename Access>
+OptionSpec size_or_auto(const Row& row, Access access) {
+  const char* example = row.example;
+  auto parse = [example](const std::string& name, const std::string& text) {
+    if (text == "auto") return kAutoMicroBatch;
+    const auto value = parse_integer<int64_t>(name, text, example);
+    if (value <= 0) throw UsageError("--" + name + " must be positive or auto (got " + text + ")");
+    return value;
+  };
+  auto format = [](int64_t v) { return v == kAutoMicroBatch ? std::string("auto") : v > 0 ? std::to_string(v) : ""; };
+  return make_spec(row, "auto|integer", access, parse, format, [](int64_t v) {
+    return v == kAutoMicroBatch ? nlohmann::json("auto") : v > 0 ? nlohmann::json(v) : nlohmann::json(nullptr);
+  });
+}
+
+// --memory-budget: bytes with an optional unit (KiB, MiB, GiB, TiB; KB, MB,
+// GB, TB; K, M, G, T binary), a decimal number allowed ("1.5GiB"); 0 in
+// Config when left out.
+template <typename Access>
+OptionSpec memory_size(const Row& row, Access access) {
+  auto parse = [](const std::string& name, const std::string& text) {
+    static const std::pair<const char*, double> kUnits[] = {
+        {"tib", 1099511627776.0}, {"gib", 1073741824.0}, {"mib", 1048576.0}, {"kib", 1024.0},
+        {"tb", 1e12}, {"gb", 1e9}, {"mb", 1e6}, {"kb", 1e3},
+        {"t", 1099511627776.0}, {"g", 1073741824.0}, {"m", 1048576.0}, {"k", 1024.0}, {"b", 1.0}};
+    std::string lower;
+    for (char ch : text) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    double unit = 1;
+    std::string number = lower;
+    for (const auto& [suffix, factor] : kUnits) {
+      const size_t length = std::strlen(suffix);
+      if (lower.size() > length && lower.compare(lower.size() - length, length, suffix) == 0) {
+        number = lower.substr(0, lower.size() - length);
+        unit = factor;
+        break;
+      }
+    }
+    while (!number.empty() && number.back() == ' ') number.pop_back();
+    const char* begin = number.data();
+    const char* end = number.data() + number.size();
+    double value = 0;
+    const auto [stop, error] = std::from_chars(begin, end, value);
+    if (error != std::errc() || stop != end || begin == end || !std::isfinite(value)) {
+      bad_value(name, text, "a size (examples: --" + name + " 6GiB, 512MiB, 1.5GB, 1000000)");
+    }
+    const double bytes = std::floor(value * unit);
+    if (!(bytes >= 1) || bytes > 9.0e18) {
+      throw UsageError("--" + name + " must be at least 1 byte and at most 8 EiB (got " + printable_excerpt(text) + ")");
+    }
+    return static_cast<int64_t>(bytes);
+  };
+  auto format = [](int64_t v) {
+    if (v <= 0) return std::string();
+    static const std::pair<const char*, int64_t> kExact[] = {
+        {"TiB", int64_t{1} << 40}, {"GiB", int64_t{1} << 30}, {"MiB", int64_t{1} << 20}, {"KiB", int64_t{1} << 10}};
+    for (const auto& [suffix, factor] : kExact) {
+      if (v % factor == 0) return std::to_string(v / factor) + suffix;
+    }
+    return std::to_string(v);
+  };
+  return make_spec(row, "size", access, parse, format,
+                   [](int64_t v) { return v > 0 ? nlohmann::json(v) : nlohmann::json(nullptr); });
+}
+
 // --threads: a count, or auto (0 in Config).
 template <typename Access>
 OptionSpec count_or_auto(const Row& row, Access access, int high) {
@@ -367,15 +433,21 @@ std::vector<OptionSpec> build_table() {
   using E = Effect;
   return {
       // Batch.
-      optional_size({"micro-batch-size", "batch", E::Rounding, "64",
-                     "samples per rank per forward/backward pass"},
-                    DTRAIN_FIELD(batch.micro_batch_size)),
+      size_or_auto({"micro-batch-size", "batch", E::Rounding, "64",
+                    "samples per rank per forward/backward pass; auto: the largest that divides the global batch "
+                    "per rank and fits --memory-budget (needs --global-batch-size)"},
+                   DTRAIN_FIELD(batch.micro_batch_size)),
       optional_size({"grad-accum-steps", "batch", E::Rounding, "4",
                      "micro-batches accumulated per optimizer step (1 unless derived)"},
                     DTRAIN_FIELD(batch.grad_accum_steps)),
       optional_size({"global-batch-size", "batch", E::Exact, "1024",
                      "samples per optimizer step across all ranks"},
                     DTRAIN_FIELD(batch.global_batch_size)),
+      memory_size({"memory-budget", "batch", E::Rounding, "6GiB",
+                   "bytes one rank's training step may use (e.g. 6GiB, 512MiB); a micro-step past it on CPU runs out "
+                   "of memory, and like one on a full GPU is redone with half the micro-batch. Default: free GPU "
+                   "memory less 10%; none on CPU"},
+                  DTRAIN_FIELD(batch.memory_budget)),
 
       // Learning rate.
       number({"lr", "lr", E::Exact, "0.2", "learning rate at the reference batch --base-batch-size"},

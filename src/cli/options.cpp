@@ -118,6 +118,12 @@ void validate(const Config& c) {
               std::to_string(c.model.n_head) + " (each head gets n_embd / n_head dimensions)");
   require(!(c.distributed.backend == BackendKind::Nccl && c.distributed.device == DeviceKind::Cpu),
           "--backend nccl needs --device cuda (or auto)");
+  if (c.batch.micro_batch_size == kAutoMicroBatch) {
+    require(c.batch.global_batch_size > 0,
+            "--micro-batch-size auto needs --global-batch-size (the micro-batch is chosen to divide it)");
+    require(c.batch.grad_accum_steps == 0,
+            "--micro-batch-size auto derives --grad-accum-steps: leave it out");
+  }
   const std::string& metric = c.study.target.metric;
   require(metric.rfind("val_", 0) != 0 || c.data.validation_size > 0,
           "--target " + metric + " needs a validation split: add --validation-size N (e.g. 5000)");

@@ -160,8 +160,11 @@ void GradientReducer::on_gradient_ready(size_t parameter) {
 
 void GradientReducer::start_ready_buckets() {
   // Strictly in index order, so every rank issues the same sequence.
+  // Counted once started: a start that throws (out of memory while measuring)
+  // leaves the bucket to abandon().
   while (next_to_start_ < buckets_.size() && buckets_[next_to_start_].pending == 0) {
-    start(buckets_[next_to_start_++]);
+    start(buckets_[next_to_start_]);
+    ++next_to_start_;
   }
 }
 
@@ -182,7 +185,7 @@ at::Tensor GradientReducer::micro_batch_sq_norm_sum() const {
 }
 
 void GradientReducer::start(Bucket& bucket) {
-  if (track_micro_norms_) measure_micro_step(bucket);
+  if (track_micro_norms_ && !abandoning_) measure_micro_step(bucket);
   if (!bucket.wire.is_same(bucket.buffer)) bucket.wire.copy_(bucket.buffer);
   // World size 1: the sum over one rank is the bucket itself.
   if (comm_.world_size() > 1) {
@@ -197,7 +200,10 @@ void GradientReducer::start(Bucket& bucket) {
 
 void GradientReducer::finish() {
   if (!last_micro_step_) throw Error("GradientReducer::finish() called before the last micro-step");
-  while (next_to_start_ < buckets_.size()) start(buckets_[next_to_start_++]);
+  while (next_to_start_ < buckets_.size()) {
+    start(buckets_[next_to_start_]);
+    ++next_to_start_;
+  }
   CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient all-reduce");
   for (auto& bucket : buckets_) {
     bucket.work->wait();
@@ -205,6 +211,40 @@ void GradientReducer::finish() {
     if (!bucket.wire.is_same(bucket.buffer)) bucket.buffer.copy_(bucket.wire);
   }
   last_micro_step_ = false;
+}
+
+int64_t GradientReducer::buffer_bytes() const {
+  int64_t bytes = 0;
+  auto add = [&bytes](const at::Tensor& tensor) {
+    if (tensor.defined()) bytes += static_cast<int64_t>(tensor.numel()) * static_cast<int64_t>(tensor.element_size());
+  };
+  for (const auto& bucket : buckets_) {
+    add(bucket.buffer);
+    if (bucket.wire.defined() && !bucket.wire.is_same(bucket.buffer)) add(bucket.wire);
+    add(bucket.before);
+  }
+  return bytes;
+}
+
+void GradientReducer::abandon() {
+  abandoning_ = true;
+  if (!last_micro_step_) {  // failed before its last micro-step: nothing started yet
+    for (auto& bucket : buckets_) {
+      bucket.pending = bucket.parameters.size();
+      bucket.started = false;
+    }
+    next_to_start_ = 0;
+    first_in_flight_ = 0;
+    last_micro_step_ = true;
+  }
+  try {
+    finish();
+  } catch (...) {
+    abandoning_ = false;
+    throw;
+  }
+  abandoning_ = false;
+  micro_steps_begun_ = 0;
 }
 
 double GradientReducer::grad_norm() const {

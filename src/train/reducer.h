@@ -51,6 +51,12 @@ class GradientReducer {
   // Starts the buckets not yet started, waits for all; after it every rank
   // holds the SUM of all ranks' gradients.
   void finish();
+  // After this rank's micro-steps failed (out of memory, train/out_of_memory.h):
+  // starts every bucket its backward did not, in index order, with whatever
+  // it holds, and waits for all, so that peers waiting on them are released;
+  // measures nothing. The gradients are garbage after it: zero_grad() and
+  // redo the step.
+  void abandon();
 
   // L2 norm of all gradients (after finish(): the global gradient's norm).
   double grad_norm() const;
@@ -78,6 +84,9 @@ class GradientReducer {
   // Gradient bytes of all parameters (float): what one step all-reduces at
   // reduce_dtype float.
   int64_t bytes() const { return total_bytes_; }
+  // Bytes the reducer holds: the buckets, their narrower wire copies
+  // (bf16/fp16), and the noise scale's copies when tracked.
+  int64_t buffer_bytes() const;
   // Buckets started from a backward hook (not by finish) in the last step.
   int64_t buckets_started_in_backward() const { return started_in_backward_; }
 
@@ -104,6 +113,7 @@ class GradientReducer {
   int64_t total_bytes_ = 0;
   int64_t started_in_backward_ = 0;
   bool track_micro_norms_ = false;
+  bool abandoning_ = false;  // in abandon(): no measuring, nothing that allocates
   int64_t micro_steps_begun_ = 0;  // in this optimizer step
   at::Tensor micro_sq_norm_sum_;   // double scalar on the device
 };

@@ -99,6 +99,9 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   local_loss_sum_ = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
   step_loss_ = torch::zeros_like(local_loss_sum_);
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
+  memory_ = MemoryMeter(device_);
+  out_of_memory_ = std::make_unique<OutOfMemoryGuard>(config_, control_, device_);
+  if (device_.is_cpu()) set_cpu_memory_budget(config_.batch.memory_budget);
   optimizer_ = make_optimizer(config_.optimizer, named, schedule_.at(0));
   // Checked here rather than with the options: each is a valid setting alone.
   if (config_.study.stop_at_target && !target_.enabled()) {
@@ -175,32 +178,13 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm, bool update
   result.lr = schedule_.at(step);
   for (auto& group : optimizer_->param_groups()) group.options().set_lr(result.lr);
 
-  // 1. Zero the gradient buckets.
+  // Steps 1-3; redone with half the micro-batch while a rank runs out of memory.
   model_->train();
-  reducer_->zero_grad();
-  step_loss_.zero_();
-  // 2. Micro-batches. The normalizer is the number of loss items in the whole
-  // global batch (one per sample; for text, its target tokens), so summing
-  // the ranks' gradients gives exactly the gradient of the global mean.
   const double loss_items_per_step = global_batch_items(step_in_epoch);
   result.loss_items = loss_items_per_step;
-  for (int64_t micro_step = 0; micro_step < plan_.grad_accum_steps; ++micro_step) {
-    const auto indices = micro_batch_indices(permutation_, plan_, step_in_epoch, micro_step, comm_.rank());
-    const auto index_tensor = as_index_tensor(indices);
-    const auto inputs = data_.train.inputs.index_select(0, index_tensor).to(device_);
-    const auto targets = data_.train.targets.index_select(0, index_tensor).to(device_);
-    reducer_->begin_micro_step(micro_step == plan_.grad_accum_steps - 1);
-    auto loss = summed_cross_entropy(model_->forward(inputs), targets) / loss_items_per_step;
-    if (step + 1 == fault_nan_step_ && (fault_nan_rank_ < 0 || fault_nan_rank_ == comm_.rank())) {
-      loss = loss * std::numeric_limits<double>::quiet_NaN();  // fault injection (tests only)
-    }
-    loss.backward();
-    // Summed on the device; read only when logged, so no host sync per step.
-    step_loss_ += loss.detach().to(torch::kDouble);
+  while (!accumulate_gradients(step, step_in_epoch, loss_items_per_step)) {
+    plan_ = out_of_memory_->smaller_split(plan_, step);
   }
-
-  // 3. Wait for every bucket's all-reduce.
-  reducer_->finish();
   // 4. Judge the all-reduced gradient: the same on every rank.
   const auto check_start = Clock::now();
   const bool finite = config_.checkpoint.on_nonfinite == NonFinitePolicy::Ignore || reducer_->all_finite();
@@ -220,7 +204,51 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm, bool update
   // 5. Clip, then step.
   if (clip > 0 && result.grad_norm > clip) reducer_->scale(clip / (result.grad_norm + 1e-6));
   optimizer_->step();
+  memory_.after_update();
   return result;
+}
+
+at::Tensor Trainer::summed_train_loss(const std::vector<int64_t>& indices) {
+  const auto index_tensor = as_index_tensor(indices);
+  const auto inputs = data_.train.inputs.index_select(0, index_tensor).to(device_);
+  const auto targets = data_.train.targets.index_select(0, index_tensor).to(device_);
+  return summed_cross_entropy(model_->forward(inputs), targets);
+}
+
+bool Trainer::accumulate_gradients(int64_t step, int64_t step_in_epoch, double loss_items) {
+  // 1. Zero the gradient buckets.
+  reducer_->zero_grad();
+  step_loss_.zero_();
+  memory_.begin_step();
+  out_of_memory_->before_step(step, memory_);
+  // 2. Micro-batches. The normalizer is the number of loss items in the whole
+  // global batch (one per sample; for text, its target tokens), so summing
+  // the ranks' gradients gives exactly the gradient of the global mean.
+  bool out_of_memory = false;
+  try {
+    const BudgetScope budget;  // a CPU --memory-budget holds here
+    for (int64_t micro_step = 0; micro_step < plan_.grad_accum_steps; ++micro_step) {
+      reducer_->begin_micro_step(micro_step == plan_.grad_accum_steps - 1);
+      auto loss = summed_train_loss(micro_batch_indices(permutation_, plan_, step_in_epoch, micro_step, comm_.rank())) /
+                  loss_items;
+      if (step + 1 == fault_nan_step_ && (fault_nan_rank_ < 0 || fault_nan_rank_ == comm_.rank())) {
+        loss = loss * std::numeric_limits<double>::quiet_NaN();  // fault injection (tests only)
+      }
+      loss.backward();
+      // Summed on the device; read only when logged, so no host sync per step.
+      step_loss_ += loss.detach().to(torch::kDouble);
+    }
+  } catch (const c10::OutOfMemoryError& error) {
+    if (!out_of_memory_->active()) throw;
+    out_of_memory = true;
+    out_of_memory_->note_failure(error.what_without_backtrace());
+  }
+  // 3. Wait for every bucket's all-reduce (a rank that ran out starts what
+  // its peers wait for), then agree whether anyone ran out.
+  if (out_of_memory) reducer_->abandon();
+  else reducer_->finish();
+  memory_.end_micro_steps();
+  return !out_of_memory_->any_rank_failed(out_of_memory);
 }
 
 void Trainer::measure_noise(StepResult& result) {
@@ -492,6 +520,8 @@ nlohmann::json Trainer::run(MetricsLog& log) {
     run_tokens_ += result.loss_items;
     run_seconds_ += step_seconds;
     steps_done = step + 1;
+    for (const auto& event : out_of_memory_->take_events()) log.record(event);
+    if (!memory_reported_) report_memory(log);
     if (result.verdict != StepVerdict::Update) report_nonfinite(steps_done, result, log);
     if (result.verdict == StepVerdict::Diverge) {
       status = RunStatus::Diverged;
@@ -565,7 +595,7 @@ nlohmann::json Trainer::run(MetricsLog& log) {
     summary["val_accuracy"] = last_eval_["val_accuracy"];
     summary["val_loss"] = last_eval_["val_loss"];
   }
-  if (const auto peak = peak_memory_bytes(device_)) summary["peak_device_memory_bytes"] = *peak;
+  add_memory(summary);
   if (data_.tokens) {
     for (const char* key : {"val_bits_per_byte", "val_perplexity", "train_eval_bits_per_byte"}) {
       summary[key] = last_eval_.contains(key) ? last_eval_[key] : nlohmann::json(nullptr);

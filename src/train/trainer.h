@@ -1,5 +1,5 @@
 // The training loop. One optimizer step, identically on every rank:
-//   1. zero the gradient buckets;
+//   1. zero the gradient buckets; note the memory resident (train/memory.h);
 //   2. for each of grad_accum_steps micro-batches (train/batch_plan.h, data
 //      from data/sampler.h): forward, loss = SUM of per-sample losses divided
 //      by the number of loss items in the GLOBAL batch, backward. Only the
@@ -7,7 +7,9 @@
 //      all-reduce (SUM) as soon as the bucket's gradients are final
 //      (train/reducer.h);
 //   3. wait for all buckets: now every rank holds the gradient of the
-//      global-batch mean loss, whatever the split;
+//      global-batch mean loss, whatever the split. Where out-of-memory can
+//      happen, the ranks agree whether any ran out in step 2; if so, all
+//      redo steps 1-3 with half the micro-batch (train/out_of_memory.h);
 //   4. judge the all-reduced gradient (train/nonfinite.h): a non-finite one
 //      is skipped or stops the run as diverged, alike on every rank; with
 //      --noise-scale, measure the gradient noise scale (train/noise_scale.h);
@@ -30,8 +32,10 @@
 #include "train/reducer.h"
 #include "train/lr_schedule.h"
 #include "train/metrics.h"
+#include "train/memory.h"
 #include "train/noise_scale.h"
 #include "train/nonfinite.h"
+#include "train/out_of_memory.h"
 #include "train/preemption.h"
 #include "train/targets.h"
 
@@ -40,6 +44,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <memory>
+#include <optional>
 #include <vector>
 
 namespace torch::optim {
@@ -89,6 +94,15 @@ class Trainer {
   // Rank 0's parameters and buffers overwrite everyone's (one broadcast).
   void broadcast_initial_state();
 
+  // --micro-batch-size auto: the largest micro-batch that divides this
+  // rank's share of the global batch and whose measured micro-step peak fits
+  // the budget, the smallest over the ranks (collective). Probes the first
+  // micro-batch at each candidate size, changing nothing: no update,
+  // gradients zeroed, RNG states restored. Prints what it tried. Throws
+  // UsageError (CPU without --memory-budget) or Error (nothing fits).
+  void choose_micro_batch();
+  const BatchPlan& plan() const { return plan_; }
+
   // Optimizer step `step` (0-based, counted over the whole run): steps 1-5.
   // The gradient norm is computed when asked (for the log) or for clipping.
   // Without `update`, steps 1-4 only: the gradient is measured, the weights
@@ -133,6 +147,20 @@ class Trainer {
   // permutation and the whole training set's target counts, so each sums the
   // same window of the permutation itself: no communication.
   double global_batch_items(int64_t step_in_epoch) const;  // after permutation_ is set
+  // Steps 1-3: false when a rank ran out of memory (all ranks agree; the
+  // gradients are to be discarded).
+  bool accumulate_gradients(int64_t step, int64_t step_in_epoch, double loss_items);
+  // Forward of training samples `indices`: the SUM of their losses.
+  at::Tensor summed_train_loss(const std::vector<int64_t>& indices);
+  // --micro-batch-size auto: the peak (bytes, resident included) of one
+  // micro-step of `micro` samples, with the optimizer state a first update
+  // will add; nullopt when it ran out of memory.
+  std::optional<int64_t> probe_micro_step(int64_t micro);
+  MemoryBreakdown memory_breakdown() const;
+  // After the first step: the breakdown, printed (rank 0) and logged.
+  void report_memory(MetricsLog& log);
+  // summary.json's "memory" (and on CUDA "peak_device_memory_bytes").
+  void add_memory(nlohmann::json& summary) const;
   nlohmann::json evaluate_all(int64_t steps_done);
   void print_plan() const;
   void log_progress(int64_t steps_done, const StepResult& result, MetricsLog& log);
@@ -181,6 +209,10 @@ class Trainer {
   nlohmann::json last_eval_;
   TargetTracker target_;
   bool stop_at_target_ = false;             // reached --target with --stop-at-target
+  MemoryMeter memory_{c10::kCPU};
+  std::unique_ptr<OutOfMemoryGuard> out_of_memory_;
+  bool memory_reported_ = false;            // the breakdown line after the first step
+  nlohmann::json auto_micro_batch_;         // --micro-batch-size auto: what was tried (rank 0's), for summary.json
   std::unique_ptr<NoiseScaleAverage> noise_;  // --noise-scale (or a measurement)
   double noise_seconds_ = 0;                // its cost: the micro-batch norms are timed inside the steps
   int64_t fault_nan_step_ = -1;             // DTRAIN_FAULT_NAN_STEP (tests)

@@ -57,6 +57,16 @@ TEST(Options, DefaultsAndFlagsLandInTheTypedConfig) {
   EXPECT_EQ(c.data.dataset, DatasetKind::Synthetic);
 }
 
+TEST(Options, MemorySizesAndAutoMicroBatch) {
+  EXPECT_EQ(parse({"--memory-budget", "6GiB"}).batch.memory_budget, int64_t{6} << 30);
+  EXPECT_EQ(parse({"--memory-budget", "1.5GB"}).batch.memory_budget, 1500000000);
+  EXPECT_EQ(parse({"--memory-budget", "512m"}).batch.memory_budget, int64_t{512} << 20);
+  EXPECT_EQ(parse({"--memory-budget", "1000000"}).batch.memory_budget, 1000000);
+  const Config config = parse({"--micro-batch-size", "auto", "--global-batch-size", "256"});
+  EXPECT_EQ(config.batch.micro_batch_size, kAutoMicroBatch);
+  EXPECT_EQ(config_to_json(config)["micro-batch-size"], "auto");
+}
+
 TEST(Options, HelpListsGroupsAndExits) {
   const ParsedOptions parsed = parse_options({"--help"});
   EXPECT_TRUE(parsed.help_requested);
@@ -128,6 +138,12 @@ TEST(Options, BadInputGivesOneLineNamingTheProblem) {
       {{"--lr", "abc"}, "lr"},
       {{"--lr", "-1"}, "--lr must be positive"},
       {{"--micro-batch-size", "0"}, "--micro-batch-size must be positive"},
+      {{"--micro-batch-size", "auto"}, "--micro-batch-size auto needs --global-batch-size"},
+      {{"--micro-batch-size", "auto", "--global-batch-size", "64", "--grad-accum-steps", "2"},
+       "derives --grad-accum-steps: leave it out"},
+      {{"--memory-budget", "6XB"}, "is not a size (examples: --memory-budget 6GiB"},
+      {{"--memory-budget", "0"}, "--memory-budget must be at least 1 byte"},
+      {{"--memory-budget", "-2GiB"}, "--memory-budget must be at least 1 byte"},
       {{"--global-batch-size", "-8"}, "--global-batch-size must be positive"},
       {{"--lr-scaling", "cubic"}, "--lr-scaling cubic is not one of linear|sqrt|none"},
       {{"--schedule", "exp"}, "constant|cosine|linear|step"},

@@ -1,0 +1,168 @@
+// Trainer <-> memory: the breakdown of what a step holds, and
+// --micro-batch-size auto's probes (train/memory.h).
+#include "common/error.h"
+#include "data/sampler.h"
+#include "train/trainer.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <unordered_set>
+
+namespace dtrain {
+
+namespace {
+
+// Optimizer state a first update creates, per byte of parameters (LibTorch
+// creates it lazily): momentum buffers, or Adam's two moments.
+double optimizer_state_per_parameter_byte(const OptimizerOptions& options) {
+  switch (options.kind) {
+    case OptimizerKind::Sgd: return options.momentum > 0 ? 1 : 0;
+    case OptimizerKind::Lars: return 1;
+    case OptimizerKind::AdamW:
+    case OptimizerKind::Lamb: return 2;
+  }
+  return 2;
+}
+
+int64_t parameter_bytes(torch::nn::Module& model) {
+  std::unordered_set<const void*> seen;  // tied weights once
+  int64_t bytes = 0;
+  for (const auto& parameter : model.parameters()) {
+    if (seen.insert(parameter.unsafeGetTensorImpl()).second) bytes += tensor_bytes({parameter});
+  }
+  return bytes;
+}
+
+std::string describe_probe(const ProbedSize& probed) {
+  return std::to_string(probed.micro) + ": " +
+         (probed.peak ? format_bytes(*probed.peak) + (probed.fits ? " fits" : " too big") : std::string("out of memory"));
+}
+
+}  // namespace
+
+MemoryBreakdown Trainer::memory_breakdown() const {
+  return memory_.breakdown(parameter_bytes(*model_), reducer_->buffer_bytes());
+}
+
+void Trainer::report_memory(MetricsLog& log) {
+  memory_reported_ = true;
+  const MemoryBreakdown memory = memory_breakdown();
+  if (!memory.measured) return;
+  log.record({{"event", "memory"},
+              {"step", start_step_ + 1},
+              {"parameters_bytes", memory.parameters},
+              {"gradients_bytes", memory.gradients},
+              {"optimizer_state_bytes", memory.optimizer_state},
+              {"other_bytes", memory.other},
+              {"activations_bytes", memory.activations},
+              {"peak_bytes", memory.peak}});
+  if (!is_root()) return;
+  std::fprintf(stdout, "memory per rank (rank 0, first step, micro-batch %lld): %s\n",
+               static_cast<long long>(plan_.micro_batch_size), describe(memory).c_str());
+  std::fflush(stdout);
+}
+
+void Trainer::add_memory(nlohmann::json& summary) const {
+  const MemoryBreakdown memory = memory_breakdown();
+  if (!out_of_memory_->history().empty()) summary["out_of_memory"] = out_of_memory_->history();
+  if (!auto_micro_batch_.is_null()) summary["micro_batch_auto"] = auto_micro_batch_;
+  if (!memory.measured) return;
+  summary["memory"] = {{"parameters_bytes", memory.parameters},
+                       {"gradients_bytes", memory.gradients},
+                       {"optimizer_state_bytes", memory.optimizer_state},
+                       {"other_bytes", memory.other},
+                       {"activations_bytes", memory.activations},
+                       {"peak_bytes", memory.peak},
+                       {"device", device_.str()}};
+  if (config_.batch.memory_budget > 0) summary["memory"]["budget_bytes"] = config_.batch.memory_budget;
+  if (device_.is_cuda()) summary["peak_device_memory_bytes"] = memory.peak;
+}
+
+std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
+  BatchPlan probe = plan_;
+  probe.micro_batch_size = micro;
+  probe.grad_accum_steps = plan_.local_batch_size() / micro;
+  const int64_t epoch = start_step_ / steps_per_epoch_;
+  const auto permutation = epoch_permutation(data_.train.size(), config_.run.seed, epoch, config_.run.shuffle);
+  const auto indices = micro_batch_indices(permutation, probe, start_step_ % steps_per_epoch_, 0, comm_.rank());
+  // Nothing the probe does may reach the trajectory: the RNG states go back,
+  // the gradients are zeroed, and there is no update.
+  std::vector<std::pair<at::Generator, at::Tensor>> generators = {
+      {at::globalContext().defaultGenerator(c10::kCPU), {}}};
+  if (device_.is_cuda()) generators.emplace_back(at::globalContext().defaultGenerator(device_), at::Tensor());
+  for (auto& [generator, state] : generators) state = generator.get_state();
+  model_->train();
+  reducer_->zero_grad();
+  memory_.begin_step();
+  std::optional<int64_t> peak;
+  try {
+    const BudgetScope budget;
+    reducer_->begin_micro_step(false);  // accumulates locally: no communication
+    summed_train_loss(indices).backward();
+    peak = peak_memory_bytes(device_);
+  } catch (const c10::OutOfMemoryError&) {
+    release_cached_memory(device_);
+  }
+  reducer_->zero_grad();
+  for (auto& [generator, state] : generators) {
+    generator.set_state(state);
+    if (peak && state.device() == device_) *peak -= tensor_bytes({state});  // the saved state: the probe's, not a step's
+  }
+  if (peak && !memory_.stepped() && optimizer_->state().empty()) {
+    *peak += static_cast<int64_t>(optimizer_state_per_parameter_byte(config_.optimizer) *
+                                  static_cast<double>(parameter_bytes(*model_)));
+  }
+  return peak;
+}
+
+void Trainer::choose_micro_batch() {
+  int64_t budget = config_.batch.memory_budget;
+  if (!memory_.measures()) {
+    throw UsageError("--micro-batch-size auto measures memory, and nothing measures it on " + device_.str() +
+                     " in this build; give --micro-batch-size N");
+  }
+  if (budget == 0) {
+    if (!device_.is_cuda()) {
+      throw UsageError(
+          "--micro-batch-size auto on CPU needs --memory-budget SIZE (e.g. --memory-budget 2GiB): a CPU has no fixed "
+          "memory to fill");
+    }
+    const int64_t usable = free_device_memory_bytes(device_).value_or(0) + allocated_memory_bytes(device_).value_or(0);
+    budget = usable - usable / 10;  // a margin for the allocator's fragments and what NCCL takes
+  }
+  const MicroBatchSearch search = largest_fitting_micro_batch(
+      plan_.local_batch_size(), budget, [this](int64_t micro) { return probe_micro_step(micro); });
+  // Every rank the same micro-batch: the smallest choice.
+  const std::vector<int64_t> chosen = control_.all_gather(search.micro);
+  const auto smallest = std::min_element(chosen.begin(), chosen.end());
+  const int64_t micro = *smallest;
+  const int limiting_rank = static_cast<int>(smallest - chosen.begin());
+  std::string tried;
+  for (const auto& probed : search.tried) tried += (tried.empty() ? "" : ", ") + describe_probe(probed);
+  if (micro == 0) {
+    throw Error("--micro-batch-size auto: not even a micro-batch of 1 fits the memory budget of " +
+                format_bytes(budget) + " on rank " + std::to_string(limiting_rank) +
+                (limiting_rank == comm_.rank() ? " (tried " + tried + ")" : std::string()) +
+                "; raise --memory-budget or use a smaller model");
+  }
+  auto_micro_batch_ = {{"budget_bytes", budget}, {"chosen", micro}, {"tried", nlohmann::json::array()}};
+  for (const auto& probed : search.tried) {
+    auto_micro_batch_["tried"].push_back({{"micro_batch_size", probed.micro},
+                                          {"peak_bytes", probed.peak ? nlohmann::json(*probed.peak) : nlohmann::json(nullptr)},
+                                          {"fits", probed.fits}});
+  }
+  const int64_t local_batch = plan_.local_batch_size();
+  plan_.micro_batch_size = micro;
+  plan_.grad_accum_steps = local_batch / micro;
+  if (is_root()) {
+    std::fprintf(stdout, "micro-batch auto (budget %s per rank): tried %s; chose %lld%s: %s\n", format_bytes(budget).c_str(),
+                 tried.c_str(), static_cast<long long>(micro),
+                 micro != search.micro ? (" (rank " + std::to_string(limiting_rank) + "'s largest)").c_str() : "",
+                 plan_.describe().c_str());
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace dtrain

@@ -1,0 +1,159 @@
+// Memory accounting (train/memory.h) and the out-of-memory split
+// (train/out_of_memory.h), in one process.
+#include "train/memory.h"
+#include "train/out_of_memory.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <malloc.h>
+#include <sys/prctl.h>
+
+#include <cmath>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+
+namespace dtrain {
+namespace {
+
+const c10::Device kCpu(c10::kCPU);
+
+TEST(MemoryAccounting, CountsEveryByteOfEveryCpuTensor) {
+  install_cpu_memory_accounting();
+  ASSERT_TRUE(cpu_memory_accounting_installed());
+  const int64_t before = allocated_memory_bytes(kCpu).value();
+  reset_peak_memory(kCpu);
+  {
+    auto a = torch::ones({1000, 250});            // 1,000,000 bytes
+    auto b = torch::zeros({77}, torch::kDouble);  // 616 bytes
+    EXPECT_EQ(allocated_memory_bytes(kCpu).value() - before, 1000000 + 616);
+  }
+  EXPECT_EQ(allocated_memory_bytes(kCpu).value(), before);
+  EXPECT_EQ(peak_memory_bytes(kCpu).value() - before, 1000000 + 616);
+  // Kernels that allocate inside LibTorch count too: a matmul's output.
+  auto x = torch::ones({300, 400});
+  reset_peak_memory(kCpu);
+  const int64_t resident = allocated_memory_bytes(kCpu).value();
+  { auto y = torch::mm(x, x.t()); }
+  EXPECT_GE(peak_memory_bytes(kCpu).value() - resident, 300 * 300 * 4);
+}
+
+// RSS in kB from /proc/self/status (`field` is VmRSS or VmHWM).
+int64_t proc_status_kb(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
+  }
+  return -1;
+}
+
+// The independent measure: the kernel's peak resident set (VmHWM, reset by
+// writing 5 to /proc/self/clear_refs). Large blocks are made to come from
+// mmap and go back on free (a fixed mmap threshold, no transparent huge
+// pages), so resident pages follow the live tensors; the tensors are large
+// (hundreds of MB), so page rounding and small allocations are noise.
+TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTenPercent) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan's allocator keeps freed memory in quarantine: the resident set is no measure under it";
+#endif
+  install_cpu_memory_accounting();
+  std::ofstream clear("/proc/self/clear_refs");
+  ASSERT_TRUE(clear.good()) << "/proc/self/clear_refs is not writable here";
+  ASSERT_EQ(mallopt(M_MMAP_THRESHOLD, 256 * 1024), 1);
+  prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(1);  // one arena: the main thread's
+  torch::manual_seed(0);
+  torch::nn::Sequential model(torch::nn::Linear(1024, 4096), torch::nn::ReLU(), torch::nn::Linear(4096, 4096),
+                              torch::nn::ReLU(), torch::nn::Linear(4096, 10));
+  const auto inputs = torch::randn({2048, 1024});
+  const auto targets = torch::randint(0, 10, {2048});
+  // Once to create the gradients, which then stay resident.
+  torch::nn::functional::cross_entropy(model->forward(inputs), targets).backward();
+
+  const int64_t resident = allocated_memory_bytes(kCpu).value();
+  reset_peak_memory(kCpu);
+  clear << "5" << std::flush;
+  const int64_t rss_before = proc_status_kb("VmRSS") * 1024;
+  torch::nn::functional::cross_entropy(model->forward(inputs), targets).backward();
+  const int64_t hwm = proc_status_kb("VmHWM") * 1024;
+  torch::set_num_threads(threads);
+
+  const double counted = static_cast<double>(peak_memory_bytes(kCpu).value() - resident);
+  const double kernel = static_cast<double>(hwm - rss_before);
+  std::printf("step peak above resident: counted %.1f MiB, peak RSS above its start %.1f MiB (ratio %.3f)\n",
+              counted / 1048576, kernel / 1048576, counted / kernel);
+  EXPECT_GT(counted, 60.0 * 1048576);  // the activations of 2048 rows x 4096 wide, and their gradients
+  EXPECT_NEAR(counted / kernel, 1.0, 0.10);
+}
+
+TEST(MemoryAccounting, BudgetHoldsOnlyInsideABudgetScope) {
+  install_cpu_memory_accounting();
+  const int64_t resident = allocated_memory_bytes(kCpu).value();
+  set_cpu_memory_budget(resident + (1 << 20));
+  { auto outside = torch::empty({1 << 20}); }  // 4 MiB past the budget, outside a scope: fine
+  {
+    const BudgetScope scope;
+    auto small = torch::empty({1024});  // 4 KiB: fits
+    try {
+      auto big = torch::empty({1 << 20});
+      ADD_FAILURE() << "4 MiB more did not run out of a 1 MiB budget";
+    } catch (const c10::OutOfMemoryError& error) {
+      EXPECT_TRUE(is_out_of_memory(error));
+      EXPECT_NE(std::string(error.what_without_backtrace()).find("past its budget"), std::string::npos);
+    }
+  }
+  set_cpu_memory_budget(0);
+  const BudgetScope scope;
+  auto big = torch::empty({1 << 20});  // no budget: fine
+}
+
+TEST(MemoryAccounting, FormatsBytesForPeople) {
+  EXPECT_EQ(format_bytes(512), "512 B");
+  EXPECT_EQ(format_bytes(1536), "1.50 KiB");
+  EXPECT_EQ(format_bytes(int64_t{3} << 30), "3.00 GiB");
+  EXPECT_EQ(format_bytes(int64_t{200} << 20), "200 MiB");
+}
+
+// The search against brute force: for peaks that grow with the micro-batch
+// (any such function, some sizes out of memory), it returns the largest
+// divisor that fits, and probes few.
+TEST(MicroBatchSearch, FindsTheLargestFittingDivisorAsBruteForceDoes) {
+  std::mt19937_64 random(7);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int64_t local = 1 + static_cast<int64_t>(random() % 512);
+    const int64_t fixed = static_cast<int64_t>(random() % 1000);
+    const int64_t per_sample = 1 + static_cast<int64_t>(random() % 100);
+    const int64_t oom_above = static_cast<int64_t>(random() % 600);  // sizes past it run out of memory
+    const int64_t budget = static_cast<int64_t>(random() % 60000);
+    auto peak = [&](int64_t micro) -> std::optional<int64_t> {
+      if (micro > oom_above) return std::nullopt;
+      return fixed + per_sample * micro + micro * micro % 3;  // not quite linear, still increasing
+    };
+    int64_t brute = 0;
+    for (int64_t micro = 1; micro <= local; ++micro) {
+      const auto p = peak(micro);
+      if (local % micro == 0 && p && *p <= budget) brute = micro;
+    }
+    const MicroBatchSearch search = largest_fitting_micro_batch(local, budget, peak);
+    ASSERT_EQ(search.micro, brute) << "local " << local << " budget " << budget;
+    int divisors = 0;
+    for (int64_t d = 1; d <= local; ++d) divisors += local % d == 0;
+    EXPECT_LE(static_cast<int>(search.tried.size()), 2 + static_cast<int>(std::ceil(std::log2(divisors + 1))));
+  }
+}
+
+TEST(OutOfMemorySplit, HalvesToTheLargestDivisorAtMostHalf) {
+  EXPECT_EQ(halved_micro_batch(64, 256), 32);
+  EXPECT_EQ(halved_micro_batch(6, 12), 3);
+  EXPECT_EQ(halved_micro_batch(12, 36), 6);
+  EXPECT_EQ(halved_micro_batch(5, 15), 1);  // 15's divisors at most 2.5: 1
+  EXPECT_EQ(halved_micro_batch(9, 27), 3);
+  EXPECT_EQ(halved_micro_batch(1, 8), 0);   // nothing left to halve
+}
+
+}  // namespace
+}  // namespace dtrain
