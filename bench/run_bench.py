@@ -96,7 +96,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per end-to-end run")
     parser.add_argument("--json", default=os.path.join(ROOT, "runs", "bench", "bench.json"))
-    parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards,noise",
+    parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards,noise,memory,"
+                        "memtable",
                         help="comma-separated sections to run")
     args = parser.parse_args()
     sections = set(args.only.split(","))
@@ -123,6 +124,10 @@ def main():
         guards(args, dtrain, results)
     if "noise" in sections:
         noise_scale(args, dtrain, results)
+    if "memory" in sections:
+        memory_cost(args, dtrain, results)
+    if "memtable" in sections:
+        memory_table(dtrain, results)
 
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
@@ -342,3 +347,53 @@ def noise_scale(args, dtrain, results):
 
 if __name__ == "__main__":
     main()
+
+
+def memory_cost(args, dtrain, results):
+    """The default job at 2 ranks: LibTorch's CPU allocator bare, behind the counting allocator, and with a
+    --memory-budget too (the budget check and the per-step out-of-memory agreement), interleaved."""
+    repeats = max(args.repeats, 3)
+    base = ["--config", os.path.join(ROOT, "configs", "fashion_mnist_mlp.ini"), "--max-steps", str(args.steps * 3),
+            "--log-every", "100000"]
+    variants = [("bare", {"DTRAIN_MEMORY_ACCOUNTING": "0"}, []), ("counted", {}, []),
+                ("budget", {}, ["--memory-budget", "64GiB"])]
+    samples = {name: [] for name, _, _ in variants}
+    for repeat in range(repeats):
+        for name, env, flags in variants[repeat % 3:] + variants[:repeat % 3]:
+            launcher = ["env"] + [f"{k}={v}" for k, v in env.items()] + ["mpirun", "-np", "2"]
+            if env:
+                launcher += ["-x", "DTRAIN_MEMORY_ACCOUNTING"]
+            samples[name].append(dtrain_summary(dtrain, base + flags, launcher=launcher)["steady_ms_per_step"])
+    m = median_of(samples)
+    results["memory_cost"] = {"samples_ms": samples, "repeats": repeats}
+    table(f"12. cost of memory accounting, default job at 2 ranks ({args.steps * 3} steps, steady ms/step, median of "
+          f"{repeats} interleaved runs)",
+          ["LibTorch allocator", "counted", "counted/bare", "+ --memory-budget", "budget/bare"],
+          [[f"{m['bare']:.3f}", f"{m['counted']:.3f}", f"{m['counted'] / m['bare']:.3f}", f"{m['budget']:.3f}",
+            f"{m['budget'] / m['bare']:.3f}"]])
+
+
+def memory_table(dtrain, results):
+    """Peak memory of one rank's training step against the micro-batch (accumulation 1), and at the smallest
+    micro-batch with accumulation 4: the default MLP on Fashion-MNIST and the KJV GPT, 1 rank, 3 steps each."""
+    jobs = [("MLP 784-1024-1024-10, Fashion-MNIST", ["--config", os.path.join(ROOT, "configs", "fashion_mnist_mlp.ini")],
+             [32, 64, 128, 256, 512]),
+            ("GPT 4x128, block 64, KJV", ["--config", os.path.join(ROOT, "configs", "kjv_gpt.ini")], [8, 16, 32, 64, 128])]
+    record = {}
+    for title, flags, micros in jobs:
+        rows = []
+        splits = [(m, 1) for m in micros] + [(micros[0], 4)]
+        for micro, accum in splits:
+            summary = dtrain_summary(dtrain, flags + ["--micro-batch-size", str(micro), "--grad-accum-steps", str(accum),
+                                                      "--global-batch-size", str(micro * accum), "--max-steps", "3",
+                                                      "--eval-every", "0", "--log-every", "1"])
+            mem = summary["memory"]
+            record[f"{title} {micro}x{accum}"] = mem
+            mib = lambda b: f"{b / 2**20:.1f}"
+            rows.append([f"{micro} x {accum}", mib(mem["parameters_bytes"]), mib(mem["gradients_bytes"]),
+                         mib(mem["optimizer_state_bytes"]), mib(mem["other_bytes"]), mib(mem["activations_bytes"]),
+                         f"{mem['activations_bytes'] / micro / 1024:.1f}", mib(mem["peak_bytes"])])
+        table(f"13. peak memory of a step, {title} (MiB, rank 0 of 1)",
+              ["micro x accum", "parameters", "gradients", "optimizer", "data+other", "activations",
+               "KiB/sample", "peak"], rows)
+    results["memory_table"] = record
