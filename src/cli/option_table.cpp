@@ -444,9 +444,9 @@ std::vector<OptionSpec> build_table() {
                      "samples per optimizer step across all ranks"},
                     DTRAIN_FIELD(batch.global_batch_size)),
       memory_size({"memory-budget", "batch", E::Rounding, "6GiB",
-                   "bytes one rank's training step may use (e.g. 6GiB, 512MiB); a micro-step past it on CPU runs out "
-                   "of memory, and like one on a full GPU is redone with half the micro-batch. Default: free GPU "
-                   "memory less 10%; none on CPU"},
+                   "bytes one rank's training step may use (e.g. 6GiB, 512MiB); a micro-step past it runs out of "
+                   "memory and is redone with half the micro-batch (on CUDA: the caching allocator's memory "
+                   "fraction). Default: none on CPU; on CUDA the whole device, and for auto its free memory less 10%"},
                   DTRAIN_FIELD(batch.memory_budget)),
 
       // Learning rate.

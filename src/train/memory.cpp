@@ -164,6 +164,19 @@ bool is_out_of_memory(const std::exception& error) {
 void set_cpu_memory_budget(int64_t bytes) { g_budget.store(bytes, std::memory_order_relaxed); }
 int64_t cpu_memory_budget() { return g_budget.load(std::memory_order_relaxed); }
 
+void apply_memory_budget(const c10::Device& device, int64_t bytes) {
+  if (device.is_cpu()) set_cpu_memory_budget(bytes);
+#ifdef DTRAIN_TORCH_CUDA
+  if (device.is_cuda() && bytes > 0) {
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) == cudaSuccess && total > 0) {
+      const double fraction = std::min(1.0, static_cast<double>(bytes) / static_cast<double>(total));
+      c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, device.index());
+    }
+  }
+#endif
+}
+
 BudgetScope::BudgetScope() { g_budget_scopes.fetch_add(1, std::memory_order_relaxed); }
 BudgetScope::~BudgetScope() { g_budget_scopes.fetch_sub(1, std::memory_order_relaxed); }
 

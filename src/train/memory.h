@@ -59,6 +59,10 @@ bool is_out_of_memory(const std::exception& error);
 // would take the counted bytes past it throws c10::OutOfMemoryError.
 void set_cpu_memory_budget(int64_t bytes);
 int64_t cpu_memory_budget();
+// --memory-budget on `device`: the CPU budget above, or on CUDA the caching
+// allocator's memory fraction (budget / the device's total), past which it
+// raises c10::OutOfMemoryError as on a full device. Nothing for 0.
+void apply_memory_budget(const c10::Device& device, int64_t bytes);
 class BudgetScope {
  public:
   BudgetScope();

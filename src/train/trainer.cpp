@@ -101,7 +101,7 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
   memory_ = MemoryMeter(device_);
   out_of_memory_ = std::make_unique<OutOfMemoryGuard>(config_, control_, device_);
-  if (device_.is_cpu()) set_cpu_memory_budget(config_.batch.memory_budget);
+  apply_memory_budget(device_, config_.batch.memory_budget);
   optimizer_ = make_optimizer(config_.optimizer, named, schedule_.at(0));
   // Checked here rather than with the options: each is a valid setting alone.
   if (config_.study.stop_at_target && !target_.enabled()) {
