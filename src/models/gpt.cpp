@@ -128,8 +128,11 @@ torch::Tensor Gpt::forward(const torch::Tensor& tokens) {
                 std::to_string(options_.block_size) + "; cut rows to 1.." + std::to_string(options_.block_size) +
                 " tokens or raise --block-size");
   }
-  if (tokens.numel() > 0) {
-    const auto range = torch::stack({tokens.min(), tokens.max()}).cpu();
+  // On the CPU only: on a GPU reading the range back would stall the stream
+  // every forward. dtrain's token datasets hold bytes (0..255, the
+  // vocabulary) by construction, and CUDA's embedding asserts on the device.
+  if (tokens.numel() > 0 && tokens.is_cpu()) {
+    const auto range = torch::stack({tokens.min(), tokens.max()});
     const int64_t lowest = range[0].item<int64_t>(), highest = range[1].item<int64_t>();
     if (lowest < 0 || highest >= options_.vocab_size) {
       throw Error("token id " + std::to_string(lowest < 0 ? lowest : highest) + " is outside the GPT's vocabulary [0, " +

@@ -119,6 +119,7 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
         {"target", target_.state()},
         {"noise_scale", noise_ ? noise_->state() : nlohmann::json(nullptr)},
         {"rng", rng},
+        {"out_of_memory", out_of_memory_->history()},
         {"written_at", utc_now()},
     };
     written = write_checkpoint(checkpoint_dir_, steps_done, checkpoint, config_.checkpoint.keep);
@@ -181,6 +182,22 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
       generator.set_state(hex_to_bytes(rng.at(name).get<std::string>()));
     }
     start_step_ = step;
+    // A split narrowed by out-of-memory on this world size stays narrowed:
+    // the options' split would only run out again.
+    const nlohmann::json oom = saved.value("out_of_memory", nlohmann::json::array());
+    const int64_t saved_micro = saved.at("micro_batch_size").get<int64_t>();
+    const int64_t saved_accum = saved.at("grad_accum_steps").get<int64_t>();
+    if (!oom.empty() && saved.at("world_size").get<int64_t>() == plan_.world_size &&
+        saved_micro * saved_accum == plan_.local_batch_size() && saved_micro < plan_.micro_batch_size) {
+      if (is_root()) {
+        std::fprintf(stdout, "keeping the checkpoint's split micro %lld x accum %lld (out of memory at step %lld at micro %lld)\n",
+                     static_cast<long long>(saved_micro), static_cast<long long>(saved_accum),
+                     static_cast<long long>(oom.back().at("step").get<int64_t>()),
+                     static_cast<long long>(oom.back().at("from_micro_batch_size").get<int64_t>()));
+      }
+      plan_.micro_batch_size = saved_micro;
+      plan_.grad_accum_steps = saved_accum;
+    }
   } catch (const nlohmann::json::exception& e) {
     throw Error("checkpoint " + source + "/trainer.json lacks a field or has a wrong type (" +
                 std::string(e.what()).substr(0, 80) + "); resume from another checkpoint");

@@ -105,6 +105,13 @@ grep -q '"event":"out_of_memory".*"step":4' "$WORK/oom/metrics.jsonl" || fail "n
 [ "$(field "$WORK/oom/summary.json" out_of_memory.0.step)" = 4 ] || fail "summary: no out_of_memory record"
 grep -q '"micro_batch_size": *32' "$WORK/oom/checkpoints/step-00000006/trainer.json" \
   || fail "the checkpoint after the re-split does not record micro 32"
+# Resumed from the checkpoint after the re-split, the run keeps micro 32.
+mpirun -np 2 "$DTRAIN" "${SPLIT[@]}" --micro-batch-size 64 --resume "$WORK/oom/checkpoints/step-00000006" \
+  --out-dir "$WORK/oom-resumed" >"$WORK/resumed.log" 2>&1 \
+  || { cat "$WORK/resumed.log"; fail "resume after the re-split failed"; }
+grep -q "^keeping the checkpoint's split micro 32 x accum 2 (out of memory at step 4 at micro 64)" "$WORK/resumed.log" \
+  || { cat "$WORK/resumed.log"; fail "the resumed run did not keep the narrowed split"; }
+[ "$(field "$WORK/oom-resumed/summary.json" micro_batch_size)" = 32 ] || fail "the resumed run went back to micro 64"
 "$PYTHON" - "$WORK/small.pt" "$WORK/oom.pt" <<'PY' || fail "re-split run not within 1e-5 of micro 32 from the start"
 import sys, torch
 a, b = torch.load(sys.argv[1]), torch.load(sys.argv[2])
