@@ -112,7 +112,8 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
                      " has none: use val_loss or val_bits_per_byte with --validation-size N");
   }
   if (config_.study.noise_scale || config_.study.measure_noise_scale > 0) {
-    if (plan_.world_size * plan_.grad_accum_steps < 2) {
+    // With --micro-batch-size auto, checked once the split is chosen.
+    if (config_.batch.micro_batch_size != kAutoMicroBatch && plan_.world_size * plan_.grad_accum_steps < 2) {
       throw UsageError("the noise scale compares micro-batch gradients with the global batch's, and " +
                        plan_.describe() + " has one micro-batch per step; use 2+ ranks or --grad-accum-steps 2+");
     }

@@ -110,6 +110,10 @@ std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
     generator.set_state(state);
     if (peak && state.device() == device_) *peak -= tensor_bytes({state});  // the saved state: the probe's, not a step's
   }
+  // --noise-scale measures each micro-batch's gradient: with accumulation a
+  // copy of the buckets stays, and each measurement takes a temporary of at
+  // most the buckets' size (an upper bound; the probe measures nothing).
+  if (peak && noise_) *peak += (probe.grad_accum_steps > 1 ? reducer_->bytes() : 0) + reducer_->bytes();
   if (peak && !memory_.stepped() && optimizer_->state().empty()) {
     *peak += static_cast<int64_t>(optimizer_state_per_parameter_byte(config_.optimizer) *
                                   static_cast<double>(parameter_bytes(*model_)));
@@ -156,6 +160,11 @@ void Trainer::choose_micro_batch() {
   const int64_t local_batch = plan_.local_batch_size();
   plan_.micro_batch_size = micro;
   plan_.grad_accum_steps = local_batch / micro;
+  if (noise_ && plan_.world_size * plan_.grad_accum_steps < 2) {
+    throw UsageError("the noise scale compares micro-batch gradients with the global batch's, and --micro-batch-size "
+                     "auto chose " + plan_.describe() + ", one micro-batch per step; use 2+ ranks or a larger "
+                     "--global-batch-size");
+  }
   if (is_root()) {
     std::fprintf(stdout, "micro-batch auto (budget %s per rank): tried %s; chose %lld%s: %s\n", format_bytes(budget).c_str(),
                  tried.c_str(), static_cast<long long>(micro),
