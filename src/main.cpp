@@ -143,11 +143,20 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     model->to(device);
     trainer = std::make_unique<Trainer>(config, plan, comm, mpi, data, model);
     if (resume) trainer->restore(*resume, resume_path);
-    if (auto_micro) {
-      trainer->choose_micro_batch();
+  });
+  if (auto_micro) {
+    // --micro-batch-size auto: probe (no communication), exchange, then use
+    // the smallest; the exchange stays outside the agreed steps.
+    int64_t largest = 0;
+    run_agreed(mpi, [&] { largest = trainer->largest_fitting_micro_batch(); });
+    const std::vector<int64_t> choices = mpi.all_gather(largest);
+    run_agreed(mpi, [&] {
+      trainer->use_micro_batch(choices);
       resolved.batch.micro_batch_size = trainer->plan().micro_batch_size;
       resolved.batch.grad_accum_steps = trainer->plan().grad_accum_steps;
-    }
+    });
+  }
+  run_agreed(mpi, [&] {
     const int64_t keep_bytes = resume ? resume->trainer.value("metrics_bytes", int64_t{0}) : -1;
     // A measurement writes only noise_scale.json: it may share --out-dir with
     // the run whose checkpoint it measures, whose records stay as they are.

@@ -9,6 +9,7 @@
 
 #ifdef DTRAIN_TORCH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
 #endif
 
@@ -43,7 +44,8 @@ class CountingCpuAllocator final : public c10::Allocator {
  public:
   explicit CountingCpuAllocator(c10::Allocator* inner) : inner_(inner), inner_free_(inner->raw_deleter()) {}
 
-#if TORCH_VERSION_MAJOR >= 2
+// LibTorch 2.3 made allocate() non-const and added copy_data().
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
   c10::DataPtr allocate(size_t n) override { return allocate_counted(n); }
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
 #else
@@ -69,7 +71,13 @@ class CountingCpuAllocator final : public c10::Allocator {
       throw c10::OutOfMemoryError(c10::SourceLocation{__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, text);
     }
     raise_peak(now);
-    auto* base = static_cast<char*>(inner_->raw_allocate(n + kHeader));
+    char* base = nullptr;
+    try {
+      base = static_cast<char*>(inner_->raw_allocate(n + kHeader));
+    } catch (...) {  // the host itself is out of memory: not counted, LibTorch's error as it was
+      g_allocated.fetch_sub(bytes, std::memory_order_relaxed);
+      throw;
+    }
     *reinterpret_cast<size_t*>(base) = n;
     void* data = base + kHeader;
     return {data, data, &free_counted, cpu};
@@ -140,6 +148,7 @@ std::optional<int64_t> peak_memory_bytes(const c10::Device& device) {
 std::optional<int64_t> free_device_memory_bytes(const c10::Device& device) {
 #ifdef DTRAIN_TORCH_CUDA
   if (device.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(device);  // cudaMemGetInfo reads the current device
     size_t free = 0, total = 0;
     if (cudaMemGetInfo(&free, &total) != cudaSuccess) return std::nullopt;
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
@@ -168,6 +177,7 @@ void apply_memory_budget(const c10::Device& device, int64_t bytes) {
   if (device.is_cpu()) set_cpu_memory_budget(bytes);
 #ifdef DTRAIN_TORCH_CUDA
   if (device.is_cuda() && bytes > 0) {
+    const c10::cuda::CUDAGuard guard(device);
     size_t free = 0, total = 0;
     if (cudaMemGetInfo(&free, &total) == cudaSuccess && total > 0) {
       const double fraction = std::min(1.0, static_cast<double>(bytes) / static_cast<double>(total));
@@ -212,8 +222,9 @@ void MemoryMeter::begin_step() {
   reset_peak_memory(device_);
 }
 
-void MemoryMeter::end_micro_steps() {
+void MemoryMeter::end_micro_steps(bool counts) {
   const int64_t peak = peak_memory_bytes(device_).value_or(0);
+  if (!counts) return;
   last_activations_ = std::max<int64_t>(0, peak - resident_);
   if (peak > max_peak_) {
     max_peak_ = peak;
@@ -224,7 +235,7 @@ void MemoryMeter::end_micro_steps() {
 }
 
 void MemoryMeter::after_update() {
-  if (updates_++ == 0) optimizer_state_ = std::max<int64_t>(0, allocated_memory_bytes(device_).value_or(0) - before_update_);
+  if (updates_++ == 0 && !state_resident_from_start_) optimizer_state_ = std::max<int64_t>(0, allocated_memory_bytes(device_).value_or(0) - before_update_);
 }
 
 MemoryBreakdown MemoryMeter::breakdown(int64_t parameters, int64_t gradients) const {
@@ -237,7 +248,7 @@ MemoryBreakdown MemoryMeter::breakdown(int64_t parameters, int64_t gradients) co
   memory.peak = max_peak_;
   memory.activations = std::max<int64_t>(0, max_peak_ - resident_at_max_);
   // The largest peak's step may be the first, before the optimizer state existed.
-  const int64_t state = max_after_update_ ? optimizer_state_ : 0;
+  const int64_t state = max_after_update_ || state_resident_from_start_ ? optimizer_state_ : 0;
   memory.other = std::max<int64_t>(0, resident_at_max_ - parameters - gradients - state);
   return memory;
 }

@@ -94,13 +94,20 @@ class MemoryMeter {
   explicit MemoryMeter(const c10::Device& device) : device_(device) {}
   bool measures() const;
   void begin_step();         // before the micro-steps: resident now, a new peak
-  void end_micro_steps();    // after them (and the all-reduce): the step's peak
+  // After them (and the all-reduce): the step's peak; an attempt that ran
+  // out of memory somewhere (`counts` false) is not the step's.
+  void end_micro_steps(bool counts = true);
   void after_update();       // after the optimizer step
   // The last step's resident bytes and activations (peak less resident).
   int64_t resident() const { return resident_; }
   int64_t last_activations() const { return last_activations_; }
   // Optimizer state created by the first update of this process; 0 before.
   int64_t optimizer_state() const { return optimizer_state_; }
+  // A resumed run's optimizer state, resident from the start.
+  void set_resident_optimizer_state(int64_t bytes) {
+    optimizer_state_ = bytes;
+    state_resident_from_start_ = true;
+  }
   bool stepped() const { return updates_ > 0; }
   // The breakdown at the step with the largest peak so far.
   MemoryBreakdown breakdown(int64_t parameters, int64_t gradients) const;
@@ -115,6 +122,7 @@ class MemoryMeter {
   int64_t max_peak_ = -1;
   int64_t resident_at_max_ = 0;
   bool max_after_update_ = false;
+  bool state_resident_from_start_ = false;
 };
 
 // --micro-batch-size auto's search over the divisors of `local_batch` (a

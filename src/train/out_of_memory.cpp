@@ -31,7 +31,11 @@ OutOfMemoryGuard::OutOfMemoryGuard(const Config& config, Communicator& control, 
 }
 
 void OutOfMemoryGuard::before_step(int64_t step, const MemoryMeter& memory) {
-  if (step + 1 != fault_step_ || control_.rank() != fault_rank_ || !memory.measures()) return;
+  if (step + 1 != fault_step_ || control_.rank() != fault_rank_ || fault_applied_ || !device_.is_cpu() ||
+      !memory.measures()) {
+    return;
+  }
+  fault_applied_ = true;  // not again for the retry, which has its own smaller peak
   // A step's peak repeats exactly when its shapes do: one byte less than the
   // last one fails this step's micro-batch, and any smaller one fits.
   set_cpu_memory_budget(memory.resident() + memory.last_activations() - 1);

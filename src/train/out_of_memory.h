@@ -23,7 +23,7 @@
 // --memory-budget (or the test hook below).
 //
 // Test hook: DTRAIN_FAULT_OOM=STEP:RANK gives rank RANK, from step STEP
-// (1-based, at least 2) on, a CPU budget of what is resident when that step
+// (1-based, at least 2) on, once and on CPU only, a CPU budget of what is resident when that step
 // begins plus the activations the step before it measured, less one byte:
 // a step of the same shapes peaks at exactly that, so the step runs out at
 // its micro-batch, and any smaller one fits.
@@ -60,8 +60,10 @@ class OutOfMemoryGuard {
   BatchPlan smaller_split(const BatchPlan& plan, int64_t step);
   // Events for metrics.jsonl since the last call.
   std::vector<nlohmann::json> take_events();
-  // Every re-split of this process's run, for summary.json.
+  // Every re-split of this run (a resumed run's included), for summary.json
+  // and checkpoints.
   const nlohmann::json& history() const { return history_; }
+  void restore_history(const nlohmann::json& history) { history_ = history; }
 
  private:
   Communicator& control_;
@@ -69,6 +71,7 @@ class OutOfMemoryGuard {
   bool active_ = false;
   int64_t fault_step_ = -1;  // DTRAIN_FAULT_OOM
   int fault_rank_ = -1;
+  bool fault_applied_ = false;
   std::string message_;      // this rank's last failure
   std::vector<nlohmann::json> events_;
   nlohmann::json history_ = nlohmann::json::array();

@@ -101,6 +101,10 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
   memory_ = MemoryMeter(device_);
   out_of_memory_ = std::make_unique<OutOfMemoryGuard>(config_, control_, device_);
+  if (device_.is_cpu() && config_.batch.memory_budget > 0 && !cpu_memory_accounting_installed()) {
+    throw UsageError("--memory-budget on CPU is enforced by dtrain's counting allocator, which "
+                     "DTRAIN_MEMORY_ACCOUNTING=0 turned off: unset it, or leave out --memory-budget");
+  }
   apply_memory_budget(device_, config_.batch.memory_budget);
   optimizer_ = make_optimizer(config_.optimizer, named, schedule_.at(0));
   // Checked here rather than with the options: each is a valid setting alone.
@@ -245,11 +249,21 @@ bool Trainer::accumulate_gradients(int64_t step, int64_t step_in_epoch, double l
     out_of_memory_->note_failure(error.what_without_backtrace());
   }
   // 3. Wait for every bucket's all-reduce (a rank that ran out starts what
-  // its peers wait for), then agree whether anyone ran out.
+  // its peers wait for; finish() itself may run out measuring the noise
+  // scale), then agree whether anyone ran out.
+  if (!out_of_memory) {
+    try {
+      reducer_->finish();
+    } catch (const c10::OutOfMemoryError& error) {
+      if (!out_of_memory_->active()) throw;
+      out_of_memory = true;
+      out_of_memory_->note_failure(error.what_without_backtrace());
+    }
+  }
   if (out_of_memory) reducer_->abandon();
-  else reducer_->finish();
-  memory_.end_micro_steps();
-  return !out_of_memory_->any_rank_failed(out_of_memory);
+  const bool any_ran_out = out_of_memory_->any_rank_failed(out_of_memory);
+  memory_.end_micro_steps(/*counts=*/!any_ran_out);
+  return !any_ran_out;
 }
 
 void Trainer::measure_noise(StepResult& result) {

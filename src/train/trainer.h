@@ -94,13 +94,17 @@ class Trainer {
   // Rank 0's parameters and buffers overwrite everyone's (one broadcast).
   void broadcast_initial_state();
 
-  // --micro-batch-size auto: the largest micro-batch that divides this
-  // rank's share of the global batch and whose measured micro-step peak fits
-  // the budget, the smallest over the ranks (collective). Probes the first
-  // micro-batch at each candidate size, changing nothing: no update,
-  // gradients zeroed, RNG states restored. Prints what it tried. Throws
-  // UsageError (CPU without --memory-budget) or Error (nothing fits).
-  void choose_micro_batch();
+  // --micro-batch-size auto, in two parts so that the exchange between them
+  // stays outside any start-up step (train/startup.h): first this rank's
+  // largest micro-batch that divides its share of the global batch and whose
+  // measured micro-step peak fits the budget (0: none), by probing the first
+  // micro-batch at candidate sizes and changing nothing (no update,
+  // gradients zeroed, RNG states restored; no communication). Throws
+  // UsageError (CPU without --memory-budget).
+  int64_t largest_fitting_micro_batch();
+  // Then every rank's answer (all_gather): the smallest is used. Prints what
+  // was tried; throws Error when nothing fits.
+  void use_micro_batch(const std::vector<int64_t>& choices);
   const BatchPlan& plan() const { return plan_; }
 
   // Optimizer step `step` (0-based, counted over the whole run): steps 1-5.
@@ -157,6 +161,7 @@ class Trainer {
   // will add; nullopt when it ran out of memory.
   std::optional<int64_t> probe_micro_step(int64_t micro);
   MemoryBreakdown memory_breakdown() const;
+  int64_t optimizer_state_bytes() const;  // the optimizer's state tensors, summed
   // After the first step: the breakdown, printed (rank 0) and logged.
   void report_memory(MetricsLog& log);
   // summary.json's "memory" (and on CUDA "peak_device_memory_bytes").
@@ -213,6 +218,8 @@ class Trainer {
   std::unique_ptr<OutOfMemoryGuard> out_of_memory_;
   bool memory_reported_ = false;            // the breakdown line after the first step
   nlohmann::json auto_micro_batch_;         // --micro-batch-size auto: what was tried (rank 0's), for summary.json
+  MicroBatchSearch auto_search_;            // this rank's probes
+  int64_t auto_budget_ = 0;
   std::unique_ptr<NoiseScaleAverage> noise_;  // --noise-scale (or a measurement)
   double noise_seconds_ = 0;                // its cost: the micro-batch norms are timed inside the steps
   int64_t fault_nan_step_ = -1;             // DTRAIN_FAULT_NAN_STEP (tests)

@@ -185,6 +185,8 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
     // A split narrowed by out-of-memory on this world size stays narrowed:
     // the options' split would only run out again.
     const nlohmann::json oom = saved.value("out_of_memory", nlohmann::json::array());
+    out_of_memory_->restore_history(oom);
+    if (!optimizer_->state().empty()) memory_.set_resident_optimizer_state(optimizer_state_bytes());
     const int64_t saved_micro = saved.at("micro_batch_size").get<int64_t>();
     const int64_t saved_accum = saved.at("grad_accum_steps").get<int64_t>();
     if (!oom.empty() && saved.at("world_size").get<int64_t>() == plan_.world_size &&

@@ -2,6 +2,7 @@
 // --micro-batch-size auto's probes (train/memory.h).
 #include "common/error.h"
 #include "data/sampler.h"
+#include "train/optimizer.h"
 #include "train/trainer.h"
 
 #include <torch/torch.h>
@@ -41,6 +42,14 @@ std::string describe_probe(const ProbedSize& probed) {
 }
 
 }  // namespace
+
+int64_t Trainer::optimizer_state_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& [name, tensor] : optimizer_state(*optimizer_, config_.optimizer, named_trainable_parameters(*model_))) {
+    bytes += tensor_bytes({tensor});
+  }
+  return bytes;
+}
 
 MemoryBreakdown Trainer::memory_breakdown() const {
   return memory_.breakdown(parameter_bytes(*model_), reducer_->buffer_bytes());
@@ -121,7 +130,7 @@ std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
   return peak;
 }
 
-void Trainer::choose_micro_batch() {
+int64_t Trainer::largest_fitting_micro_batch() {
   int64_t budget = config_.batch.memory_budget;
   if (!memory_.measures()) {
     throw UsageError("--micro-batch-size auto measures memory, and nothing measures it on " + device_.str() +
@@ -136,23 +145,27 @@ void Trainer::choose_micro_batch() {
     const int64_t usable = free_device_memory_bytes(device_).value_or(0) + allocated_memory_bytes(device_).value_or(0);
     budget = usable - usable / 10;  // a margin for the allocator's fragments and what NCCL takes
   }
-  const MicroBatchSearch search = largest_fitting_micro_batch(
-      plan_.local_batch_size(), budget, [this](int64_t micro) { return probe_micro_step(micro); });
+  auto_budget_ = budget;
+  auto_search_ = dtrain::largest_fitting_micro_batch(plan_.local_batch_size(), budget,
+                                                     [this](int64_t micro) { return probe_micro_step(micro); });
+  return auto_search_.micro;
+}
+
+void Trainer::use_micro_batch(const std::vector<int64_t>& choices) {
   // Every rank the same micro-batch: the smallest choice.
-  const std::vector<int64_t> chosen = control_.all_gather(search.micro);
-  const auto smallest = std::min_element(chosen.begin(), chosen.end());
+  const auto smallest = std::min_element(choices.begin(), choices.end());
   const int64_t micro = *smallest;
-  const int limiting_rank = static_cast<int>(smallest - chosen.begin());
+  const int limiting_rank = static_cast<int>(smallest - choices.begin());
   std::string tried;
-  for (const auto& probed : search.tried) tried += (tried.empty() ? "" : ", ") + describe_probe(probed);
+  for (const auto& probed : auto_search_.tried) tried += (tried.empty() ? "" : ", ") + describe_probe(probed);
   if (micro == 0) {
     throw Error("--micro-batch-size auto: not even a micro-batch of 1 fits the memory budget of " +
-                format_bytes(budget) + " on rank " + std::to_string(limiting_rank) +
+                format_bytes(auto_budget_) + " on rank " + std::to_string(limiting_rank) +
                 (limiting_rank == comm_.rank() ? " (tried " + tried + ")" : std::string()) +
                 "; raise --memory-budget or use a smaller model");
   }
-  auto_micro_batch_ = {{"budget_bytes", budget}, {"chosen", micro}, {"tried", nlohmann::json::array()}};
-  for (const auto& probed : search.tried) {
+  auto_micro_batch_ = {{"budget_bytes", auto_budget_}, {"chosen", micro}, {"tried", nlohmann::json::array()}};
+  for (const auto& probed : auto_search_.tried) {
     auto_micro_batch_["tried"].push_back({{"micro_batch_size", probed.micro},
                                           {"peak_bytes", probed.peak ? nlohmann::json(*probed.peak) : nlohmann::json(nullptr)},
                                           {"fits", probed.fits}});
@@ -166,9 +179,9 @@ void Trainer::choose_micro_batch() {
                      "--global-batch-size");
   }
   if (is_root()) {
-    std::fprintf(stdout, "micro-batch auto (budget %s per rank): tried %s; chose %lld%s: %s\n", format_bytes(budget).c_str(),
-                 tried.c_str(), static_cast<long long>(micro),
-                 micro != search.micro ? (" (rank " + std::to_string(limiting_rank) + "'s largest)").c_str() : "",
+    std::fprintf(stdout, "micro-batch auto (budget %s per rank): tried %s; chose %lld%s: %s\n",
+                 format_bytes(auto_budget_).c_str(), tried.c_str(), static_cast<long long>(micro),
+                 micro != auto_search_.micro ? (" (rank " + std::to_string(limiting_rank) + "'s largest)").c_str() : "",
                  plan_.describe().c_str());
     std::fflush(stdout);
   }

@@ -112,6 +112,8 @@ mpirun -np 2 "$DTRAIN" "${SPLIT[@]}" --micro-batch-size 64 --resume "$WORK/oom/c
 grep -q "^keeping the checkpoint's split micro 32 x accum 2 (out of memory at step 4 at micro 64)" "$WORK/resumed.log" \
   || { cat "$WORK/resumed.log"; fail "the resumed run did not keep the narrowed split"; }
 [ "$(field "$WORK/oom-resumed/summary.json" micro_batch_size)" = 32 ] || fail "the resumed run went back to micro 64"
+[ "$(field "$WORK/oom-resumed/summary.json" memory.optimizer_state_bytes)" = \
+  "$(field "$WORK/oom/summary.json" memory.optimizer_state_bytes)" ] || fail "the resumed run lost its optimizer state's bytes"
 "$PYTHON" - "$WORK/small.pt" "$WORK/oom.pt" <<'PY' || fail "re-split run not within 1e-5 of micro 32 from the start"
 import sys, torch
 a, b = torch.load(sys.argv[1]), torch.load(sys.argv[2])

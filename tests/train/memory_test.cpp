@@ -20,6 +20,15 @@ namespace {
 
 const c10::Device kCpu(c10::kCPU);
 
+// Installed before any test of this binary runs, as dtrain's main does: a raw
+// buffer LibTorch (oneDNN) allocated before the install and freed after it
+// would otherwise reach the counting deleter.
+class InstallAccounting : public ::testing::Environment {
+ public:
+  void SetUp() override { install_cpu_memory_accounting(); }
+};
+const ::testing::Environment* const kInstall = ::testing::AddGlobalTestEnvironment(new InstallAccounting);
+
 TEST(MemoryAccounting, CountsEveryByteOfEveryCpuTensor) {
   install_cpu_memory_accounting();
   ASSERT_TRUE(cpu_memory_accounting_installed());
