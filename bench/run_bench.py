@@ -96,8 +96,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per end-to-end run")
     parser.add_argument("--json", default=os.path.join(ROOT, "runs", "bench", "bench.json"))
-    parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards,noise,memory,"
-                        "memtable",
+    parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards,noise,gpt,"
+                        "memory,memtable",
                         help="comma-separated sections to run")
     args = parser.parse_args()
     sections = set(args.only.split(","))
@@ -124,6 +124,8 @@ def main():
         guards(args, dtrain, results)
     if "noise" in sections:
         noise_scale(args, dtrain, results)
+    if "gpt" in sections:
+        gpt(args, results)
     if "memory" in sections:
         memory_cost(args, dtrain, results)
     if "memtable" in sections:
@@ -343,6 +345,17 @@ def noise_scale(args, dtrain, results):
     table(f"9. gradient noise scale cost, default job at 2 ranks ({args.steps * 3} steps, steady ms/step, median of "
           f"{repeats} interleaved runs)",
           ["split", "off", "--noise-scale", "on/off", "pairwise range", "of which all-reduce + estimate"], rows)
+
+
+def gpt(args, results):
+    """Section 11: the GPT against PyTorch DDP at 2 ranks and against a bare loop at world size 1
+    (bench/gpt_vs_ddp.py, which needs Debian's python3-torch)."""
+    print("\n11. the GPT of configs/kjv_gpt.ini: dtrain against PyTorch DDP at 2 ranks (tokens/s, target >= 1.2x) and "
+          "against a bare LibTorch loop at world size 1 (target >= 0.97)")
+    out = run(["/usr/bin/python3", os.path.join(ROOT, "bench", "gpt_vs_ddp.py"), "--repeats", str(args.repeats),
+               "--build", args.build]).stdout
+    print(out.rstrip())
+    results["gpt"] = out.strip().splitlines()[-2:]
 
 
 def memory_cost(args, dtrain, results):
