@@ -63,7 +63,8 @@ int64_t proc_status_kb(const std::string& field) {
 // writing 5 to /proc/self/clear_refs). Large blocks are made to come from
 // mmap and go back on free (a fixed mmap threshold, no transparent huge
 // pages), so resident pages follow the live tensors; the tensors are large
-// (hundreds of MB), so page rounding and small allocations are noise.
+// (hundreds of MB), so page rounding and small allocations are noise; and
+// free heap memory is trimmed first, so that reusing it faults pages in.
 TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTenPercent) {
 #if defined(__SANITIZE_ADDRESS__)
   GTEST_SKIP() << "ASan's allocator keeps freed memory in quarantine: the resident set is no measure under it";
@@ -85,6 +86,10 @@ TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTenPercent) {
 
   const int64_t resident = allocated_memory_bytes(kCpu).value();
   reset_peak_memory(kCpu);
+  // Free heap chunks that earlier tests left resident would be reused
+  // without a page fault (glibc serves a large request from its bins before
+  // it considers mmap): give their pages back first.
+  malloc_trim(0);
   clear << "5" << std::flush;
   const int64_t rss_before = proc_status_kb("VmRSS") * 1024;
   torch::nn::functional::cross_entropy(model->forward(inputs), targets).backward();
