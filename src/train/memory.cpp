@@ -226,7 +226,9 @@ void MemoryMeter::end_micro_steps(bool counts) {
   const int64_t peak = peak_memory_bytes(device_).value_or(0);
   if (!counts) return;
   last_activations_ = std::max<int64_t>(0, peak - resident_);
-  if (peak > max_peak_) {
+  // At an equal peak the later step wins: its resident bytes include what
+  // the first step allocated to keep (the noise scale's gradient copy).
+  if (peak >= max_peak_) {
     max_peak_ = peak;
     resident_at_max_ = resident_;
     max_after_update_ = updates_ > 0;
