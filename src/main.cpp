@@ -59,9 +59,9 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   Placement placement;
   CpuShare cpu_share;
   run_agreed(mpi, [&] { cpu_share = measure_cpu_share(mpi); });
+  // auto starts from the whole share of each rank; the trainer narrows it.
+  const bool auto_micro = parsed.config.batch.micro_batch_size == kAutoMicroBatch;
   run_agreed(mpi, [&] {
-    // auto starts from the whole share of each rank; the trainer narrows it.
-    const bool auto_micro = parsed.config.batch.micro_batch_size == kAutoMicroBatch;
     plan = derive_batch_plan(auto_micro ? 0 : parsed.config.batch.micro_batch_size,
                              parsed.config.batch.grad_accum_steps, parsed.config.batch.global_batch_size,
                              mpi.world_size());
@@ -77,7 +77,6 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   Config resolved = parsed.config;
   resolved.distributed.overlap = placement.overlap ? Switch::On : Switch::Off;
   resolved.run.threads = threads.threads;
-  const bool auto_micro = parsed.config.batch.micro_batch_size == kAutoMicroBatch;
   resolved.batch.micro_batch_size = auto_micro ? kAutoMicroBatch : plan.micro_batch_size;
   resolved.batch.grad_accum_steps = auto_micro ? 0 : plan.grad_accum_steps;
   resolved.batch.global_batch_size = plan.global_batch_size;

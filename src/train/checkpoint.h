@@ -14,6 +14,8 @@
 #include "comm/communicator.h"
 #include "io/weights.h"
 
+#include <ATen/core/Generator.h>
+#include <c10/core/Device.h>
 #include <nlohmann/json.hpp>
 
 #include <functional>
@@ -24,6 +26,10 @@
 namespace dtrain {
 
 constexpr int kCheckpointFormat = 1;
+
+// Every random generator training uses, whose states a checkpoint keeps:
+// the CPU's, and the GPU's when training on one.
+std::vector<at::Generator> rng_generators(const c10::Device& device);
 
 struct Checkpoint {
   NamedTensors model;

@@ -124,26 +124,27 @@ void reset_peak_memory(const c10::Device& device) {
   if (device.is_cpu()) g_peak.store(g_allocated.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 
-std::optional<int64_t> allocated_memory_bytes(const c10::Device& device) {
-#ifdef DTRAIN_TORCH_CUDA
-  if (device.is_cuda()) {
-    return c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].current;
-  }
-#endif
-  if (device.is_cpu() && cpu_memory_accounting_installed()) return g_allocated.load(std::memory_order_relaxed);
-  return std::nullopt;
-}
+namespace {
 
-std::optional<int64_t> peak_memory_bytes(const c10::Device& device) {
+// Bytes allocated on `device` now (`peak` false) or at most since the last reset.
+std::optional<int64_t> allocated_statistic(const c10::Device& device, bool peak) {
 #ifdef DTRAIN_TORCH_CUDA
   if (device.is_cuda()) {
     // [0]: the aggregate of both pools.
-    return c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].peak;
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return peak ? stats.allocated_bytes[0].peak : stats.allocated_bytes[0].current;
   }
 #endif
-  if (device.is_cpu() && cpu_memory_accounting_installed()) return g_peak.load(std::memory_order_relaxed);
+  if (device.is_cpu() && cpu_memory_accounting_installed()) {
+    return (peak ? g_peak : g_allocated).load(std::memory_order_relaxed);
+  }
   return std::nullopt;
 }
+
+}  // namespace
+
+std::optional<int64_t> allocated_memory_bytes(const c10::Device& device) { return allocated_statistic(device, false); }
+std::optional<int64_t> peak_memory_bytes(const c10::Device& device) { return allocated_statistic(device, true); }
 
 std::optional<int64_t> free_device_memory_bytes(const c10::Device& device) {
 #ifdef DTRAIN_TORCH_CUDA
@@ -166,12 +167,7 @@ void release_cached_memory(const c10::Device& device) {
   (void)device;
 }
 
-bool is_out_of_memory(const std::exception& error) {
-  return dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr;
-}
-
 void set_cpu_memory_budget(int64_t bytes) { g_budget.store(bytes, std::memory_order_relaxed); }
-int64_t cpu_memory_budget() { return g_budget.load(std::memory_order_relaxed); }
 
 void apply_memory_budget(const c10::Device& device, int64_t bytes) {
   if (device.is_cpu()) set_cpu_memory_budget(bytes);

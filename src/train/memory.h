@@ -19,7 +19,6 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
-#include <exception>
 #include <functional>
 #include <optional>
 #include <string>
@@ -52,13 +51,9 @@ std::optional<int64_t> free_device_memory_bytes(const c10::Device& device);
 // so the smaller retry does not meet the fragments of the failed attempt.
 void release_cached_memory(const c10::Device& device);
 
-// Whether `error` is an out-of-memory error of LibTorch (either allocator).
-bool is_out_of_memory(const std::exception& error);
-
 // The CPU budget: 0 = none. While a BudgetScope is alive, an allocation that
 // would take the counted bytes past it throws c10::OutOfMemoryError.
 void set_cpu_memory_budget(int64_t bytes);
-int64_t cpu_memory_budget();
 // --memory-budget on `device`: the CPU budget above, or on CUDA the caching
 // allocator's memory fraction (budget / the device's total), past which it
 // raises c10::OutOfMemoryError as on a full device. Nothing for 0.
@@ -101,8 +96,6 @@ class MemoryMeter {
   // The last step's resident bytes and activations (peak less resident).
   int64_t resident() const { return resident_; }
   int64_t last_activations() const { return last_activations_; }
-  // Optimizer state created by the first update of this process; 0 before.
-  int64_t optimizer_state() const { return optimizer_state_; }
   // A resumed run's optimizer state, resident from the start.
   void set_resident_optimizer_state(int64_t bytes) {
     optimizer_state_ = bytes;

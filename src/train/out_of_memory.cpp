@@ -74,14 +74,13 @@ BatchPlan OutOfMemoryGuard::smaller_split(const BatchPlan& plan, int64_t step) {
     std::fflush(stderr);
   }
   message_.clear();
-  events_.push_back(event);
   history_.push_back(event);
   return smaller;
 }
 
 std::vector<nlohmann::json> OutOfMemoryGuard::take_events() {
-  std::vector<nlohmann::json> events;
-  events.swap(events_);
+  std::vector<nlohmann::json> events(history_.begin() + static_cast<std::ptrdiff_t>(logged_), history_.end());
+  logged_ = history_.size();
   return events;
 }
 

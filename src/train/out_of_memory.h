@@ -63,7 +63,10 @@ class OutOfMemoryGuard {
   // Every re-split of this run (a resumed run's included), for summary.json
   // and checkpoints.
   const nlohmann::json& history() const { return history_; }
-  void restore_history(const nlohmann::json& history) { history_ = history; }
+  void restore_history(const nlohmann::json& history) {
+    history_ = history;
+    logged_ = history_.size();  // the resumed run logged them already
+  }
 
  private:
   Communicator& control_;
@@ -73,8 +76,8 @@ class OutOfMemoryGuard {
   int fault_rank_ = -1;
   bool fault_applied_ = false;
   std::string message_;      // this rank's last failure
-  std::vector<nlohmann::json> events_;
   nlohmann::json history_ = nlohmann::json::array();
+  size_t logged_ = 0;        // history_ entries already taken as events
 };
 
 // The largest divisor of `local_batch` that is at most half of `micro`; 0

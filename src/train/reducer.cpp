@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "train/buckets.h"
+#include "train/memory.h"
 
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
@@ -128,7 +129,10 @@ void GradientReducer::begin_micro_step(bool is_last) {
   }
   ++micro_steps_begun_;
   last_micro_step_ = is_last;
-  if (!is_last) return;
+  if (is_last) arm_buckets();
+}
+
+void GradientReducer::arm_buckets() {
   for (auto& bucket : buckets_) {
     bucket.pending = bucket.parameters.size();
     bucket.started = false;
@@ -136,6 +140,7 @@ void GradientReducer::begin_micro_step(bool is_last) {
   next_to_start_ = 0;
   first_in_flight_ = 0;
   started_in_backward_ = 0;
+  last_micro_step_ = true;
 }
 
 void GradientReducer::on_gradient_ready(size_t parameter) {
@@ -215,28 +220,16 @@ void GradientReducer::finish() {
 
 int64_t GradientReducer::buffer_bytes() const {
   int64_t bytes = 0;
-  auto add = [&bytes](const at::Tensor& tensor) {
-    if (tensor.defined()) bytes += static_cast<int64_t>(tensor.numel()) * static_cast<int64_t>(tensor.element_size());
-  };
   for (const auto& bucket : buckets_) {
-    add(bucket.buffer);
-    if (bucket.wire.defined() && !bucket.wire.is_same(bucket.buffer)) add(bucket.wire);
-    add(bucket.before);
+    bytes += tensor_bytes({bucket.buffer, bucket.before});
+    if (!bucket.wire.is_same(bucket.buffer)) bytes += tensor_bytes({bucket.wire});
   }
   return bytes;
 }
 
 void GradientReducer::abandon() {
   abandoning_ = true;
-  if (!last_micro_step_) {  // failed before its last micro-step: nothing started yet
-    for (auto& bucket : buckets_) {
-      bucket.pending = bucket.parameters.size();
-      bucket.started = false;
-    }
-    next_to_start_ = 0;
-    first_in_flight_ = 0;
-    last_micro_step_ = true;
-  }
+  if (!last_micro_step_) arm_buckets();  // failed before its last micro-step: nothing started yet
   try {
     finish();
   } catch (...) {

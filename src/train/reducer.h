@@ -96,6 +96,8 @@ class GradientReducer {
   struct Hooks;  // the accumulators we hooked (their pointer type differs across LibTorch versions)
   void on_gradient_ready(size_t parameter);
   void start_ready_buckets();
+  // Every bucket waits for all its gradients again; none started.
+  void arm_buckets();
   void start(Bucket& bucket);
   // Adds |bucket - its value before this micro-step|^2 to the micro-batch sum.
   void measure_micro_step(Bucket& bucket);

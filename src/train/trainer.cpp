@@ -243,23 +243,16 @@ bool Trainer::accumulate_gradients(int64_t step, int64_t step_in_epoch, double l
       // Summed on the device; read only when logged, so no host sync per step.
       step_loss_ += loss.detach().to(torch::kDouble);
     }
+    // 3. Wait for every bucket's all-reduce (it may run out too, measuring
+    // the noise scale).
+    reducer_->finish();
   } catch (const c10::OutOfMemoryError& error) {
     if (!out_of_memory_->active()) throw;
     out_of_memory = true;
     out_of_memory_->note_failure(error.what_without_backtrace());
   }
-  // 3. Wait for every bucket's all-reduce (a rank that ran out starts what
-  // its peers wait for; finish() itself may run out measuring the noise
-  // scale), then agree whether anyone ran out.
-  if (!out_of_memory) {
-    try {
-      reducer_->finish();
-    } catch (const c10::OutOfMemoryError& error) {
-      if (!out_of_memory_->active()) throw;
-      out_of_memory = true;
-      out_of_memory_->note_failure(error.what_without_backtrace());
-    }
-  }
+  // A rank that ran out starts what its peers wait for; then all agree
+  // whether anyone ran out.
   if (out_of_memory) reducer_->abandon();
   const bool any_ran_out = out_of_memory_->any_rank_failed(out_of_memory);
   memory_.end_micro_steps(/*counts=*/!any_ran_out);
@@ -510,7 +503,6 @@ bool Trainer::checkpoint_due(int64_t steps_done) const {
 
 nlohmann::json Trainer::run(MetricsLog& log) {
   run_start_ = Clock::now();
-  reset_peak_memory(device_);
   print_plan();
   install_preemption_handlers();
   StopAgreement agreement(control_, config_.checkpoint.every_minutes);
@@ -536,7 +528,7 @@ nlohmann::json Trainer::run(MetricsLog& log) {
     run_seconds_ += step_seconds;
     steps_done = step + 1;
     for (const auto& event : out_of_memory_->take_events()) log.record(event);
-    if (!memory_reported_) report_memory(log);
+    if (steps_done == start_step_ + 1) report_memory(log);
     if (result.verdict != StepVerdict::Update) report_nonfinite(steps_done, result, log);
     if (result.verdict == StepVerdict::Diverge) {
       status = RunStatus::Diverged;

@@ -216,10 +216,8 @@ class Trainer {
   bool stop_at_target_ = false;             // reached --target with --stop-at-target
   MemoryMeter memory_{c10::kCPU};
   std::unique_ptr<OutOfMemoryGuard> out_of_memory_;
-  bool memory_reported_ = false;            // the breakdown line after the first step
-  nlohmann::json auto_micro_batch_;         // --micro-batch-size auto: what was tried (rank 0's), for summary.json
-  MicroBatchSearch auto_search_;            // this rank's probes
-  int64_t auto_budget_ = 0;
+  MicroBatchSearch auto_search_;            // --micro-batch-size auto: this rank's probes
+  int64_t auto_budget_ = 0;                 // and its budget (0: not auto)
   std::unique_ptr<NoiseScaleAverage> noise_;  // --noise-scale (or a measurement)
   double noise_seconds_ = 0;                // its cost: the micro-batch norms are timed inside the steps
   int64_t fault_nan_step_ = -1;             // DTRAIN_FAULT_NAN_STEP (tests)

@@ -38,13 +38,6 @@ at::Tensor hex_to_bytes(const std::string& text) {
   return bytes;
 }
 
-// Every generator in use: the CPU's, and the GPU's when training on one.
-std::vector<at::Generator> generators(const c10::Device& device) {
-  std::vector<at::Generator> list = {at::globalContext().defaultGenerator(c10::kCPU)};
-  if (device.is_cuda()) list.push_back(at::globalContext().defaultGenerator(device));
-  return list;
-}
-
 std::string generator_name(const at::Generator& generator) { return generator.device().str(); }
 
 int64_t bits_of(double value) {
@@ -68,6 +61,12 @@ std::string utc_now() {
 
 }  // namespace
 
+std::vector<at::Generator> rng_generators(const c10::Device& device) {
+  std::vector<at::Generator> list = {at::globalContext().defaultGenerator(c10::kCPU)};
+  if (device.is_cuda()) list.push_back(at::globalContext().defaultGenerator(device));
+  return list;
+}
+
 void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
   // Collective parts first, on every rank: identical replicas, loss sums.
   // No collective inside a run_agreed step: a rank failing alone would meet
@@ -85,7 +84,7 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
   run_agreed(control_, [&] {
     if (!is_root()) return;
     nlohmann::json rng = nlohmann::json::object();
-    for (auto& generator : generators(device_)) {
+    for (auto& generator : rng_generators(device_)) {
       std::lock_guard<std::mutex> lock(generator.mutex());
       rng[generator_name(generator)] = bytes_to_hex(generator.get_state());
     }
@@ -175,7 +174,7 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
     stop_at_target_ = config_.study.stop_at_target && target_.reached();
     if (noise_) noise_->restore(saved.value("noise_scale", nlohmann::json(nullptr)));
     const auto& rng = saved.at("rng");
-    for (auto& generator : generators(device_)) {
+    for (auto& generator : rng_generators(device_)) {
       const std::string name = generator_name(generator);
       if (!rng.contains(name)) continue;  // e.g. a CPU checkpoint continued on a GPU: that generator starts fresh
       std::lock_guard<std::mutex> lock(generator.mutex());

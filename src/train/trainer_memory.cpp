@@ -2,6 +2,7 @@
 // --micro-batch-size auto's probes (train/memory.h).
 #include "common/error.h"
 #include "data/sampler.h"
+#include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 
@@ -9,7 +10,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <unordered_set>
 
 namespace dtrain {
 
@@ -27,13 +27,8 @@ double optimizer_state_per_parameter_byte(const OptimizerOptions& options) {
   return 2;
 }
 
-int64_t parameter_bytes(torch::nn::Module& model) {
-  std::unordered_set<const void*> seen;  // tied weights once
-  int64_t bytes = 0;
-  for (const auto& parameter : model.parameters()) {
-    if (seen.insert(parameter.unsafeGetTensorImpl()).second) bytes += tensor_bytes({parameter});
-  }
-  return bytes;
+int64_t parameter_bytes(const torch::nn::Module& model) {
+  return tensor_bytes(trainable_parameters(model));  // a tied weight once
 }
 
 std::string describe_probe(const ProbedSize& probed) {
@@ -56,7 +51,6 @@ MemoryBreakdown Trainer::memory_breakdown() const {
 }
 
 void Trainer::report_memory(MetricsLog& log) {
-  memory_reported_ = true;
   const MemoryBreakdown memory = memory_breakdown();
   if (!memory.measured) return;
   log.record({{"event", "memory"},
@@ -76,7 +70,15 @@ void Trainer::report_memory(MetricsLog& log) {
 void Trainer::add_memory(nlohmann::json& summary) const {
   const MemoryBreakdown memory = memory_breakdown();
   if (!out_of_memory_->history().empty()) summary["out_of_memory"] = out_of_memory_->history();
-  if (!auto_micro_batch_.is_null()) summary["micro_batch_auto"] = auto_micro_batch_;
+  if (auto_budget_ > 0) {
+    nlohmann::json tried = nlohmann::json::array();
+    for (const auto& probed : auto_search_.tried) {
+      tried.push_back({{"micro_batch_size", probed.micro},
+                       {"peak_bytes", probed.peak ? nlohmann::json(*probed.peak) : nlohmann::json(nullptr)},
+                       {"fits", probed.fits}});
+    }
+    summary["micro_batch_auto"] = {{"budget_bytes", auto_budget_}, {"chosen", plan_.micro_batch_size}, {"tried", tried}};
+  }
   if (!memory.measured) return;
   summary["memory"] = {{"parameters_bytes", memory.parameters},
                        {"gradients_bytes", memory.gradients},
@@ -98,10 +100,8 @@ std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
   const auto indices = micro_batch_indices(permutation, probe, start_step_ % steps_per_epoch_, 0, comm_.rank());
   // Nothing the probe does may reach the trajectory: the RNG states go back,
   // the gradients are zeroed, and there is no update.
-  std::vector<std::pair<at::Generator, at::Tensor>> generators = {
-      {at::globalContext().defaultGenerator(c10::kCPU), {}}};
-  if (device_.is_cuda()) generators.emplace_back(at::globalContext().defaultGenerator(device_), at::Tensor());
-  for (auto& [generator, state] : generators) state = generator.get_state();
+  std::vector<std::pair<at::Generator, at::Tensor>> generators;
+  for (auto& generator : rng_generators(device_)) generators.emplace_back(generator, generator.get_state());
   model_->train();
   reducer_->zero_grad();
   memory_.begin_step();
@@ -163,12 +163,6 @@ void Trainer::use_micro_batch(const std::vector<int64_t>& choices) {
                 format_bytes(auto_budget_) + " on rank " + std::to_string(limiting_rank) +
                 (limiting_rank == comm_.rank() ? " (tried " + tried + ")" : std::string()) +
                 "; raise --memory-budget or use a smaller model");
-  }
-  auto_micro_batch_ = {{"budget_bytes", auto_budget_}, {"chosen", micro}, {"tried", nlohmann::json::array()}};
-  for (const auto& probed : auto_search_.tried) {
-    auto_micro_batch_["tried"].push_back({{"micro_batch_size", probed.micro},
-                                          {"peak_bytes", probed.peak ? nlohmann::json(*probed.peak) : nlohmann::json(nullptr)},
-                                          {"fits", probed.fits}});
   }
   const int64_t local_batch = plan_.local_batch_size();
   plan_.micro_batch_size = micro;
