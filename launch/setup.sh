@@ -16,6 +16,9 @@
 #                              memory do not mix, and no GPU runs it here)
 #   launch/setup.sh --fuzz     also build the libFuzzer harnesses with clang
 #                              (build-fuzz/; see docs/reliability.md)
+#   launch/setup.sh --dtrain-only   packages + only the dtrain binary (what
+#                              launch/train.sh runs: the first run skips the
+#                              test binaries, which launch/test.sh builds)
 #   DTRAIN_BUILD_DIR=dir       build somewhere else (default: build/)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,12 +26,14 @@ BUILD_DIR=${DTRAIN_BUILD_DIR:-$ROOT/build}
 WITH_TORCH2=0
 WITH_SANITIZE=0
 WITH_FUZZ=0
+MAIN_TARGETS=()
 for arg in "$@"; do
   case "$arg" in
     --torch2) WITH_TORCH2=1 ;;
     --sanitize) WITH_SANITIZE=1 ;;
     --fuzz) WITH_FUZZ=1 ;;
-    *) echo "setup: unknown argument $arg (known: --torch2, --sanitize, --fuzz)" >&2; exit 2 ;;
+    --dtrain-only) MAIN_TARGETS=(--target dtrain) ;;
+    *) echo "setup: unknown argument $arg (known: --torch2, --sanitize, --fuzz, --dtrain-only)" >&2; exit 2 ;;
   esac
 done
 TORCH2_BUILD_DIR=${DTRAIN_TORCH2_BUILD_DIR:-$ROOT/build-torch2}
@@ -70,25 +75,36 @@ fi
 # what an earlier build of the same sources compiled.
 export CCACHE_BASEDIR="$ROOT"
 
-# build DIR [cmake configure arguments...]: configure once, then build.
+# build DIR [cmake configure arguments...]: configure once, then build
+# $TARGETS (all when empty).
+TARGETS=()
 build() {
   local dir=$1
   shift
   if [ ! -f "$dir/CMakeCache.txt" ]; then
     cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
   fi
-  echo "setup: building in $dir (log: $dir/build.log)"
-  if ! cmake --build "$dir" -j2 >"$dir/build.log" 2>&1; then
+  echo "setup: building ${TARGETS[*]:-everything} in $dir (log: $dir/build.log)"
+  if ! cmake --build "$dir" -j2 "${TARGETS[@]}" >"$dir/build.log" 2>&1; then
     grep -E "error|Error" "$dir/build.log" | head -30
     echo "setup: build failed; the full log is $dir/build.log" >&2
     exit 1
   fi
 }
 
+TARGETS=("${MAIN_TARGETS[@]}")
 build "$BUILD_DIR"
+TARGETS=()
 
 if [ "$WITH_SANITIZE" = 1 ]; then
-  build "$SANITIZE_BUILD_DIR" -DDTRAIN_SANITIZE=address,undefined -DDTRAIN_WITH_NCCL=OFF
+  # -O1, as the sanitizers' docs advise: our code is a small part of what a
+  # test runs (LibTorch and OpenBLAS are not instrumented), and it compiles
+  # in about half the time of -O3. Only the binaries the sanitized suite runs
+  # (launch/test.sh leaves out the tests labelled "once" there).
+  TARGETS=(--target dtrain dtrain_unit_tests dtrain_mpi_tests dtrain_logits dtrain_tied)
+  build "$SANITIZE_BUILD_DIR" -DDTRAIN_SANITIZE=address,undefined -DDTRAIN_WITH_NCCL=OFF \
+    -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG"
+  TARGETS=()
 fi
 if [ "$WITH_FUZZ" = 1 ]; then
   # Only the harnesses: the library code they need, compiled by clang with

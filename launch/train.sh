@@ -3,7 +3,8 @@
 # ranks. Extra arguments go to dtrain (e.g. launch/train.sh --epochs 2).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-"$ROOT/launch/setup.sh"
+# Only the binary this job runs: launch/test.sh builds the test binaries.
+"$ROOT/launch/setup.sh" --dtrain-only
 cd "$ROOT"
 # mpirun refuses root unless told; harmless for other users.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
