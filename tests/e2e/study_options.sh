@@ -14,9 +14,9 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # --- 1. The README's example: --global-batch-size 1024 with the default config.
 mpirun -np 2 "$DTRAIN" --config "$ROOT/configs/fashion_mnist_mlp.ini" --global-batch-size 1024 --max-steps 1 \
   --out-dir "$WORK/readme" >"$WORK/readme.log" 2>&1 || { cat "$WORK/readme.log"; fail "README example failed"; }
-grep -q "global batch 1024 = micro 128 x accum 4 x world 2" "$WORK/readme.log" \
-  || { grep "global batch" "$WORK/readme.log"; fail "the file's micro-batch did not stay"; }
-pass "--global-batch-size 1024 over the default config: micro 128 x accum 4 x world 2"
+grep -q "global batch 1024 = micro 512 x accum 1 x world 2" "$WORK/readme.log" \
+  || { grep "global batch" "$WORK/readme.log"; fail "the flag's global batch did not replace the file's"; }
+pass "--global-batch-size 1024 over the default config: micro 512 x accum 1 x world 2"
 expect_error 2 "global batch 1000 != micro 128 x accum 4 x world 2" -- \
   "$MPIRUN_BIN" --oversubscribe --bind-to none -np 2 "$DTRAIN" --config "$ROOT/configs/fashion_mnist_mlp.ini" \
   --global-batch-size 1000 --micro-batch-size 128 --grad-accum-steps 4 --out-dir "$WORK/bad"
