@@ -22,9 +22,9 @@
 #include "data/dataset.h"
 #include "models/models.h"
 #include "io/files.h"
-#include "train/checkpoint.h"
-#include "train/optimizer.h"
-#include "train/reducer.h"
+#include "run/checkpoint.h"
+#include "optim/optimizer.h"
+#include "ddp/reducer.h"
 #include "train/trainer.h"
 
 #include <nlohmann/json.hpp>

@@ -10,11 +10,11 @@
 #include "data/dataset.h"
 #include "io/weights.h"
 #include "models/models.h"
-#include "train/batch_plan.h"
-#include "train/checkpoint.h"
-#include "train/metrics.h"
-#include "train/preemption.h"
-#include "train/startup.h"
+#include "data/batch_plan.h"
+#include "run/checkpoint.h"
+#include "run/metrics_log.h"
+#include "run/preemption.h"
+#include "comm/agreement.h"
 #include "train/trainer.h"
 
 #include <torch/torch.h>
@@ -82,11 +82,11 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   resolved.batch.global_batch_size = plan.global_batch_size;
   if (resolved.optimizer.eps == 0) resolved.optimizer.eps = default_eps(resolved.optimizer.kind);
   const Config& config = resolved;
-  const std::unique_ptr<Communicator> backend = make_backend(placement, mpi, config.checkpoint.collective_timeout);
+  const std::unique_ptr<Communicator> backend = make_backend(placement, mpi, config.distributed.collective_timeout);
   Communicator& comm = backend ? *backend : mpi;
   // From here on, a collective that waits past --collective-timeout ends the job.
   const std::string gpu = placement.device == DeviceKind::Cuda ? "GPU " + std::to_string(placement.device_index) : "";
-  const JobWatchdog watchdog(config.checkpoint.collective_timeout, mpi.rank(), gpu, comm, mpi);
+  const JobWatchdog watchdog(config.distributed.collective_timeout, mpi.rank(), gpu, comm, mpi);
   const torch::Device device = placement.device == DeviceKind::Cuda
                                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(placement.device_index))
                                    : torch::Device(torch::kCPU);
@@ -133,7 +133,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     }
   });
 
-  std::shared_ptr<Classifier> model;
+  std::shared_ptr<Model> model;
   std::unique_ptr<Trainer> trainer;
   std::unique_ptr<MetricsLog> log;
   run_agreed(mpi, [&] {
@@ -173,16 +173,17 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   // checkpoint is the same file on every rank already).
   if (trainer->start_step() == 0) trainer->broadcast_initial_state();
 
-  nlohmann::json summary = measure_steps > 0 ? trainer->measure_noise_scale(measure_steps) : trainer->run(*log);
+  RunOutcome outcome = measure_steps > 0 ? trainer->measure_noise_scale(measure_steps) : trainer->run(*log);
+  nlohmann::json& summary = outcome.summary;
   summary["launch_hash"] = hash_text(launch_hash(parsed.config));
   summary["trajectory_hash"] = hash_text(trajectory_hash(config));
-  const std::string status = summary["status"].get<std::string>();
+  const RunStatus status = outcome.status;
   run_agreed(mpi, [&] {
-    if (root && !config.export_path.empty() && status == "completed") {
+    if (root && !config.export_path.empty() && status == RunStatus::Completed) {
       save_weights(model_state(*model), config.export_path);
       std::cout << "exported weights to " << config.export_path << "\n";
     }
-    if (root && status == "measured") {
+    if (root && status == RunStatus::Measured) {
       std::filesystem::create_directories(config.run.out_dir);
       write_file_atomically(config.run.out_dir + "/noise_scale.json", summary.dump(2) + "\n");
       std::cout << "wrote " << config.run.out_dir << "/noise_scale.json\n";
@@ -190,11 +191,11 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
       log->write_json("summary.json", summary);
     }
     if (!root) return;
-    if (status == "preempted") {
+    if (status == RunStatus::Preempted) {
       std::printf("preempted at step %lld; checkpoint %s; resume with --resume auto\n",
                   static_cast<long long>(summary["steps"].get<int64_t>()),
                   summary["checkpoint"].get<std::string>().c_str());
-    } else if (status == "completed" && summary.contains("tokens_per_sec")) {
+    } else if (status == RunStatus::Completed && summary.contains("tokens_per_sec")) {
       const bool has_val = summary["val_bits_per_byte"].is_number();
       auto number = [&](const char* key) { return summary[key].is_number() ? summary[key].get<double>() : NAN; };
       std::printf("done: %s %.4f nats/token (%.3f bits/byte), %.1f s training, %.0f tokens/s; see %s/\n",
@@ -203,7 +204,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
                   number(has_val ? "val_bits_per_byte" : "train_eval_bits_per_byte"),
                   summary["train_seconds"].get<double>(), summary["tokens_per_sec"].get<double>(),
                   config.run.out_dir.c_str());
-    } else if (status == "completed") {
+    } else if (status == RunStatus::Completed) {
       std::printf("done: test accuracy %.4f, train-subset accuracy %.4f, %.1f s training, %.0f samples/s; see %s/\n",
                   summary["test_accuracy"].get<double>(), summary["train_eval_accuracy"].get<double>(),
                   summary["train_seconds"].get<double>(), summary["samples_per_sec"].get<double>(),
@@ -211,9 +212,13 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     }
     std::fflush(stdout);
   });
-  if (status == "preempted") return kPreemptedExitCode;
-  if (status == "diverged") return kDivergedExitCode;
-  return 0;
+  switch (status) {
+    case RunStatus::Preempted: return kExitPreempted;
+    case RunStatus::Diverged: return kExitDiverged;
+    case RunStatus::Completed:
+    case RunStatus::Measured: break;
+  }
+  return kExitCompleted;
 }
 
 }  // namespace
@@ -232,7 +237,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& error) {
     std::fprintf(stderr, "dtrain: error: cannot start MPI: %s\n", dtrain::one_line_message(error).c_str());
     if (mpi) dtrain::MpiSession::abort_world(1);
-    return 1;
+    return dtrain::kExitError;
   }
   dtrain::MpiCommunicator& comm = *world;
   // From the start: a preemption signal during start-up stops the run at
@@ -248,8 +253,8 @@ int main(int argc, char** argv) {
   } catch (const std::exception& error) {
     // A failure on this rank alone, past start-up: the other ranks may be
     // waiting in a collective, so end the whole job rather than hang.
-    dtrain::print_error(comm, dtrain::one_line_message(error), /*name_rank=*/true);
+    dtrain::print_error(comm.rank(), comm.world_size(), dtrain::one_line_message(error), /*name_rank=*/true);
     if (comm.world_size() > 1) dtrain::MpiSession::abort_world(1);
-    return 1;
+    return dtrain::kExitError;
   }
 }

@@ -10,7 +10,7 @@
 
 namespace dtrain::testing {
 
-class TiedMlp : public Classifier {
+class TiedMlp : public Model {
  public:
   TiedMlp(int64_t in_features, int64_t hidden, int64_t classes) {
     input_ = register_module("input", torch::nn::Linear(in_features, hidden));

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dtrain {
@@ -24,11 +25,11 @@ enum class NonFinitePolicy { Stop, Skip, Ignore };
 constexpr int64_t kAutoMicroBatch = -1;
 
 struct BatchOptions {
-  // 0 means "not given": derive it from the other two (train/batch_plan.h).
+  // 0 means "not given": derive it from the other two (data/batch_plan.h).
   int64_t micro_batch_size = 0;  // or kAutoMicroBatch
   int64_t grad_accum_steps = 0;
   int64_t global_batch_size = 0;
-  // Bytes one rank's training step may use (train/memory.h); 0 = not given:
+  // Bytes one rank's training step may use (memory/memory.h); 0 = not given:
   // on CUDA the free device memory less a margin, on CPU no limit.
   int64_t memory_budget = 0;
 };
@@ -100,6 +101,7 @@ struct DistributedOptions {
   // (resolved at start-up by choose_placement).
   Switch overlap = Switch::Auto;
   ReduceDtype grad_reduce_dtype = ReduceDtype::Fp32;
+  double collective_timeout = 600;  // seconds a collective may take before the job is aborted (comm/watchdog.h); 0: never
 };
 
 // A metric and the value a run must reach (--target METRIC:VALUE).
@@ -110,7 +112,7 @@ struct Target {
 };
 
 // Batch-size study measurements (docs/studies.md): targets, evaluation
-// resolution, the gradient noise scale (train/noise_scale.h).
+// resolution, the gradient noise scale (run/noise_scale.h).
 struct StudyOptions {
   Target target;
   bool stop_at_target = false;
@@ -120,16 +122,18 @@ struct StudyOptions {
   int64_t measure_noise_scale = 0;  // steps of a measurement at fixed weights (0: train)
 };
 
-// Checkpoints, resume and what to do when training fails (train/checkpoint.h,
-// train/preemption.h, train/nonfinite.h; docs/checkpoints.md).
+// Checkpoints and resume (run/checkpoint.h, run/preemption.h; docs/checkpoints.md).
 struct CheckpointOptions {
   int64_t every_steps = 0;     // 0: no periodic checkpoints by step count
   double every_minutes = 0;    // 0: none by time; whichever of the two comes first
   std::string dir;             // "" = OUT_DIR/checkpoints
   int64_t keep = 2;            // newest checkpoints kept
   std::string resume = "never";  // never, auto or the path of a step-N folder
+};
+
+// What to do when a step's gradient is not finite (run/nonfinite.h).
+struct FailureOptions {
   NonFinitePolicy on_nonfinite = NonFinitePolicy::Stop;
-  double collective_timeout = 600;  // seconds a collective may take before the job is aborted; 0: never
 };
 
 struct Config {
@@ -141,22 +145,47 @@ struct Config {
   ModelOptions model;
   DistributedOptions distributed;
   CheckpointOptions checkpoint;
+  FailureOptions failure;
   StudyOptions study;
   std::string init_from;    // weights to start from ("" = random init)
   std::string export_path;  // where to write final weights ("" = nowhere)
   std::string config_file;  // the INI file the options came from, if any
 };
 
-const char* to_string(LrScaling value);
-const char* to_string(LrScheduleKind value);
-const char* to_string(OptimizerKind value);
-const char* to_string(DatasetKind value);
-const char* to_string(ModelKind value);
-const char* to_string(BackendKind value);
-const char* to_string(DeviceKind value);
-const char* to_string(ReduceDtype value);
-const char* to_string(Switch value);
-const char* to_string(NonFinitePolicy value);
+// Each enum's words, once, in the order --help lists them: to_string, the
+// option parser and the accepted list of --help and the docs tables
+// (cli/option_table.cpp's choice()) all read this table.
+template <typename Enum>
+struct EnumWords;
+#define DTRAIN_ENUM_WORDS(Enum, ...)                                     \
+  template <>                                                           \
+  struct EnumWords<Enum> {                                              \
+    static constexpr std::pair<Enum, const char*> all[] = {__VA_ARGS__}; \
+  }
+DTRAIN_ENUM_WORDS(LrScaling, {LrScaling::Linear, "linear"}, {LrScaling::Sqrt, "sqrt"}, {LrScaling::None, "none"});
+DTRAIN_ENUM_WORDS(LrScheduleKind, {LrScheduleKind::Constant, "constant"}, {LrScheduleKind::Cosine, "cosine"},
+                  {LrScheduleKind::Linear, "linear"}, {LrScheduleKind::Step, "step"});
+DTRAIN_ENUM_WORDS(OptimizerKind, {OptimizerKind::Sgd, "sgd"}, {OptimizerKind::AdamW, "adamw"},
+                  {OptimizerKind::Lars, "lars"}, {OptimizerKind::Lamb, "lamb"});
+DTRAIN_ENUM_WORDS(DatasetKind, {DatasetKind::FashionMnist, "fashion-mnist"}, {DatasetKind::Synthetic, "synthetic"},
+                  {DatasetKind::Kjv, "kjv"}, {DatasetKind::Text, "text"});
+DTRAIN_ENUM_WORDS(ModelKind, {ModelKind::Mlp, "mlp"}, {ModelKind::Cnn, "cnn"}, {ModelKind::Gpt, "gpt"});
+DTRAIN_ENUM_WORDS(BackendKind, {BackendKind::Auto, "auto"}, {BackendKind::Nccl, "nccl"}, {BackendKind::Mpi, "mpi"});
+DTRAIN_ENUM_WORDS(DeviceKind, {DeviceKind::Auto, "auto"}, {DeviceKind::Cpu, "cpu"}, {DeviceKind::Cuda, "cuda"});
+DTRAIN_ENUM_WORDS(ReduceDtype, {ReduceDtype::Fp32, "fp32"}, {ReduceDtype::Bf16, "bf16"}, {ReduceDtype::Fp16, "fp16"});
+DTRAIN_ENUM_WORDS(Switch, {Switch::Auto, "auto"}, {Switch::On, "true"}, {Switch::Off, "false"});
+DTRAIN_ENUM_WORDS(NonFinitePolicy, {NonFinitePolicy::Stop, "stop"}, {NonFinitePolicy::Skip, "skip"},
+                  {NonFinitePolicy::Ignore, "ignore"});
+#undef DTRAIN_ENUM_WORDS
+
+// An enum's word (for the enums with a word table above).
+template <typename Enum, typename = decltype(EnumWords<Enum>::all)>
+const char* to_string(Enum value) {
+  for (const auto& [each, word] : EnumWords<Enum>::all) {
+    if (each == value) return word;
+  }
+  return "?";
+}
 
 // --eps auto: AdamW's 1e-8, LAMB's 1e-6 (their papers' defaults).
 double default_eps(OptimizerKind kind);

@@ -1,3 +1,5 @@
+// Every option as one row of the table, and the factories that turn a row's
+// kind (integer, number, choice, ...) into its parser, printer and range check.
 #include "cli/option_table.h"
 
 #include "common/error.h"
@@ -13,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
 namespace dtrain {
 
@@ -27,7 +30,7 @@ const char* to_string(Effect effect) {
 
 namespace {
 
-// The first four columns of a row: name, group, effect class, example value.
+// The first five columns of a row: name, group, effect class, example value, help.
 struct Row {
   const char* name;
   const char* group;
@@ -195,18 +198,18 @@ OptionSpec boolean(const Row& row, Access access) {
                    [](bool v) { return nlohmann::json(v); });
 }
 
-// One of a fixed set of words, spelled by to_string(Enum).
-template <typename Enum, typename Access>
-OptionSpec choice(const Row& row, Access access, std::initializer_list<Enum> listed) {
-  const std::vector<Enum> choices(listed);
+// One of an enum's words (EnumWords in cli/config.h), in the table's order.
+template <typename Access>
+OptionSpec choice(const Row& row, Access access) {
+  using Enum = std::remove_reference_t<std::invoke_result_t<Access, Config&>>;
   std::string accepted;
-  for (Enum c : choices) {
+  for (const auto& [each, word] : EnumWords<Enum>::all) {
     if (!accepted.empty()) accepted += '|';
-    accepted += to_string(c);  // appended: GCC 12 -O2 warns wrongly on "a" + string (PR 105329)
+    accepted += word;  // appended: GCC 12 -O2 warns wrongly on "a" + string (PR 105329)
   }
-  auto parse = [choices, accepted](const std::string& name, const std::string& text) {
-    for (Enum c : choices) {
-      if (text == to_string(c)) return c;
+  auto parse = [accepted](const std::string& name, const std::string& text) {
+    for (const auto& [each, word] : EnumWords<Enum>::all) {
+      if (text == word) return each;
     }
     throw UsageError("--" + name + " " + printable_excerpt(text) + " is not one of " + accepted);
   };
@@ -455,14 +458,13 @@ std::vector<OptionSpec> build_table() {
       integer({"base-batch-size", "lr", E::Exact, "128", "reference batch of --lr"}, DTRAIN_FIELD(lr.base_batch_size),
               1),
       choice({"lr-scaling", "lr", E::Exact, "sqrt", "peak LR = lr x f(global/base): linear, sqrt or none"},
-             DTRAIN_FIELD(lr.scaling), {LrScaling::Linear, LrScaling::Sqrt, LrScaling::None}),
+             DTRAIN_FIELD(lr.scaling)),
       integer({"warmup-steps", "lr", E::Exact, "100", "optimizer steps of linear warmup from lr to the peak"},
               DTRAIN_FIELD(lr.warmup_steps), 0),
       number({"warmup-epochs", "lr", E::Exact, "2.5", "warmup length in epochs (converted to steps)"},
              DTRAIN_FIELD(lr.warmup_epochs), Range{0, 1e6}),
       choice({"schedule", "lr", E::Exact, "cosine", "after warmup: constant, cosine, linear or step"},
-             DTRAIN_FIELD(lr.schedule),
-             {LrScheduleKind::Constant, LrScheduleKind::Cosine, LrScheduleKind::Linear, LrScheduleKind::Step}),
+             DTRAIN_FIELD(lr.schedule)),
       list<double>({"lr-milestones", "lr", E::Exact, "30,60",
                     "step schedule: epochs at which the LR is multiplied by --lr-gamma"},
                    DTRAIN_FIELD(lr.milestones_epochs),
@@ -481,8 +483,7 @@ std::vector<OptionSpec> build_table() {
       // Optimizer.
       choice({"optimizer", "optimizer", E::Exact, "adamw",
               "sgd, adamw, lars (SGD with layer-wise trust ratios) or lamb (Adam with layer-wise trust ratios)"},
-             DTRAIN_FIELD(optimizer.kind),
-             {OptimizerKind::Sgd, OptimizerKind::AdamW, OptimizerKind::Lars, OptimizerKind::Lamb}),
+             DTRAIN_FIELD(optimizer.kind)),
       number({"momentum", "optimizer", E::Exact, "0.8", "SGD and LARS momentum"}, DTRAIN_FIELD(optimizer.momentum),
              Range{0, 1, false, true}),
       boolean({"nesterov", "optimizer", E::Exact, "true", "SGD Nesterov momentum"}, DTRAIN_FIELD(optimizer.nesterov)),
@@ -528,8 +529,7 @@ std::vector<OptionSpec> build_table() {
       // Data and model.
       choice({"dataset", "data", E::Exact, "synthetic",
               "fashion-mnist, synthetic, kjv (the King James Bible, for --model gpt) or text (--data-file)"},
-             DTRAIN_FIELD(data.dataset),
-             {DatasetKind::FashionMnist, DatasetKind::Synthetic, DatasetKind::Kjv, DatasetKind::Text}),
+             DTRAIN_FIELD(data.dataset)),
       text({"data-file", "data", E::Exact, "corpus.txt", "--dataset text: a text file, one document per line"},
            DTRAIN_FIELD(data.data_file), /*optional=*/true),
       boolean({"pack", "data", E::Exact, "true",
@@ -551,7 +551,7 @@ std::vector<OptionSpec> build_table() {
                "excluded from training); 0: none"},
               DTRAIN_FIELD(data.validation_size), 0),
       choice({"model", "data", E::Exact, "cnn", "mlp, cnn, or gpt (a decoder-only transformer; text datasets)"},
-             DTRAIN_FIELD(model.kind), {ModelKind::Mlp, ModelKind::Cnn, ModelKind::Gpt}),
+             DTRAIN_FIELD(model.kind)),
       integer({"n-layer", "data", E::Exact, "6", "--model gpt: transformer blocks"}, DTRAIN_FIELD(model.n_layer), 1, 1024),
       integer({"n-head", "data", E::Exact, "8", "--model gpt: attention heads (divide --n-embd)"},
               DTRAIN_FIELD(model.n_head), 1, 4096),
@@ -571,19 +571,19 @@ std::vector<OptionSpec> build_table() {
 
       // Distributed.
       choice({"backend", "distributed", E::Rounding, "mpi", "collectives: auto (NCCL on GPUs, MPI on CPUs), nccl or mpi"},
-             DTRAIN_FIELD(distributed.backend), {BackendKind::Auto, BackendKind::Nccl, BackendKind::Mpi}),
+             DTRAIN_FIELD(distributed.backend)),
       choice({"device", "distributed", E::Rounding, "cpu", "auto, cpu or cuda (the GPU of this rank's local rank)"},
-             DTRAIN_FIELD(distributed.device), {DeviceKind::Auto, DeviceKind::Cpu, DeviceKind::Cuda}),
+             DTRAIN_FIELD(distributed.device)),
       number({"bucket-cap-mb", "distributed", E::Rounding, "4",
               "gradient bucket size in MiB (the first bucket is at most 1 MiB)"},
              DTRAIN_FIELD(distributed.bucket_cap_mb), Range{0, 1e6, true, false}),
       choice({"overlap", "distributed", E::Rounding, "false",
               "start each bucket's all-reduce during backward: auto (on with NCCL; with MPI when a rank has 2+ CPUs), "
               "true or false"},
-             DTRAIN_FIELD(distributed.overlap), {Switch::Auto, Switch::On, Switch::Off}),
+             DTRAIN_FIELD(distributed.overlap)),
       choice({"grad-reduce-dtype", "distributed", E::Exact, "bf16",
               "all-reduce gradients as fp32, bf16 or fp16 (accumulated back in fp32)"},
-             DTRAIN_FIELD(distributed.grad_reduce_dtype), {ReduceDtype::Fp32, ReduceDtype::Bf16, ReduceDtype::Fp16}),
+             DTRAIN_FIELD(distributed.grad_reduce_dtype)),
 
       // Weights.
       text({"init-from", "weights", E::Exact, "w.pt",
@@ -612,11 +612,10 @@ std::vector<OptionSpec> build_table() {
       choice({"on-nonfinite", "checkpoint", E::None, "skip",
               "a non-finite loss or gradient: stop (exit 3, status diverged), skip the update (stop after 10 in a "
               "row), or ignore (no check: saves one pass over the gradients per step)"},
-             DTRAIN_FIELD(checkpoint.on_nonfinite),
-             {NonFinitePolicy::Stop, NonFinitePolicy::Skip, NonFinitePolicy::Ignore}),
+             DTRAIN_FIELD(failure.on_nonfinite)),
       number({"collective-timeout", "checkpoint", E::None, "120",
               "seconds a collective may wait for the other ranks before the job is aborted (0: wait forever)"},
-             DTRAIN_FIELD(checkpoint.collective_timeout), Range{0, 1e7}),
+             DTRAIN_FIELD(distributed.collective_timeout), Range{0, 1e7}),
 
       // Batch-size studies (docs/studies.md). Measurements and when to stop:
       // none touches the trajectory.

@@ -1,3 +1,6 @@
+// What follows from the option table: parsing the command line and INI files
+// into a validated Config, --help, --dump-config, config.json, the hashes and
+// the docs tables.
 #include "cli/options.h"
 
 #include "cli/option_table.h"
@@ -15,85 +18,7 @@ namespace po = boost::program_options;
 
 namespace dtrain {
 
-const char* to_string(LrScaling value) {
-  switch (value) {
-    case LrScaling::Linear: return "linear";
-    case LrScaling::Sqrt: return "sqrt";
-    case LrScaling::None: return "none";
-  }
-  return "?";
-}
-const char* to_string(LrScheduleKind value) {
-  switch (value) {
-    case LrScheduleKind::Constant: return "constant";
-    case LrScheduleKind::Cosine: return "cosine";
-    case LrScheduleKind::Linear: return "linear";
-    case LrScheduleKind::Step: return "step";
-  }
-  return "?";
-}
-const char* to_string(OptimizerKind value) {
-  switch (value) {
-    case OptimizerKind::Sgd: return "sgd";
-    case OptimizerKind::AdamW: return "adamw";
-    case OptimizerKind::Lars: return "lars";
-    case OptimizerKind::Lamb: return "lamb";
-  }
-  return "?";
-}
 double default_eps(OptimizerKind kind) { return kind == OptimizerKind::Lamb ? 1e-6 : 1e-8; }
-const char* to_string(DatasetKind value) {
-  switch (value) {
-    case DatasetKind::FashionMnist: return "fashion-mnist";
-    case DatasetKind::Synthetic: return "synthetic";
-    case DatasetKind::Kjv: return "kjv";
-    case DatasetKind::Text: return "text";
-  }
-  return "?";
-}
-const char* to_string(ModelKind value) {
-  return value == ModelKind::Mlp ? "mlp" : value == ModelKind::Cnn ? "cnn" : "gpt";
-}
-const char* to_string(BackendKind value) {
-  switch (value) {
-    case BackendKind::Auto: return "auto";
-    case BackendKind::Mpi: return "mpi";
-    case BackendKind::Nccl: return "nccl";
-  }
-  return "?";
-}
-const char* to_string(DeviceKind value) {
-  switch (value) {
-    case DeviceKind::Auto: return "auto";
-    case DeviceKind::Cpu: return "cpu";
-    case DeviceKind::Cuda: return "cuda";
-  }
-  return "?";
-}
-const char* to_string(Switch value) {
-  switch (value) {
-    case Switch::Auto: return "auto";
-    case Switch::On: return "true";
-    case Switch::Off: return "false";
-  }
-  return "?";
-}
-const char* to_string(NonFinitePolicy value) {
-  switch (value) {
-    case NonFinitePolicy::Stop: return "stop";
-    case NonFinitePolicy::Skip: return "skip";
-    case NonFinitePolicy::Ignore: return "ignore";
-  }
-  return "?";
-}
-const char* to_string(ReduceDtype value) {
-  switch (value) {
-    case ReduceDtype::Fp32: return "fp32";
-    case ReduceDtype::Bf16: return "bf16";
-    case ReduceDtype::Fp16: return "fp16";
-  }
-  return "?";
-}
 
 namespace {
 

@@ -28,7 +28,7 @@ struct ParsedOptions {
 // `args` excludes argv[0]. Throws UsageError with a one-line message naming
 // the bad option (and the file and line, for a config file) and the fix.
 // Batch sizes are checked against the world size later, by derive_batch_plan
-// (train/batch_plan.h).
+// (data/batch_plan.h).
 ParsedOptions parse_options(const std::vector<std::string>& args);
 
 // As `--config NAME` whose file holds `text`: the in-memory entry point of

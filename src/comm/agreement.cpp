@@ -1,31 +1,14 @@
-#include "train/startup.h"
+// run_agreed's status exchange and the start-up check that every rank
+// resolved the same configuration.
+#include "comm/agreement.h"
 
 #include "cli/options.h"
 #include "common/error.h"
-
-#include <c10/util/Exception.h>
 
 #include <cstdio>
 #include <sstream>
 
 namespace dtrain {
-
-std::string one_line_message(const std::exception& error) {
-  std::string text = error.what();
-  if (const auto* torch_error = dynamic_cast<const c10::Error*>(&error)) {
-    text = torch_error->what_without_backtrace();
-  }
-  return text.substr(0, text.find('\n'));
-}
-
-void print_error(const Communicator& comm, const std::string& message, bool name_rank) {
-  if (name_rank && comm.world_size() > 1) {
-    std::fprintf(stderr, "dtrain: error: rank %d: %s\n", comm.rank(), message.c_str());
-  } else {
-    std::fprintf(stderr, "dtrain: error: %s\n", message.c_str());
-  }
-  std::fflush(stderr);
-}
 
 void run_agreed(Communicator& comm, const std::function<void()>& step) {
   int64_t status = 0;
@@ -33,10 +16,10 @@ void run_agreed(Communicator& comm, const std::function<void()>& step) {
   try {
     step();
   } catch (const UsageError& e) {
-    status = 2;
+    status = kExitUsage;
     message = one_line_message(e);
   } catch (const std::exception& e) {
-    status = 1;
+    status = kExitError;
     message = one_line_message(e);
   }
   const std::vector<int64_t> statuses = comm.all_gather(status);
@@ -50,7 +33,7 @@ void run_agreed(Communicator& comm, const std::function<void()>& step) {
   if (first_failed < 0) return;
   bool all_failed = true;
   for (int64_t s : statuses) all_failed = all_failed && s != 0;
-  if (comm.rank() == first_failed) print_error(comm, message, /*name_rank=*/!all_failed);
+  if (comm.rank() == first_failed) print_error(comm.rank(), comm.world_size(), message, /*name_rank=*/!all_failed);
   throw AgreedFailure(status != 0 ? static_cast<int>(status) : static_cast<int>(statuses[first_failed]));
 }
 

@@ -1,3 +1,5 @@
+// The Communicator's public collectives: they check their tensors, count
+// calls and bytes, and hand the work to the backend's do_* methods.
 #include "comm/communicator.h"
 
 #include "comm/watchdog.h"

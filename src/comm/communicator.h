@@ -1,7 +1,8 @@
 // The one interface through which ranks talk to each other: rank and world
-// size, all-reduce, broadcast, barrier and a small all-gather. Backends (MPI
-// here; NCCL next) implement the protected do_* methods; the public methods
-// count calls and bytes so tests and benchmarks can assert the traffic.
+// size, all-reduce, broadcast, barrier and a small all-gather. Backends (MPI,
+// NCCL, and LocalCommunicator for one process) implement the protected do_*
+// methods; the public methods count calls and bytes so tests and benchmarks
+// can assert the traffic.
 //
 // Invariant: every rank calls collectives in the same order, with tensors of
 // the same shape and dtype. Count and dtype are read from the tensor, never

@@ -1,3 +1,5 @@
+// A rank's CPU share: its affinity mask, the cgroup quota, the ranks on its
+// host, and the threads and overlap that follow.
 #include "comm/cpu_share.h"
 
 #include "comm/mpi_communicator.h"

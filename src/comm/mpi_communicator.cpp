@@ -1,3 +1,5 @@
+// The MPI backend: blocking collectives on CPU tensors, and the
+// communication thread that runs the async all-reduces in order.
 #include "comm/mpi_communicator.h"
 
 #include "common/error.h"

@@ -1,3 +1,5 @@
+// The NCCL backend: collectives on CUDA tensors on its own stream, watched
+// for errors and aborted cleanly, as c10d's ProcessGroupNCCL does.
 #include "comm/nccl_communicator.h"
 
 #include "comm/watchdog.h"

@@ -1,3 +1,5 @@
+// Choosing the device and the collective backend once, from ordered
+// candidates, and checking that every rank chose alike.
 #include "comm/placement.h"
 
 #include "common/error.h"

@@ -1,3 +1,5 @@
+// The watchdog thread: ends the job when a collective waits past
+// --collective-timeout, naming the rank, the step and the collective.
 #include "comm/watchdog.h"
 
 #include "comm/communicator.h"

@@ -1,6 +1,10 @@
-#include "train/batch_plan.h"
+// The batch split's arithmetic: deriving the missing size and naming the
+// nearest valid choices when the sizes do not multiply out.
+#include "data/batch_plan.h"
 
 #include "common/error.h"
+
+#include <nlohmann/json.hpp>
 
 #include <string>
 
@@ -10,6 +14,20 @@ std::string BatchPlan::describe() const {
   return "global batch " + std::to_string(global_batch_size) + " = micro " +
          std::to_string(micro_batch_size) + " x accum " + std::to_string(grad_accum_steps) +
          " x world " + std::to_string(world_size);
+}
+
+BatchPlan BatchPlan::with_micro_batch(int64_t micro) const {
+  BatchPlan plan = *this;
+  plan.micro_batch_size = micro;
+  plan.grad_accum_steps = local_batch_size() / micro;
+  return plan;
+}
+
+void BatchPlan::add_to(nlohmann::json& object) const {
+  object["micro_batch_size"] = micro_batch_size;
+  object["grad_accum_steps"] = grad_accum_steps;
+  object["world_size"] = world_size;
+  object["global_batch_size"] = global_batch_size;
 }
 
 namespace {

@@ -2,6 +2,8 @@
 // steps x world size. A pure function derives the missing size from the given
 // ones and rejects splits that do not multiply out exactly.
 #pragma once
+#include <nlohmann/json_fwd.hpp>
+
 #include <cstdint>
 #include <string>
 
@@ -17,6 +19,14 @@ struct BatchPlan {
   int64_t local_batch_size() const { return micro_batch_size * grad_accum_steps; }
   // "global batch 4096 = micro 64 x accum 16 x world 4"
   std::string describe() const;
+  // The same global batch and world, `micro` samples per micro-batch (it
+  // divides local_batch_size(): --micro-batch-size auto, an out-of-memory
+  // re-split, a resumed re-split).
+  BatchPlan with_micro_batch(int64_t micro) const;
+  // Its four sizes as JSON fields of `object` (summary.json, trainer.json,
+  // noise_scale.json): micro_batch_size, grad_accum_steps, world_size,
+  // global_batch_size.
+  void add_to(nlohmann::json& object) const;
 };
 
 // Any two of micro, accum and global determine the third (0 = not given);

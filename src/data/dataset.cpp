@@ -1,3 +1,5 @@
+// Loading the dataset a config names: Fashion-MNIST from IDX files, the
+// synthetic teacher set, the text sets, and the validation hold-out.
 #include "data/dataset.h"
 
 #include "common/error.h"

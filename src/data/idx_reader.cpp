@@ -1,3 +1,5 @@
+// The IDX reader: gzip through zlib, the magic number, the dimensions and
+// the exact length checked, with a one-line error for each.
 #include "data/idx_reader.h"
 
 #include "common/error.h"

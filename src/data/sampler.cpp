@@ -1,3 +1,5 @@
+// The sampler's pure functions: permutations, micro-batch windows, shards
+// and the run's length in steps.
 #include "data/sampler.h"
 
 #include "common/error.h"
@@ -85,6 +87,22 @@ std::vector<int64_t> eval_shard(int64_t num_samples, int rank, int world_size) {
   std::vector<int64_t> indices;
   for (int64_t i = rank; i < num_samples; i += world_size) indices.push_back(i);
   return indices;
+}
+
+RunLength run_length(int64_t num_samples, const BatchPlan& plan, int64_t epochs, int64_t max_steps) {
+  RunLength length;
+  length.steps_per_epoch = steps_per_epoch(num_samples, plan);
+  if (length.steps_per_epoch == 0) {
+    throw UsageError("global batch " + std::to_string(plan.global_batch_size) + " exceeds the training set (" +
+                     std::to_string(num_samples) + " samples); use a smaller batch");
+  }
+  if (__builtin_mul_overflow(epochs, length.steps_per_epoch, &length.total_steps)) {
+    throw UsageError("--epochs " + std::to_string(epochs) + " is too large");
+  }
+  // The schedule's horizon is --epochs alone; --max-steps only stops early,
+  // so a run stopped there and resumed follows the same trajectory.
+  length.steps_to_run = max_steps > 0 ? std::min(length.total_steps, max_steps) : length.total_steps;
+  return length;
 }
 
 }  // namespace dtrain

@@ -10,7 +10,7 @@
 // Pure functions with a self-contained generator (splitmix64), so the order is
 // identical across platforms and LibTorch versions.
 #pragma once
-#include "train/batch_plan.h"
+#include "data/batch_plan.h"
 
 #include <cstdint>
 #include <vector>
@@ -31,6 +31,38 @@ inline int64_t steps_per_epoch(int64_t num_samples, const BatchPlan& plan) {
 inline int64_t dropped_per_epoch(int64_t num_samples, const BatchPlan& plan) {
   return num_samples % plan.global_batch_size;
 }
+
+// How long a run is, in optimizer steps.
+struct RunLength {
+  int64_t steps_per_epoch = 0;
+  int64_t total_steps = 0;   // the schedule's horizon: --epochs x steps per epoch
+  int64_t steps_to_run = 0;  // where the run stops: total_steps, or --max-steps if sooner
+  double epochs(int64_t steps) const { return static_cast<double>(steps) / static_cast<double>(steps_per_epoch); }
+};
+// --max-steps 0: no limit. Throws UsageError when the global batch exceeds
+// the training set or --epochs overflows the step count.
+RunLength run_length(int64_t num_samples, const BatchPlan& plan, int64_t epochs, int64_t max_steps);
+
+// The permutation of the epoch a step falls in, made once per epoch.
+class EpochOrder {
+ public:
+  EpochOrder(int64_t num_samples, uint64_t seed, bool shuffle)
+      : num_samples_(num_samples), seed_(seed), shuffle_(shuffle) {}
+  const std::vector<int64_t>& of_epoch(int64_t epoch) {
+    if (epoch != epoch_) {
+      permutation_ = epoch_permutation(num_samples_, seed_, epoch, shuffle_);
+      epoch_ = epoch;
+    }
+    return permutation_;
+  }
+
+ private:
+  int64_t num_samples_;
+  uint64_t seed_;
+  bool shuffle_;
+  int64_t epoch_ = -1;
+  std::vector<int64_t> permutation_;
+};
 
 // A fixed subset of `size` training indices, the same for the whole run: the
 // training split is evaluated on it, on equal footing with the test split.

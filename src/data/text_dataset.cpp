@@ -1,3 +1,5 @@
+// Text for the language model: documents read and cut into rows of
+// next-byte prediction, padded or packed, with their target counts.
 #include "data/text_dataset.h"
 
 #include "common/error.h"

@@ -1,4 +1,5 @@
-#include "train/buckets.h"
+// The pure assignment of parameters to gradient buckets.
+#include "ddp/buckets.h"
 
 #include "common/error.h"
 

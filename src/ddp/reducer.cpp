@@ -1,10 +1,12 @@
-#include "train/reducer.h"
+// The GradientReducer: bucket buffers the gradients view, the backward hooks
+// that start each bucket's all-reduce, finish(), abandon() and the norms.
+#include "ddp/reducer.h"
 
 #include "comm/watchdog.h"
 
 #include "common/error.h"
-#include "train/buckets.h"
-#include "train/memory.h"
+#include "ddp/buckets.h"
+#include "memory/memory.h"
 
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>

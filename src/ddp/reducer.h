@@ -1,7 +1,7 @@
 // Gradient synchronization in buckets, overlapped with backward.
 //
 // Every parameter's gradient is a view into the contiguous buffer of its
-// bucket (train/buckets.h), so micro-batches accumulate in place and nothing
+// bucket (ddp/buckets.h), so micro-batches accumulate in place and nothing
 // is copied for communication. On the last micro-step of an optimizer step, a
 // hook on each parameter's gradient accumulator counts the bucket down; when
 // all its gradients are final, the bucket's all-reduce starts (nonblocking)
@@ -51,7 +51,7 @@ class GradientReducer {
   // Starts the buckets not yet started, waits for all; after it every rank
   // holds the SUM of all ranks' gradients.
   void finish();
-  // After this rank's micro-steps failed (out of memory, train/out_of_memory.h):
+  // After this rank's micro-steps failed (out of memory, memory/out_of_memory.h):
   // starts every bucket its backward did not, in index order, with whatever
   // it holds, and waits for all, so that peers waiting on them are released;
   // measures nothing. The gradients are garbage after it: zero_grad() and
@@ -66,7 +66,7 @@ class GradientReducer {
   bool all_finite() const;
   void scale(double factor);
 
-  // For the gradient noise scale (train/noise_scale.h): when on, each
+  // For the gradient noise scale (run/noise_scale.h): when on, each
   // micro-step's own gradient (this rank's, before communication) is
   // measured, as the difference of the buckets before and after its backward;
   // the last micro-step's just before its bucket's all-reduce starts. Costs a

@@ -1,3 +1,5 @@
+// Crash-safe writes (a temporary file, fsync, rename, fsync of the folder),
+// errors that carry the OS's reason, and SHA-256.
 #include "io/files.h"
 
 #include "common/error.h"

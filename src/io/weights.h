@@ -1,7 +1,9 @@
 // Model weights as files that PyTorch reads and writes: torch.load(PATH) in
 // Python gives a dict of name -> tensor, and a state_dict saved in Python with
 // torch.save(model.state_dict(), PATH) loads here. LibTorch's own pickler and
-// zip reader do the work; see weights.cpp for the one adaptation 1.13 needs.
+// zip reader do the work; weights.cpp adapts them where LibTorch 1.13 falls
+// short (the OrderedDict a state_dict pickles to, the archive version, and
+// input checks that its unpickler lacks on malformed files).
 #pragma once
 #include <ATen/core/Tensor.h>
 

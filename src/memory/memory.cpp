@@ -1,4 +1,6 @@
-#include "train/memory.h"
+// The counting CPU allocator, the CUDA allocator's statistics, the step's
+// breakdown, and the search of --micro-batch-size auto.
+#include "memory/memory.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Allocator.h>
@@ -258,6 +260,7 @@ MicroBatchSearch largest_fitting_micro_batch(int64_t local_batch, int64_t budget
     if (local_batch % d == 0) sizes.push_back(d);
   }
   MicroBatchSearch search;
+  search.budget = budget;
   auto fits = [&](size_t index) {
     ProbedSize probed{sizes[index], probe(sizes[index]), false};
     probed.fits = probed.peak && *probed.peak <= budget;

@@ -14,7 +14,7 @@
 // the counting allocator inside a BudgetScope only: the micro-steps of
 // training and the probes of --micro-batch-size auto. An allocation past it
 // throws c10::OutOfMemoryError, as CUDA's allocator does when the device is
-// full, so one recovery path (train/out_of_memory.h) serves both.
+// full, so one recovery path (memory/out_of_memory.h) serves both.
 #pragma once
 #include <c10/core/Device.h>
 
@@ -129,6 +129,7 @@ struct ProbedSize {
   bool fits = false;
 };
 struct MicroBatchSearch {
+  int64_t budget = 0;             // bytes per rank; 0: no search ran (not auto)
   int64_t micro = 0;
   std::vector<ProbedSize> tried;  // in the order probed
 };

@@ -1,7 +1,9 @@
-#include "train/out_of_memory.h"
+// The out-of-memory protocol: every rank learns whether any ran out, and all
+// redo the step with half the micro-batch.
+#include "memory/out_of_memory.h"
 
 #include "common/error.h"
-#include "train/memory.h"
+#include "memory/memory.h"
 
 #include <ATen/ATen.h>
 
@@ -20,18 +22,15 @@ int64_t halved_micro_batch(int64_t micro, int64_t local_batch) {
 
 OutOfMemoryGuard::OutOfMemoryGuard(const Config& config, Communicator& control, const c10::Device& device)
     : control_(control), device_(device) {
-  if (const char* fault = std::getenv("DTRAIN_FAULT_OOM")) {
-    fault_step_ = std::atoll(fault);
-    if (const char* colon = std::strchr(fault, ':')) fault_rank_ = std::atoi(colon + 1);
-    if (fault_step_ < 2 || fault_rank_ < 0) {
-      throw UsageError("DTRAIN_FAULT_OOM must be STEP:RANK with STEP >= 2 (got '" + std::string(fault) + "')");
-    }
+  if (fault_.set() && (fault_.step < 2 || fault_.rank < 0)) {
+    throw UsageError("DTRAIN_FAULT_OOM must be STEP:RANK with STEP >= 2 (got '" +
+                     std::string(std::getenv("DTRAIN_FAULT_OOM")) + "')");
   }
-  active_ = device.is_cuda() || config.batch.memory_budget > 0 || fault_step_ > 0;
+  active_ = device.is_cuda() || config.batch.memory_budget > 0 || fault_.step > 0;
 }
 
 void OutOfMemoryGuard::before_step(int64_t step, const MemoryMeter& memory) {
-  if (step + 1 != fault_step_ || control_.rank() != fault_rank_ || fault_applied_ || !device_.is_cpu() ||
+  if (!fault_.fires(step, control_.rank()) || fault_applied_ || !device_.is_cpu() ||
       !memory.measures()) {
     return;
   }
@@ -57,9 +56,7 @@ BatchPlan OutOfMemoryGuard::smaller_split(const BatchPlan& plan, int64_t step) {
                 "memory, or a smaller model (--block-size, --n-embd, --hidden)" +
                 (message_.empty() ? std::string() : " (this rank: " + message_ + ")"));
   }
-  BatchPlan smaller = plan;
-  smaller.micro_batch_size = micro;
-  smaller.grad_accum_steps = plan.local_batch_size() / micro;
+  const BatchPlan smaller = plan.with_micro_batch(micro);
   nlohmann::json event = {{"event", "out_of_memory"},
                           {"step", step + 1},
                           {"from_micro_batch_size", plan.micro_batch_size},

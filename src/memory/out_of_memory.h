@@ -5,7 +5,7 @@
 //
 // The protocol (docs/architecture.md), per optimizer step:
 //   1. Each rank runs its micro-steps. Out-of-memory (c10::OutOfMemoryError:
-//      CUDA's allocator, or the CPU budget of train/memory.h) is caught;
+//      CUDA's allocator, or the CPU budget of memory/memory.h) is caught;
 //      that rank stops computing.
 //   2. Every rank then completes the step's gradient all-reduces: a rank that
 //      failed starts the buckets its backward had not started, in index
@@ -29,8 +29,9 @@
 // its micro-batch, and any smaller one fits.
 #pragma once
 #include "cli/config.h"
+#include "common/fault.h"
 #include "comm/communicator.h"
-#include "train/batch_plan.h"
+#include "data/batch_plan.h"
 
 #include <c10/core/Device.h>
 #include <nlohmann/json.hpp>
@@ -72,8 +73,7 @@ class OutOfMemoryGuard {
   Communicator& control_;
   c10::Device device_;
   bool active_ = false;
-  int64_t fault_step_ = -1;  // DTRAIN_FAULT_OOM
-  int fault_rank_ = -1;
+  FaultHook fault_{"DTRAIN_FAULT_OOM"};
   bool fault_applied_ = false;
   std::string message_;      // this rank's last failure
   nlohmann::json history_ = nlohmann::json::array();

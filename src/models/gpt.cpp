@@ -1,3 +1,4 @@
+// The GPT's blocks, its forward and its initialization (GPT-2's).
 #include "models/gpt.h"
 
 #include "common/error.h"

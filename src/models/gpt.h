@@ -92,7 +92,7 @@ class TiedLmHead : public torch::nn::Module {
 // Linear and Embedding weight ~ N(0, 0.02), the residual projections
 // (attn.c_proj, mlp.c_proj) ~ N(0, 0.02 / sqrt(2 n_layer)), biases 0,
 // LayerNorms weight 1 and bias 0.
-class Gpt : public Classifier {
+class Gpt : public Model {
  public:
   explicit Gpt(const GptOptions& options);  // validate_gpt_options first
 

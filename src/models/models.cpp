@@ -1,3 +1,5 @@
+// The MLP and the CNN, the parameter lists that hold a tied weight once, the
+// loss, and the factory that builds any model from its options.
 #include "models/models.h"
 
 #include "common/error.h"
@@ -57,7 +59,7 @@ std::vector<torch::Tensor> trainable_parameters(const torch::nn::Module& model) 
   return unique;
 }
 
-std::shared_ptr<Classifier> make_model(const ModelOptions& options, const std::vector<int64_t>& input_shape,
+std::shared_ptr<Model> make_model(const ModelOptions& options, const std::vector<int64_t>& input_shape,
                                        int64_t num_classes) {
   switch (options.kind) {
     case ModelKind::Mlp: {
@@ -81,6 +83,12 @@ std::shared_ptr<Classifier> make_model(const ModelOptions& options, const std::v
     }
   }
   throw Error("unknown model");
+}
+
+torch::Tensor summed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return torch::nn::functional::cross_entropy(
+      logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(-1));
 }
 
 }  // namespace dtrain

@@ -1,5 +1,6 @@
-// The classifiers dtrain trains. Parameter names are part of the interface
-// (weights files, PyTorch interop) and are documented in docs/models.md.
+// The models dtrain trains: the MLP and CNN classifiers here, the GPT in
+// models/gpt.h, all behind one base class, Model. Parameter names are part of
+// the interface (weights files, PyTorch interop), documented in docs/models.md.
 #pragma once
 #include "cli/config.h"
 
@@ -13,15 +14,16 @@
 
 namespace dtrain {
 
-// A module mapping a batch of inputs [N, ...] to logits [N, num_classes].
-class Classifier : public torch::nn::Module {
+// A module mapping a batch of inputs [N, ...] to logits: [N, classes] for the
+// classifiers, [N, T, vocabulary] for the GPT.
+class Model : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(const torch::Tensor& inputs) = 0;
 };
 
 // flatten -> (Linear + ReLU) per hidden width -> Linear to the classes.
 // Names: hidden.<i>.weight/bias, head.weight/bias.
-class Mlp : public Classifier {
+class Mlp : public Model {
  public:
   Mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t num_classes);
   torch::Tensor forward(const torch::Tensor& inputs) override;
@@ -34,7 +36,7 @@ class Mlp : public Classifier {
 // conv1(3x3, 32) ReLU maxpool2 -> conv2(3x3, 64) ReLU maxpool2 -> fc(128) ReLU
 // -> head. No batch norm, so the per-sample loss does not depend on the
 // micro-batch split. Names: conv1, conv2, fc, head (.weight/.bias).
-class SmallCnn : public Classifier {
+class SmallCnn : public Model {
  public:
   SmallCnn(const std::vector<int64_t>& input_shape, int64_t num_classes);
   torch::Tensor forward(const torch::Tensor& inputs) override;
@@ -54,8 +56,13 @@ std::vector<torch::Tensor> trainable_parameters(const torch::nn::Module& model);
 // The same with each tensor's first registered name (optimizer state files).
 std::vector<std::pair<std::string, torch::Tensor>> named_trainable_parameters(const torch::nn::Module& model);
 
+// The loss every model trains and is evaluated on: the SUM of per-item
+// cross-entropies, per sample ([N, C] logits) or per target token ([N, T, V]
+// logits; -1 targets, the padding, never count).
+torch::Tensor summed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets);
+
 // `input_shape` is one sample's shape, e.g. {1, 28, 28}.
-std::shared_ptr<Classifier> make_model(const ModelOptions& options, const std::vector<int64_t>& input_shape,
-                                       int64_t num_classes);
+std::shared_ptr<Model> make_model(const ModelOptions& options, const std::vector<int64_t>& input_shape,
+                                  int64_t num_classes);
 
 }  // namespace dtrain

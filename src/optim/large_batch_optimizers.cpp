@@ -1,7 +1,8 @@
-#include "train/large_batch_optimizers.h"
+// LARS and LAMB's steps: the trust ratio of norms, per parameter tensor.
+#include "optim/large_batch_optimizers.h"
 
 #include "common/error.h"
-#include "train/optimizer.h"
+#include "optim/optimizer.h"
 
 #include <torch/torch.h>
 

@@ -1,4 +1,5 @@
-#include "train/lr_schedule.h"
+// The LR schedule's arithmetic: scaling, warmup and the decay after it.
+#include "optim/lr_schedule.h"
 
 #include <algorithm>
 #include <cmath>

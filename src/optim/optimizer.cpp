@@ -1,7 +1,9 @@
-#include "train/optimizer.h"
+// Building the run's optimizer, and its state as named tensors for
+// checkpoints.
+#include "optim/optimizer.h"
 
 #include "common/error.h"
-#include "train/large_batch_optimizers.h"
+#include "optim/large_batch_optimizers.h"
 
 #include <torch/torch.h>
 

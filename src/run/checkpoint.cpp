@@ -1,4 +1,6 @@
-#include "train/checkpoint.h"
+// Writing a checkpoint folder atomically with its manifest and checksums,
+// reading and verifying one, and choosing where a run resumes.
+#include "run/checkpoint.h"
 
 #include "cli/option_table.h"
 #include "common/error.h"

@@ -1,7 +1,7 @@
 // Checkpoints: everything a run needs to continue exactly (docs/checkpoints.md).
 // One folder per checkpoint, CHECKPOINT_DIR/step-NNNNNNNN/:
 //   model.pt       parameters and buffers, names as --export (torch.load reads it)
-//   optimizer.pt   per-parameter optimizer state (train/optimizer.h; torch.load reads it)
+//   optimizer.pt   per-parameter optimizer state (optim/optimizer.h; torch.load reads it)
 //   trainer.json   step, position in the data, loss accumulators, RNG states,
 //                  the resolved configuration and its trajectory hash, format
 //   manifest.json  every file with its size and SHA-256, written last

@@ -1,4 +1,5 @@
-#include "train/metrics.h"
+// The JSONL writer and the run's JSON files, written atomically by rank 0.
+#include "run/metrics_log.h"
 
 #include "common/error.h"
 #include "io/files.h"

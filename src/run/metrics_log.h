@@ -1,6 +1,6 @@
-// What a run records: metrics.jsonl (one JSON object per event), config.json
-// and summary.json in --out-dir, written by rank 0 only; and a progress line
-// on stderr every --log-every steps.
+// The run's JSON files in --out-dir: metrics.jsonl (one JSON object per
+// event, appended), config.json and summary.json, written by rank 0 only.
+// What goes in them, and the lines printed beside them, is run/report.h's.
 #pragma once
 #include <nlohmann/json.hpp>
 

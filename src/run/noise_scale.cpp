@@ -1,9 +1,11 @@
-#include "train/noise_scale.h"
+// The noise scale's estimator, its averages and the measurement at fixed
+// weights; observe_noise reads one step's sample from the reducer.
+#include "run/noise_scale.h"
 
 #include "comm/communicator.h"
 #include "comm/watchdog.h"
 #include "common/error.h"
-#include "train/reducer.h"
+#include "ddp/reducer.h"
 
 #include <torch/torch.h>
 
@@ -26,6 +28,11 @@ void NoiseScaleAverage::add(const NoiseEstimate& estimate) {
   grad_sq_ema_ = decay_ * grad_sq_ema_ + (1 - decay_) * estimate.grad_sq;
   trace_ema_ = decay_ * trace_ema_ + (1 - decay_) * estimate.trace;
   ++count_;
+}
+
+std::optional<double> NoiseScaleAverage::valid_b_simple() const {
+  if (empty() || grad_sq() <= 0 || trace() <= 0 || !std::isfinite(b_simple())) return std::nullopt;
+  return b_simple();
 }
 
 double NoiseScaleAverage::grad_sq() const {
@@ -95,6 +102,16 @@ NoiseSample observe_noise(const GradientReducer& reducer, Communicator& comm, co
   sample.small_batch = plan.micro_batch_size;
   sample.big_batch = plan.global_batch_size;
   return sample;
+}
+
+void check_noise_scale_split(const BatchPlan& plan, bool chosen_by_auto) {
+  if (plan.world_size * plan.grad_accum_steps >= 2) return;
+  const std::string why = "the noise scale compares micro-batch gradients with the global batch's, and ";
+  if (chosen_by_auto) {
+    throw UsageError(why + "--micro-batch-size auto chose " + plan.describe() +
+                     ", one micro-batch per step; use 2+ ranks or a larger --global-batch-size");
+  }
+  throw UsageError(why + plan.describe() + " has one micro-batch per step; use 2+ ranks or --grad-accum-steps 2+");
 }
 
 }  // namespace dtrain

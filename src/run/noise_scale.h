@@ -6,18 +6,19 @@
 // Each optimizer step measures the gradient at two batch sizes for the price
 // of one scalar all-reduce: every micro-batch's own gradient (B_small = the
 // micro-batch; the reducer sums their squared norms before communicating,
-// train/reducer.h) and the all-reduced gradient (B_big = the global batch).
+// ddp/reducer.h) and the all-reduced gradient (B_big = the global batch).
 // Both are per-sample MEAN gradients: the loss is summed and divided by the
 // global batch (train/trainer.h), so a micro-batch's raw gradient is rescaled
 // by global/micro. Since E|G_B|^2 = |G|^2 + tr(Sigma)/B, two batch sizes give
 // unbiased estimates of both (unbiased_estimate); their ratio is not, so the
 // trainer keeps bias-corrected moving averages of each and divides those.
 #pragma once
-#include "train/batch_plan.h"
+#include "data/batch_plan.h"
 
 #include <nlohmann/json_fwd.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace dtrain {
@@ -53,6 +54,9 @@ class NoiseScaleAverage {
   double grad_sq() const;
   double trace() const;
   double b_simple() const { return trace() / grad_sq(); }
+  // B_simple where it means something: averages present, both positive (early
+  // estimates may be negative), the ratio finite; nullopt otherwise.
+  std::optional<double> valid_b_simple() const;
   // For checkpoints: a resumed run continues the averages exactly.
   nlohmann::json state() const;
   void restore(const nlohmann::json& state);
@@ -76,6 +80,11 @@ struct NoiseScaleMeasurement {
   int64_t steps = 0;
 };
 NoiseScaleMeasurement measure_noise_scale(const std::vector<NoiseEstimate>& estimates);
+
+// The noise scale compares micro-batch gradients with the global batch's: a
+// split needs two micro-batches per step at least. Throws UsageError naming
+// the fix (`chosen_by_auto`: the split --micro-batch-size auto chose).
+void check_noise_scale_split(const BatchPlan& plan, bool chosen_by_auto);
 
 // The trainer's side: one step's sample from the reducer (its micro-batch
 // norms, after finish()) and the all-reduced gradient's norm. Collective: one

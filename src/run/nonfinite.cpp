@@ -1,4 +1,5 @@
-#include "train/nonfinite.h"
+// The --on-nonfinite verdict and its counters.
+#include "run/nonfinite.h"
 
 #include <cmath>
 

@@ -9,7 +9,6 @@
 
 namespace dtrain {
 
-constexpr int kDivergedExitCode = 3;
 constexpr int64_t kMaxConsecutiveSkips = 10;
 
 enum class StepVerdict {

@@ -1,4 +1,6 @@
-#include "train/preemption.h"
+// The signal handlers and the per-step agreement on a stop or a timed
+// checkpoint.
+#include "run/preemption.h"
 
 #include "comm/watchdog.h"
 

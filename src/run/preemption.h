@@ -3,7 +3,7 @@
 // boundary the ranks agree, in one tiny all-reduce, whether any rank was
 // signalled and whether a timed checkpoint is due (rank 0's clock decides), so
 // every rank stops or checkpoints at the same step. The trainer then writes a
-// checkpoint and exits with kPreemptedExitCode.
+// checkpoint and exits with kExitPreempted (common/error.h).
 #pragma once
 #include "comm/communicator.h"
 
@@ -12,7 +12,6 @@
 
 namespace dtrain {
 
-constexpr int kPreemptedExitCode = 75;  // EX_TEMPFAIL: try again (cluster/slurm/train.sbatch requeues)
 
 // Installs the handlers (idempotent). A second signal while the checkpoint is
 // being written is only counted: it does not interrupt the write.

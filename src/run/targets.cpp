@@ -1,4 +1,5 @@
-#include "train/targets.h"
+// The evaluation schedule and the first evaluation that meets --target.
+#include "run/targets.h"
 
 #include "common/error.h"
 

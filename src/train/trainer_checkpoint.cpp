@@ -1,12 +1,14 @@
 // Trainer <-> checkpoint: what the state after a step is made of, and how a
-// resumed run takes it back (train/checkpoint.h for the files themselves).
+// resumed run takes it back (run/checkpoint.h for the files themselves).
 #include "cli/option_table.h"
 #include "cli/options.h"
+#include "comm/agreement.h"
 #include "common/error.h"
 #include "io/files.h"
-#include "train/checkpoint.h"
-#include "train/optimizer.h"
-#include "train/startup.h"
+#include "memory/out_of_memory.h"
+#include "optim/optimizer.h"
+#include "run/checkpoint.h"
+#include "run/evaluator.h"
 #include "train/trainer.h"
 
 #include <torch/torch.h>
@@ -79,7 +81,7 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
   run_agreed(control_, [&] {
     if (!drift.empty()) throw Error(drift);
   });
-  const int64_t local_loss_bits = bits_of(local_loss_sum_.item<double>());
+  const int64_t local_loss_bits = bits_of(loss_.since_logged.item<double>());
   const std::vector<int64_t> loss_bits = control_.all_gather(local_loss_bits);
   run_agreed(control_, [&] {
     if (!is_root()) return;
@@ -98,30 +100,27 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
     checkpoint.trainer = {
         {"format", kCheckpointFormat},
         {"step", steps_done},
-        {"epoch", steps_done / steps_per_epoch_},
-        {"step_in_epoch", steps_done % steps_per_epoch_},
+        {"epoch", steps_done / length_.steps_per_epoch},
+        {"step_in_epoch", steps_done % length_.steps_per_epoch},
         {"samples_seen", steps_done * plan_.global_batch_size},
         {"next_lr", schedule_.at(steps_done)},
-        {"world_size", plan_.world_size},
-        {"micro_batch_size", plan_.micro_batch_size},
-        {"grad_accum_steps", plan_.grad_accum_steps},
-        {"global_batch_size", plan_.global_batch_size},
         {"trajectory_hash", hash_text(trajectory_hash(config_))},
         {"options", options},
         {"loss_sums", loss_sums},
-        {"loss_steps", loss_steps_},
+        {"loss_steps", loss_.steps},
         {"skipped_steps", nonfinite_.skipped_total()},
         {"consecutive_skips", nonfinite_.consecutive()},
-        {"train_seconds", train_seconds_},
+        {"train_seconds", time_.train_seconds},
         {"metrics_bytes", log.bytes_written()},
-        {"last_eval", last_eval_},
-        {"target", target_.state()},
+        {"last_eval", evaluator_->last()},
+        {"target", evaluator_->target_state()},
         {"noise_scale", noise_ ? noise_->state() : nlohmann::json(nullptr)},
         {"rng", rng},
         {"out_of_memory", out_of_memory_->history()},
         {"written_at", utc_now()},
     };
-    written = write_checkpoint(checkpoint_dir_, steps_done, checkpoint, config_.checkpoint.keep);
+    plan_.add_to(checkpoint.trainer);
+    written = write_checkpoint(checkpoint_dir(config_), steps_done, checkpoint, config_.checkpoint.keep);
   });
   if (!is_root()) return;
   log.record({{"event", "checkpoint"},
@@ -139,13 +138,13 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
   check_resume_compatible(saved, config_, source);
   try {
     const int64_t step = saved.at("step").get<int64_t>();
-    if (step < 0 || step > total_steps_) {
+    if (step < 0 || step > length_.total_steps) {
       throw Error("checkpoint " + source + " is at step " + std::to_string(step) + ", outside this run's " +
-                  std::to_string(total_steps_) + " steps");
+                  std::to_string(length_.total_steps) + " steps");
     }
-    if (step > steps_to_run_) {
+    if (step > length_.steps_to_run) {
       throw UsageError("checkpoint " + source + " is at step " + std::to_string(step) + ", past --max-steps " +
-                       std::to_string(steps_to_run_) + "; raise --max-steps (0: no limit)");
+                       std::to_string(length_.steps_to_run) + "; raise --max-steps (0: no limit)");
     }
     load_into(*model_, checkpoint.model, source + "/model.pt");
     load_optimizer_state(*optimizer_, config_.optimizer, named_trainable_parameters(*model_), checkpoint.optimizer,
@@ -159,19 +158,18 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
     } else if (is_root()) {
       for (const auto& sum : sums) local += sum.get<double>();
     }
-    local_loss_sum_.fill_(local);
-    loss_steps_ = saved.at("loss_steps").get<int64_t>();
+    loss_.since_logged.fill_(local);
+    loss_.steps = saved.at("loss_steps").get<int64_t>();
     nonfinite_.restore(saved.at("skipped_steps").get<int64_t>(), saved.at("consecutive_skips").get<int64_t>());
-    train_seconds_ = saved.at("train_seconds").get<double>();
-    last_eval_ = saved.at("last_eval");
-    // Written since format 1 gained them; absent in older checkpoints.
-    const nlohmann::json target_state = saved.value("target", nlohmann::json(nullptr));
-    if (!target_.restore(target_state) && is_root()) {
-      std::fprintf(stderr, "dtrain: warning: %s was written with --target %s; steps_to_target counts this run's "
-                   "evaluations only, from step %lld\n", source.c_str(), target_state.at("target").get<std::string>().c_str(),
-                   static_cast<long long>(saved.at("step").get<int64_t>()));
-    }
-    stop_at_target_ = config_.study.stop_at_target && target_.reached();
+    time_.train_seconds = saved.at("train_seconds").get<double>();
+    // "target": written since format 1 gained it; absent in older checkpoints.
+    evaluator_->restore(saved.at("last_eval"), saved.value("target", nlohmann::json(nullptr)),
+                        [&](const std::string& other_target) {
+                          if (!is_root()) return;
+                          std::fprintf(stderr, "dtrain: warning: %s was written with --target %s; steps_to_target "
+                                       "counts this run's evaluations only, from step %lld\n", source.c_str(),
+                                       other_target.c_str(), static_cast<long long>(step));
+                        });
     if (noise_) noise_->restore(saved.value("noise_scale", nlohmann::json(nullptr)));
     const auto& rng = saved.at("rng");
     for (auto& generator : rng_generators(device_)) {
@@ -196,8 +194,7 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
                      static_cast<long long>(oom.back().at("step").get<int64_t>()),
                      static_cast<long long>(oom.back().at("from_micro_batch_size").get<int64_t>()));
       }
-      plan_.micro_batch_size = saved_micro;
-      plan_.grad_accum_steps = saved_accum;
+      plan_ = plan_.with_micro_batch(saved_micro);
     }
   } catch (const nlohmann::json::exception& e) {
     throw Error("checkpoint " + source + "/trainer.json lacks a field or has a wrong type (" +

@@ -1,9 +1,11 @@
 // Trainer <-> memory: the breakdown of what a step holds, and
-// --micro-batch-size auto's probes (train/memory.h).
+// --micro-batch-size auto's probes of a micro-step (the search itself is
+// memory/memory.h's largest_fitting_micro_batch).
 #include "common/error.h"
 #include "data/sampler.h"
-#include "train/checkpoint.h"
-#include "train/optimizer.h"
+#include "ddp/reducer.h"
+#include "optim/optimizer.h"
+#include "run/checkpoint.h"
 #include "train/trainer.h"
 
 #include <torch/torch.h>
@@ -50,54 +52,11 @@ MemoryBreakdown Trainer::memory_breakdown() const {
   return memory_.breakdown(parameter_bytes(*model_), reducer_->buffer_bytes());
 }
 
-void Trainer::report_memory(MetricsLog& log) {
-  const MemoryBreakdown memory = memory_breakdown();
-  if (!memory.measured) return;
-  log.record({{"event", "memory"},
-              {"step", start_step_ + 1},
-              {"parameters_bytes", memory.parameters},
-              {"gradients_bytes", memory.gradients},
-              {"optimizer_state_bytes", memory.optimizer_state},
-              {"other_bytes", memory.other},
-              {"activations_bytes", memory.activations},
-              {"peak_bytes", memory.peak}});
-  if (!is_root()) return;
-  std::fprintf(stdout, "memory per rank (rank 0, first step, micro-batch %lld): %s\n",
-               static_cast<long long>(plan_.micro_batch_size), describe(memory).c_str());
-  std::fflush(stdout);
-}
-
-void Trainer::add_memory(nlohmann::json& summary) const {
-  const MemoryBreakdown memory = memory_breakdown();
-  if (!out_of_memory_->history().empty()) summary["out_of_memory"] = out_of_memory_->history();
-  if (auto_budget_ > 0) {
-    nlohmann::json tried = nlohmann::json::array();
-    for (const auto& probed : auto_search_.tried) {
-      tried.push_back({{"micro_batch_size", probed.micro},
-                       {"peak_bytes", probed.peak ? nlohmann::json(*probed.peak) : nlohmann::json(nullptr)},
-                       {"fits", probed.fits}});
-    }
-    summary["micro_batch_auto"] = {{"budget_bytes", auto_budget_}, {"chosen", plan_.micro_batch_size}, {"tried", tried}};
-  }
-  if (!memory.measured) return;
-  summary["memory"] = {{"parameters_bytes", memory.parameters},
-                       {"gradients_bytes", memory.gradients},
-                       {"optimizer_state_bytes", memory.optimizer_state},
-                       {"other_bytes", memory.other},
-                       {"activations_bytes", memory.activations},
-                       {"peak_bytes", memory.peak},
-                       {"device", device_.str()}};
-  if (config_.batch.memory_budget > 0) summary["memory"]["budget_bytes"] = config_.batch.memory_budget;
-  if (device_.is_cuda()) summary["peak_device_memory_bytes"] = memory.peak;
-}
-
 std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
-  BatchPlan probe = plan_;
-  probe.micro_batch_size = micro;
-  probe.grad_accum_steps = plan_.local_batch_size() / micro;
-  const int64_t epoch = start_step_ / steps_per_epoch_;
+  const BatchPlan probe = plan_.with_micro_batch(micro);
+  const int64_t epoch = start_step_ / length_.steps_per_epoch;
   const auto permutation = epoch_permutation(data_.train.size(), config_.run.seed, epoch, config_.run.shuffle);
-  const auto indices = micro_batch_indices(permutation, probe, start_step_ % steps_per_epoch_, 0, comm_.rank());
+  const auto indices = micro_batch_indices(permutation, probe, start_step_ % length_.steps_per_epoch, 0, comm_.rank());
   // Nothing the probe does may reach the trajectory: the RNG states go back,
   // the gradients are zeroed, and there is no update.
   std::vector<std::pair<at::Generator, at::Tensor>> generators;
@@ -145,7 +104,6 @@ int64_t Trainer::largest_fitting_micro_batch() {
     const int64_t usable = free_device_memory_bytes(device_).value_or(0) + allocated_memory_bytes(device_).value_or(0);
     budget = usable - usable / 10;  // a margin for the allocator's fragments and what NCCL takes
   }
-  auto_budget_ = budget;
   auto_search_ = dtrain::largest_fitting_micro_batch(plan_.local_batch_size(), budget,
                                                      [this](int64_t micro) { return probe_micro_step(micro); });
   return auto_search_.micro;
@@ -160,21 +118,15 @@ void Trainer::use_micro_batch(const std::vector<int64_t>& choices) {
   for (const auto& probed : auto_search_.tried) tried += (tried.empty() ? "" : ", ") + describe_probe(probed);
   if (micro == 0) {
     throw Error("--micro-batch-size auto: not even a micro-batch of 1 fits the memory budget of " +
-                format_bytes(auto_budget_) + " on rank " + std::to_string(limiting_rank) +
+                format_bytes(auto_search_.budget) + " on rank " + std::to_string(limiting_rank) +
                 (limiting_rank == comm_.rank() ? " (tried " + tried + ")" : std::string()) +
                 "; raise --memory-budget or use a smaller model");
   }
-  const int64_t local_batch = plan_.local_batch_size();
-  plan_.micro_batch_size = micro;
-  plan_.grad_accum_steps = local_batch / micro;
-  if (noise_ && plan_.world_size * plan_.grad_accum_steps < 2) {
-    throw UsageError("the noise scale compares micro-batch gradients with the global batch's, and --micro-batch-size "
-                     "auto chose " + plan_.describe() + ", one micro-batch per step; use 2+ ranks or a larger "
-                     "--global-batch-size");
-  }
+  plan_ = plan_.with_micro_batch(micro);
+  if (noise_) check_noise_scale_split(plan_, /*chosen_by_auto=*/true);
   if (is_root()) {
     std::fprintf(stdout, "micro-batch auto (budget %s per rank): tried %s; chose %lld%s: %s\n",
-                 format_bytes(auto_budget_).c_str(), tried.c_str(), static_cast<long long>(micro),
+                 format_bytes(auto_search_.budget).c_str(), tried.c_str(), static_cast<long long>(micro),
                  micro != auto_search_.micro ? (" (rank " + std::to_string(limiting_rank) + "'s largest)").c_str() : "",
                  plan_.describe().c_str());
     std::fflush(stdout);

@@ -2,7 +2,7 @@
 
 #include "cli/option_table.h"
 #include "common/error.h"
-#include "train/batch_plan.h"
+#include "data/batch_plan.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

@@ -1,4 +1,4 @@
-#include "train/startup.h"
+#include "comm/agreement.h"
 
 #include "cli/options.h"
 #include "common/error.h"

@@ -5,7 +5,7 @@
 // size, one GPU per rank, a world of one included. Skips (on every rank
 // together) when this build has no NCCL or some rank has no GPU of its own;
 // run on a GPU host by tests/gpu/. The reducer's overlap path through NCCL is
-// in tests/train/reducer_gpu_test.cpp.
+// in tests/ddp/reducer_gpu_test.cpp.
 #include "comm/placement.h"
 #include "common/error.h"
 #include "test_world.h"

@@ -1,8 +1,9 @@
-#include "train/batch_plan.h"
+#include "data/batch_plan.h"
 
 #include "common/error.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 namespace dtrain {
 namespace {
@@ -67,6 +68,22 @@ TEST(BatchPlan, RejectsBadCombinationsWithAUsefulMessage) {
       EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "one line only";
     }
   }
+}
+
+TEST(BatchPlan, WithMicroBatchKeepsTheGlobalBatch) {
+  const BatchPlan plan = derive_batch_plan(64, 4, 0, 2);  // 512 = 64 x 4 x 2
+  for (int64_t micro : {1, 2, 8, 32, 64, 256}) {
+    const BatchPlan narrowed = plan.with_micro_batch(micro);
+    EXPECT_EQ(narrowed.micro_batch_size, micro);
+    EXPECT_EQ(narrowed.grad_accum_steps, 256 / micro);
+    EXPECT_EQ(narrowed.world_size, 2);
+    EXPECT_EQ(narrowed.global_batch_size, 512);
+    EXPECT_EQ(narrowed.micro_batch_size * narrowed.grad_accum_steps * narrowed.world_size, 512);
+  }
+  nlohmann::json fields = {{"other", 1}};
+  plan.add_to(fields);
+  EXPECT_EQ(fields, nlohmann::json({{"other", 1}, {"micro_batch_size", 64}, {"grad_accum_steps", 4},
+                                    {"world_size", 2}, {"global_batch_size", 512}}));
 }
 
 }  // namespace

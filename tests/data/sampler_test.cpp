@@ -1,5 +1,7 @@
 #include "data/sampler.h"
 
+#include "common/error.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -94,6 +96,29 @@ TEST(Sampler, FixedSubsetIsStableAndDistinct) {
   EXPECT_EQ(a, fixed_subset(1000, 100, 9));
   EXPECT_EQ(std::set<int64_t>(a.begin(), a.end()).size(), 100u);
   EXPECT_EQ(fixed_subset(50, 100, 9).size(), 50u);
+}
+
+TEST(Sampler, RunLengthCountsStepsAndRefusesImpossibleRuns) {
+  const BatchPlan plan = derive_batch_plan(0, 0, 256, 2);
+  const RunLength full = run_length(60000, plan, 10, 0);
+  EXPECT_EQ(full.steps_per_epoch, 234);
+  EXPECT_EQ(full.total_steps, 2340);
+  EXPECT_EQ(full.steps_to_run, 2340);
+  EXPECT_DOUBLE_EQ(full.epochs(117), 0.5);
+  const RunLength cut = run_length(60000, plan, 10, 100);  // --max-steps stops early; the horizon stays
+  EXPECT_EQ(cut.total_steps, 2340);
+  EXPECT_EQ(cut.steps_to_run, 100);
+  EXPECT_EQ(run_length(60000, plan, 1, 5000).steps_to_run, 234);
+  EXPECT_THROW(run_length(100, plan, 1, 0), UsageError);                        // the batch exceeds the data
+  EXPECT_THROW(run_length(60000, plan, int64_t{1} << 62, 0), UsageError);        // epochs overflow
+}
+
+TEST(Sampler, EpochOrderIsTheEpochsPermutation) {
+  EpochOrder order(100, 7, true);
+  const std::vector<int64_t> first = order.of_epoch(0);
+  EXPECT_EQ(first, epoch_permutation(100, 7, 0, true));
+  EXPECT_EQ(order.of_epoch(3), epoch_permutation(100, 7, 3, true));
+  EXPECT_EQ(order.of_epoch(0), first);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "train/buckets.h"
+#include "ddp/buckets.h"
 
 #include "common/error.h"
 

@@ -25,8 +25,8 @@
 #include "data/sampler.h"
 #include "models/models.h"
 #include "test_world.h"
-#include "train/batch_plan.h"
-#include "train/reducer.h"
+#include "data/batch_plan.h"
+#include "ddp/reducer.h"
 #include "train/trainer.h"
 
 #ifdef DTRAIN_HAVE_NCCL
@@ -104,7 +104,7 @@ Batch make_batch(uint64_t seed, torch::Device device) {
 }
 
 // 784 -> 64 -> 32 -> 10: six tensors, 210600 bytes of gradients.
-std::shared_ptr<Classifier> make_mlp(torch::Device device) {
+std::shared_ptr<Model> make_mlp(torch::Device device) {
   torch::manual_seed(5);
   ModelOptions options;
   options.hidden = {64, 32};
@@ -115,7 +115,7 @@ std::shared_ptr<Classifier> make_mlp(torch::Device device) {
 
 // The trainer's loss for one micro-step: summed over its samples, divided by
 // the samples of the whole step.
-torch::Tensor micro_step_loss(Classifier& model, const Batch& batch, int micro_step) {
+torch::Tensor micro_step_loss(Model& model, const Batch& batch, int micro_step) {
   const auto inputs = batch.inputs.narrow(0, micro_step * kMicroBatch, kMicroBatch);
   const auto targets = batch.targets.narrow(0, micro_step * kMicroBatch, kMicroBatch);
   namespace F = torch::nn::functional;
@@ -123,14 +123,14 @@ torch::Tensor micro_step_loss(Classifier& model, const Batch& batch, int micro_s
          static_cast<double>(kBatch);
 }
 
-std::vector<torch::Tensor> gradients(const Classifier& model, double factor = 1) {
+std::vector<torch::Tensor> gradients(const Model& model, double factor = 1) {
   std::vector<torch::Tensor> result;
   for (const auto& p : model.parameters()) result.push_back(p.grad().detach().to(torch::kCPU, torch::kDouble) * factor);
   return result;
 }
 
 // One optimizer step's gradient, by the reducer's protocol.
-std::vector<torch::Tensor> reduced_gradients(Classifier& model, GradientReducer& reducer, const Batch& batch) {
+std::vector<torch::Tensor> reduced_gradients(Model& model, GradientReducer& reducer, const Batch& batch) {
   reducer.zero_grad();
   for (int micro_step = 0; micro_step < kAccum; ++micro_step) {
     reducer.begin_micro_step(micro_step == kAccum - 1);
@@ -141,13 +141,13 @@ std::vector<torch::Tensor> reduced_gradients(Classifier& model, GradientReducer&
 }
 
 // Plain PyTorch: the same micro-batches, accumulated into .grad by autograd.
-void plain_backward(Classifier& model, const Batch& batch) {
+void plain_backward(Model& model, const Batch& batch) {
   model.zero_grad();
   for (int micro_step = 0; micro_step < kAccum; ++micro_step) micro_step_loss(model, batch, micro_step).backward();
 }
 
 // Plain PyTorch in one pass: the mean loss over the whole batch.
-void one_pass_backward(Classifier& model, const Batch& batch) {
+void one_pass_backward(Model& model, const Batch& batch) {
   model.zero_grad();
   torch::nn::functional::cross_entropy(model.forward(batch.inputs), batch.targets).backward();
 }

@@ -1,6 +1,6 @@
 // The bucketed reducer on its own: overlap with backward, traffic, unused
 // parameters (different ones on different ranks), reduced precision.
-#include "train/reducer.h"
+#include "ddp/reducer.h"
 
 #include "common/error.h"
 #include "models/models.h"
@@ -21,7 +21,7 @@ using testing::world;
 // An MLP whose middle layer is skipped on some forward passes, on a schedule
 // that differs by rank: the reducer sees different unused parameters on
 // different ranks in the same step.
-class SkippingMlp : public Classifier {
+class SkippingMlp : public Model {
  public:
   explicit SkippingMlp(int rank) : rank_(rank) {
     first_ = register_module("first", torch::nn::Linear(784, 32));
@@ -53,7 +53,7 @@ std::shared_ptr<SkippingMlp> make_skipping(int rank, Communicator& comm) {
 
 // One optimizer step of SGD on rank-specific data with `accum` micro-steps;
 // returns nothing: the model is updated in place.
-void step(Classifier& model, GradientReducer& reducer, int rank, int64_t step_index, int accum, double lr) {
+void step(Model& model, GradientReducer& reducer, int rank, int64_t step_index, int accum, double lr) {
   reducer.zero_grad();
   for (int micro = 0; micro < accum; ++micro) {
     auto generator = at::detail::createCPUGenerator(1000 * step_index + 10 * rank + micro);
@@ -67,7 +67,7 @@ void step(Classifier& model, GradientReducer& reducer, int rank, int64_t step_in
   for (auto& p : model.parameters()) p.sub_(lr * p.grad());
 }
 
-std::vector<torch::Tensor> snapshot(const Classifier& model) {
+std::vector<torch::Tensor> snapshot(const Model& model) {
   std::vector<torch::Tensor> weights;
   for (const auto& p : model.parameters()) weights.push_back(p.detach().clone());
   return weights;

@@ -9,7 +9,7 @@
 #include "data/dataset.h"
 #include "io/weights.h"
 #include "tied_model.h"
-#include "train/batch_plan.h"
+#include "data/batch_plan.h"
 #include "train/trainer.h"
 
 #include <torch/torch.h>

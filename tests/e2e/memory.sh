@@ -1,5 +1,5 @@
 # Memory accounting, --micro-batch-size auto against brute force, and the
-# out-of-memory re-split (train/memory.h, train/out_of_memory.h), on CPU.
+# out-of-memory re-split (memory/memory.h, memory/out_of_memory.h), on CPU.
 source "$(dirname "$0")/common.sh"
 BASE=(--dataset synthetic --synthetic-train-samples 2048 --synthetic-test-samples 256 --hidden 512,512
       --optimizer sgd --momentum 0.9 --lr 0.05 --epochs 1 --log-every 1 --seed 3)

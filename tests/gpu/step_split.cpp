@@ -27,10 +27,10 @@
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "models/models.h"
-#include "train/batch_plan.h"
-#include "train/lr_schedule.h"
-#include "train/optimizer.h"
-#include "train/reducer.h"
+#include "data/batch_plan.h"
+#include "optim/lr_schedule.h"
+#include "optim/optimizer.h"
+#include "ddp/reducer.h"
 #include "train/trainer.h"
 
 #ifdef DTRAIN_HAVE_NCCL
@@ -132,7 +132,7 @@ nlohmann::ordered_json measure(const Settings& settings) {
   for (const auto& item : named) parameters.push_back(item.second);
   GradientReducer reducer(parameters, nccl, reducer_options(config.distributed));
   auto optimizer = make_optimizer(config.optimizer, named, schedule.at(0));
-  const bool check_finite = config.checkpoint.on_nonfinite != NonFinitePolicy::Ignore;
+  const bool check_finite = config.failure.on_nonfinite != NonFinitePolicy::Ignore;
   const double loss_items_per_step = static_cast<double>(plan.global_batch_size);
   auto step_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device));
 

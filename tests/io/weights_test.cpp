@@ -38,7 +38,7 @@ class Weights : public ::testing::Test {
   fs::path dir_;
 };
 
-std::shared_ptr<Classifier> mlp(std::vector<int64_t> hidden, uint64_t seed) {
+std::shared_ptr<Model> mlp(std::vector<int64_t> hidden, uint64_t seed) {
   torch::manual_seed(seed);
   ModelOptions options;
   options.hidden = std::move(hidden);

@@ -1,7 +1,7 @@
-// Memory accounting (train/memory.h) and the out-of-memory split
-// (train/out_of_memory.h), in one process.
-#include "train/memory.h"
-#include "train/out_of_memory.h"
+// Memory accounting (memory/memory.h) and the out-of-memory split
+// (memory/out_of_memory.h), in one process.
+#include "memory/memory.h"
+#include "memory/out_of_memory.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -6,8 +6,8 @@
 #include "io/weights.h"
 #include "models/models.h"
 #include "tied_model.h"
-#include "train/batch_plan.h"
-#include "train/reducer.h"
+#include "data/batch_plan.h"
+#include "ddp/reducer.h"
 #include "train/trainer.h"
 #include "cli/options.h"
 

@@ -1,10 +1,10 @@
-// LARS and LAMB (train/large_batch_optimizers.h): two steps worked by hand,
+// LARS and LAMB (optim/large_batch_optimizers.h): two steps worked by hand,
 // five steps against the literal Python definitions in
 // optimizer_reference.py, and a state round trip through the ParamState types
 // that dtrain's checkpoints save.
-#include "train/large_batch_optimizers.h"
+#include "optim/large_batch_optimizers.h"
 
-#include "train/optimizer.h"
+#include "optim/optimizer.h"
 
 #include "common/error.h"
 #include "io/weights.h"
@@ -216,7 +216,7 @@ double relative_difference(const at::Tensor& actual, const at::Tensor& expected)
 TEST(LargeBatchReference, FiveStepsMatchTheLiteralPythonDefinitions) {
   if (std::system((std::string(kPython) + " -c 'import torch' >/dev/null 2>&1").c_str()) != 0) {
     GTEST_SKIP() << kPython << " cannot import torch (apt-get install python3-torch); skipped the comparison with "
-                 << "tests/train/optimizer_reference.py";
+                 << "tests/optim/optimizer_reference.py";
   }
   const Problem problem = random_problem();
   const fs::path dir = fs::temp_directory_path() / ("dtrain_large_batch_" + std::to_string(::getpid()));
@@ -232,7 +232,7 @@ TEST(LargeBatchReference, FiveStepsMatchTheLiteralPythonDefinitions) {
 
   std::ostringstream command;
   command.precision(17);
-  command << kPython << " '" << DTRAIN_SOURCE_DIR << "/tests/train/optimizer_reference.py' '" << (dir / "input.pt").string()
+  command << kPython << " '" << DTRAIN_SOURCE_DIR << "/tests/optim/optimizer_reference.py' '" << (dir / "input.pt").string()
           << "' '" << (dir / "output.pt").string() << "' --lrs";
   for (double lr : problem.lrs) command << " " << lr;
   command << " --momentum " << kLars.momentum << " --weight-decay " << kLars.weight_decay << " --trust-coefficient "

@@ -2,8 +2,8 @@
 // and 4 ranks).
 #include "common/error.h"
 #include "test_world.h"
-#include "train/checkpoint.h"
-#include "train/preemption.h"
+#include "run/checkpoint.h"
+#include "run/preemption.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -1,12 +1,12 @@
 // The checkpoint folder format and its guarantees (docs/checkpoints.md).
-#include "train/checkpoint.h"
+#include "run/checkpoint.h"
 
 #include "cli/option_table.h"
 #include "cli/options.h"
 #include "common/error.h"
 #include "io/files.h"
-#include "train/nonfinite.h"
-#include "train/optimizer.h"
+#include "run/nonfinite.h"
+#include "optim/optimizer.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -1,4 +1,4 @@
-// The trainer's gradient noise scale inputs (train/noise_scale.h) against an
+// The trainer's gradient noise scale inputs (run/noise_scale.h) against an
 // independent computation: every micro-batch's per-sample mean gradient by
 // plain autograd, one by one, on one process. This checks what the closed-form
 // test of the estimator cannot: the normalization (loss summed over the global
@@ -26,7 +26,7 @@ const Dataset& data() {
 }
 
 // The per-sample mean gradient of `indices` at the model's weights, flat.
-torch::Tensor mean_gradient(Classifier& model, const std::vector<int64_t>& indices) {
+torch::Tensor mean_gradient(Model& model, const std::vector<int64_t>& indices) {
   model.zero_grad();
   const auto index = torch::tensor(indices, torch::kLong);
   const auto logits = model.forward(data().train.inputs.index_select(0, index));

@@ -7,7 +7,7 @@
 //   Sigma     = (|d|^2 + s^2) I + d d^T     tr(Sigma) = d (|d|^2 + s^2) + |d|^2
 // Fresh samples every step, drawn as the trainer draws them: W x k
 // micro-batches per global batch.
-#include "train/noise_scale.h"
+#include "run/noise_scale.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -1,4 +1,4 @@
-#include "train/targets.h"
+#include "run/targets.h"
 
 #include "data/dataset.h"
 #include "data/sampler.h"

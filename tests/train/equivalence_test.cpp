@@ -10,6 +10,7 @@
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "data/text_dataset.h"
+#include "ddp/reducer.h"
 #include "models/models.h"
 #include "test_world.h"
 #include "train/trainer.h"

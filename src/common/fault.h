@@ -1,0 +1,28 @@
+// Fault injection for the tests: an environment variable that names the step
+// (1-based) at which a fault fires, and optionally the one rank it fires on,
+// as "STEP" or "STEP:RANK". Unset, it never fires.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+namespace dtrain {
+
+struct FaultHook {
+  int64_t step = -1;  // -1: never
+  int rank = -1;      // -1: every rank
+
+  explicit FaultHook(const char* variable) {
+    const char* text = std::getenv(variable);
+    if (text == nullptr) return;
+    step = std::atoll(text);
+    if (const char* colon = std::strchr(text, ':')) rank = std::atoi(colon + 1);
+  }
+  bool set() const { return step >= 0; }
+  // Whether it fires at (0-based) optimizer step `step_index` on `on_rank`.
+  bool fires(int64_t step_index, int on_rank) const {
+    return step_index + 1 == step && (rank < 0 || rank == on_rank);
+  }
+};
+
+}  // namespace dtrain
