@@ -47,7 +47,7 @@ grep -q '"skipped_steps": 10,' "$WORK/skip10/summary.json" || fail "not 10 skips
 mpirun -np 2 "$DTRAIN" "${COMMON[@]}" --hidden 32 --epochs 5000 --collective-timeout 5 --out-dir "$WORK/hang" \
   >"$WORK/hang.log" 2>&1 &
 job=$!
-wait_for_step "$WORK/hang" 100 || true
+wait_for_step "$WORK/hang" 100 $job || { cat "$WORK/hang.log"; fail "the hang test never reached step 100"; }
 stopped=$(rank_pid "$WORK/hang" 1)
 [ -n "$stopped" ] || fail "could not find rank 1 of the hang test"
 kill -STOP "$stopped"
@@ -83,7 +83,7 @@ if mount -t tmpfs -o size=1200k tmpfs "$mnt" 2>/dev/null; then
   expect_error 1 "out/config.json.tmp: No space left on device" -- "$DTRAIN" "${SMALL[@]}" --out-dir "$mnt/out"
   umount "$mnt"
 else
-  echo "skip: full-disk cases need a tmpfs mount (root)"
+  skip_part "full-disk cases need a tmpfs mount (root)"
 fi
 
 # --- Bad input --------------------------------------------------------------
@@ -140,4 +140,4 @@ expect_error 1 "model.pt does not match the model (missing hidden.0.weight" -- "
 copy=$(damaged optimizer "$REHASH"'
 import shutil; shutil.copy(d + "/model.pt", d + "/optimizer.pt"); rehash("optimizer.pt")')
 expect_error 1 "optimizer.pt does not match the optimizer" -- "$DTRAIN" "${SMALL[@]}" --resume "$copy"
-echo "failures: all passed"
+finish_skips failures
