@@ -85,18 +85,27 @@ TEST(MemoryAccounting, DISABLED_MeasureOneStepInThisProcess) {
   // Once to create the gradients, which then stay resident.
   torch::nn::functional::cross_entropy(model->forward(inputs), targets).backward();
 
-  const int64_t resident = allocated_memory_bytes(kCpu).value();
-  reset_peak_memory(kCpu);
+  // The meter the trainer reports with (its activations: the step's peak
+  // less what was resident when it began), against the kernel.
+  MemoryMeter meter(kCpu);
+  ASSERT_TRUE(meter.measures());
+  meter.begin_step();
   malloc_trim(0);
   clear << "5" << std::flush;
   const int64_t rss_before = proc_status_kb("VmRSS") * 1024;
   torch::nn::functional::cross_entropy(model->forward(inputs), targets).backward();
   const int64_t hwm = proc_status_kb("VmHWM") * 1024;
-  std::printf("measured: %lld %lld\n", static_cast<long long>(peak_memory_bytes(kCpu).value() - resident),
+  meter.end_micro_steps();
+  std::printf("measured: %lld %lld\n", static_cast<long long>(meter.last_activations()),
               static_cast<long long>(hwm - rss_before));
 }
 
-TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTenPercent) {
+// The bound is the accuracy docs/batch-size.md states. Measured on a 2-core
+// machine with Debian's LibTorch 1.13 (2026-12-03): 0.996 in 11 runs of 11,
+// idle or while a build ran; the 0.4% is what the process touches besides
+// tensors (the kernel counts pages, the meter bytes). 2% leaves room for
+// another LibTorch (CI's 2.x rehearsal runs this test too).
+TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTwoPercent) {
 #if defined(__SANITIZE_ADDRESS__)
   GTEST_SKIP() << "ASan's allocator keeps freed memory in quarantine: the resident set is no measure under it";
 #endif
@@ -117,7 +126,7 @@ TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTenPercent) {
   std::printf("step peak above resident: counted %.1f MiB, peak RSS above its start %.1f MiB (ratio %.3f)\n",
               counted / 1048576, kernel / 1048576, counted / kernel);
   EXPECT_GT(counted, 60.0 * 1048576);  // the activations of 2048 rows x 4096 wide, and their gradients
-  EXPECT_NEAR(counted / kernel, 1.0, 0.10);
+  EXPECT_NEAR(counted / kernel, 1.0, 0.02);
 }
 
 TEST(MemoryAccounting, BudgetHoldsOnlyInsideABudgetScope) {
