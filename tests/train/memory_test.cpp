@@ -3,6 +3,13 @@
 #include "train/memory.h"
 #include "train/out_of_memory.h"
 
+#include "cli/options.h"
+#include "comm/communicator.h"
+#include "data/dataset.h"
+#include "models/models.h"
+#include "train/batch_plan.h"
+#include "train/trainer.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -14,6 +21,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <string>
@@ -127,6 +135,40 @@ TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTwoPercent) {
               counted / 1048576, kernel / 1048576, counted / kernel);
   EXPECT_GT(counted, 60.0 * 1048576);  // the activations of 2048 rows x 4096 wide, and their gradients
   EXPECT_NEAR(counted / kernel, 1.0, 0.02);
+}
+
+// The leak check that sees tensors (LeakSanitizer cannot: it does not look
+// inside LibTorch's allocations, tests/sanitizers/lsan.supp): every CPU
+// tensor byte a Trainer's lifetime allocated (model, buckets, optimizer
+// state, batches, evaluation) is freed once the Trainer and its model are
+// gone. A first lifetime before the count absorbs LibTorch's one-time
+// allocations (kernel tables, generator states); a leak per Trainer shows in
+// the second.
+TEST(MemoryAccounting, ATrainersTensorsAreAllFreedWithIt) {
+  install_cpu_memory_accounting();
+  ASSERT_TRUE(cpu_memory_accounting_installed());
+  const Config config = parse_options({"--dataset", "synthetic", "--hidden", "48,24", "--seed", "7", "--lr", "0.05",
+                                       "--momentum", "0.9", "--weight-decay", "0.01"})
+                            .config;
+  const Dataset data = make_synthetic(80, 40, 10, /*seed=*/11);
+  auto lifetime = [&] {
+    LocalCommunicator local;
+    const BatchPlan plan = derive_batch_plan(8, 2, 0, 1);
+    torch::manual_seed(config.run.seed);
+    auto model = make_model(config.model, data.input_shape, data.num_classes);
+    Trainer trainer(config, plan, local, data, model);
+    trainer.broadcast_initial_state();
+    for (int64_t step = 0; step < 6; ++step) trainer.train_step(step, /*compute_grad_norm=*/true);
+    std::vector<int64_t> indices(data.test.size());
+    std::iota(indices.begin(), indices.end(), 0);
+    EXPECT_TRUE(std::isfinite(trainer.evaluate(data.test, indices).loss));
+    return allocated_memory_bytes(kCpu).value();
+  };
+  lifetime();
+  const int64_t start = allocated_memory_bytes(kCpu).value();
+  const int64_t during = lifetime();
+  EXPECT_GT(during - start, 0) << "the Trainer's own tensors were not counted";
+  EXPECT_EQ(allocated_memory_bytes(kCpu).value() - start, 0) << "bytes of CPU tensors left after a Trainer's lifetime";
 }
 
 TEST(MemoryAccounting, BudgetHoldsOnlyInsideABudgetScope) {
