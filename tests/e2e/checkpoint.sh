@@ -1,8 +1,11 @@
 # Checkpoints, exact resume and preemption (docs/checkpoints.md), end to end:
 #   1. same split: a run stopped by --max-steps, by SIGUSR1 (sent to one rank
-#      only) or by kill -9, then continued with --resume auto from the step
-#      it stopped at, ends with the bitwise-identical weights and the same
-#      train/eval records as one uninterrupted run;
+#      only, a second one raised inside the checkpoint write) or by kill -9,
+#      then continued with --resume auto from the step it stopped at, or
+#      from a timed checkpoint (--checkpoint-every-minutes), ends with the
+#      bitwise-identical weights and the same train/eval records as one
+#      uninterrupted run; SIGTERM and SIGINT to one rank stop every rank
+#      with exit 75, as SIGUSR1 does;
 #   2. another split of the same global batch (4 ranks -> 2 with double
 #      accumulation, 2 -> 1, another micro-batch) resumes from each stop and
 #      continues within 1e-5;
@@ -77,7 +80,12 @@ print(f"torch.load: model.pt ({len(model)} tensors, --export's names) and optimi
 PY
 
 # 1b. SIGUSR1 to rank 1 only: every rank stops at the same step, exit 75.
-mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" \
+# A second signal lands inside the checkpoint write: the test hook
+# DTRAIN_FAULT_SIGNAL_IN_CHECKPOINT=1 makes the writing rank raise SIGUSR1
+# after the tensor files and before trainer.json and the manifest, and say
+# so on stderr. It must corrupt nothing: the resume below verifies every
+# file's SHA-256 and continues bitwise.
+DTRAIN_FAULT_SIGNAL_IN_CHECKPOINT=1 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" \
   >"$WORK/b.log" 2>&1 &
 job=$!
 # A step record: the handlers are installed on every rank (wait_for_step).
@@ -93,15 +101,54 @@ grep -q "preempted at step [0-9]*; checkpoint $WORK/b/checkpoints/step-[0-9]*; r
 grep -q '"status": "preempted"' "$WORK/b/summary.json" || fail "summary status is not preempted"
 stopped=$(sed -n 's/.*preempted at step \([0-9]*\);.*/\1/p' "$WORK/b.log")
 [ "$stopped" -lt 768 ] || fail "stopped at $stopped: the signal came too late"
+stopped_dir=$(printf '%s/b/checkpoints/step-%08d' "$WORK" "$stopped")
+grep -q -F "fault: SIGUSR1 raised inside the write of $stopped_dir.tmp" "$WORK/b.log" \
+  || { cat "$WORK/b.log"; fail "no second signal inside the step-$stopped checkpoint write (DTRAIN_FAULT_SIGNAL_IN_CHECKPOINT)"; }
 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" --resume auto --export "$WORK/b.pt" \
   >"$WORK/b2.log" 2>&1 || { cat "$WORK/b2.log"; fail "resume after preemption failed"; }
 expect_resumed "$WORK/b2.log" "$WORK/b/checkpoints" "$stopped" "SIGUSR1, then --resume auto"
 grep -q '"status": "completed"' "$WORK/b/summary.json" || fail "resumed run not completed"
 # Logging every step differs from the reference's --log-every 8: compare weights only.
 cmp -s "$WORK/ref.pt" "$WORK/b.pt" || fail "SIGUSR1 to one rank at step $stopped, resumed: weights differ"
-pass "SIGUSR1 to rank 1 only: both ranks stopped at step $stopped (exit 75); resumed from it bitwise"
+pass "SIGUSR1 to rank 1 only, a second one inside the checkpoint write: both ranks stopped at step $stopped (exit 75); resumed from it bitwise"
 
-# 1c. kill -9 of a rank: the job ends within 30 s, non-zero; resume from the
+# 1c. kill -TERM of rank 0, kill -INT of rank 1: preemptions like SIGUSR1's.
+# Each rank runs under a shell that records its own exit code, and mpirun
+# lets every rank finish (orte_abort_on_non_zero_status 0) instead of ending
+# the others when the first exits 75. (With that setting mpirun itself exits
+# 0: the ranks' own codes are the check; 1b checks mpirun's 75.) A rank the
+# signal killed would leave the other waiting in a collective: the watchdog
+# (--collective-timeout 60) then ends it, and the test fails in a minute.
+cat >"$WORK/rank_exit.sh" <<'SH'
+code=0
+"$@" || code=$?
+echo "$code" >"$RANK_EXIT_DIR/rank-$OMPI_COMM_WORLD_RANK"
+exit "$code"
+SH
+for signal_rank in TERM:0 INT:1; do
+  signal=${signal_rank%:*} rank=${signal_rank#*:} out=$WORK/sig-${signal_rank%:*}
+  mkdir -p "$out.exit"
+  RANK_EXIT_DIR=$out.exit mpirun --mca orte_abort_on_non_zero_status 0 -np 2 bash "$WORK/rank_exit.sh" \
+    "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --collective-timeout 60 --out-dir "$out" >"$out.log" 2>&1 &
+  job=$!
+  wait_for_step "$out" 16 $job || { cat "$out.log"; fail "the SIG$signal run never reached step 16"; }
+  victim=$(rank_pid "$out" "$rank")
+  [ -n "$victim" ] || fail "could not find rank $rank (did the run end after step 16?)"
+  kill "-$signal" "$victim"
+  wait $job || true
+  for r in 0 1; do
+    [ "$(cat "$out.exit/rank-$r" 2>/dev/null)" = 75 ] \
+      || { cat "$out.log"; fail "SIG$signal to rank $rank: rank $r exited $(cat "$out.exit/rank-$r" 2>/dev/null || echo '(no code)'), wanted 75"; }
+  done
+  grep -q "preempted at step [0-9]*; checkpoint $out/checkpoints/step-[0-9]*; resume with --resume auto" "$out.log" \
+    || { cat "$out.log"; fail "SIG$signal: no preemption line"; }
+  at=$(sed -n 's/.*preempted at step \([0-9]*\);.*/\1/p' "$out.log")
+  [ -f "$(printf '%s/checkpoints/step-%08d/manifest.json' "$out" "$at")" ] || fail "SIG$signal: no checkpoint of step $at"
+  grep -q '"status": "preempted"' "$out/summary.json" || fail "SIG$signal: summary status is not preempted"
+  pass "SIG$signal to rank $rank only: both ranks stopped at step $at and exited 75, with its checkpoint"
+done
+
+# 1d. kill -9 of a rank: the job ends within 30 s, non-zero; resume from the
 # last periodic checkpoint is bitwise.
 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/c" --checkpoint-every 25 \
   --keep-checkpoints 100 >"$WORK/c.log" 2>&1 &
@@ -131,6 +178,23 @@ mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/c" -
   --export "$WORK/c.pt" >"$WORK/c2.log" 2>&1 || { cat "$WORK/c2.log"; fail "resume after kill -9 failed"; }
 expect_resumed "$WORK/c2.log" "$WORK/c/checkpoints" "$newest" "kill -9, then --resume auto"
 same_as_reference "$WORK/c" "$WORK/c.pt" "kill -9 of a rank (job gone in ${elapsed} s, exit $code), resumed from step $newest"
+
+# 1e. Timed checkpoints: --checkpoint-every-minutes 0.002 (every 0.12 s on
+# rank 0's clock, no step count) writes several during the run, not one per
+# step; a resume from the oldest continues bitwise.
+mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/t" --checkpoint-every-minutes 0.002 \
+  --keep-checkpoints 1000 >"$WORK/t.log" 2>&1 || { cat "$WORK/t.log"; fail "timed-checkpoint run failed"; }
+timed=$( { find "$WORK/t/checkpoints" -mindepth 1 -maxdepth 1 -name 'step-*' ! -name '*.tmp' 2>/dev/null || true; } \
+  | sed 's/.*step-0*//' | sort -n)
+count=$(echo "$timed" | grep -c . || true)
+[ "$count" -ge 2 ] || { cat "$WORK/t.log"; fail "$count timed checkpoint(s) in a run of $(grep -o '[0-9.]* s training' "$WORK/t.log"), wanted 2 or more"; }
+[ "$count" -le 384 ] || fail "$count timed checkpoints in 768 steps: the clock does not restart after each"
+oldest=$(echo "$timed" | head -1)
+mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/t" \
+  --resume "$(printf '%s/t/checkpoints/step-%08d' "$WORK" "$oldest")" --export "$WORK/t.pt" >"$WORK/t2.log" 2>&1 \
+  || { cat "$WORK/t2.log"; fail "resume from a timed checkpoint failed"; }
+expect_resumed "$WORK/t2.log" "$WORK/t/checkpoints" "$oldest" "a timed checkpoint"
+same_as_reference "$WORK/t" "$WORK/t.pt" "--checkpoint-every-minutes 0.002: $count checkpoints (steps $(echo $timed | cut -c1-60)...), resumed from step $oldest"
 
 # 2. Another split of the same global batch continues within float
 # reassociation. With SGD: AdamW divides by the root of tiny second moments,
