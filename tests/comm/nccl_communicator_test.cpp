@@ -8,6 +8,7 @@
 // in tests/ddp/reducer_gpu_test.cpp.
 #include "comm/placement.h"
 #include "common/error.h"
+#include "skip.h"
 #include "test_world.h"
 
 #ifdef DTRAIN_HAVE_NCCL
@@ -32,7 +33,7 @@ using testing::every_rank_has_a_gpu;
 using testing::world;
 
 TEST(Nccl, CollectivesOnGpus) {
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
 #ifdef DTRAIN_HAVE_NCCL
   auto& mpi = world();
   const int device = mpi.local_rank();
@@ -90,7 +91,7 @@ const char* op_name(ReduceOp op) { return op == ReduceOp::Sum ? "sum" : op == Re
 #endif
 
 TEST(Nccl, AllReducesEveryDtypeWithEveryOpItTakes) {
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
 #ifdef DTRAIN_HAVE_NCCL
   auto& mpi = world();
   const int device = mpi.local_rank();
@@ -126,7 +127,7 @@ TEST(Nccl, AllReducesEveryDtypeWithEveryOpItTakes) {
 }
 
 TEST(Nccl, BroadcastsFromEveryRoot) {
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
 #ifdef DTRAIN_HAVE_NCCL
   auto& mpi = world();
   const int device = mpi.local_rank();
@@ -145,7 +146,7 @@ TEST(Nccl, BroadcastsFromEveryRoot) {
 }
 
 TEST(Nccl, AsyncWorkCompletesAndWaitOrdersTheStreamCurrentAtWait) {
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
 #ifdef DTRAIN_HAVE_NCCL
   auto& mpi = world();
   const int device = mpi.local_rank();

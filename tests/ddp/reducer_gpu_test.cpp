@@ -24,6 +24,7 @@
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "models/models.h"
+#include "skip.h"
 #include "test_world.h"
 #include "data/batch_plan.h"
 #include "ddp/reducer.h"
@@ -288,7 +289,7 @@ torch::Device my_gpu() { return {torch::kCUDA, static_cast<c10::DeviceIndex>(wor
 #endif
 
 TEST(ReducerGpu, Fp32WireGivesPyTorchsGradientsForEveryBucketingWithAndWithoutOverlap) {
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
 #ifdef DTRAIN_HAVE_NCCL
   NcclCommunicator nccl(world(), world().local_rank());
   for_each_path(nccl, [](Communicator& comm, int ranks) { expect_fp32_wire_gives_plain_gradients(comm, ranks, my_gpu()); });
@@ -296,7 +297,7 @@ TEST(ReducerGpu, Fp32WireGivesPyTorchsGradientsForEveryBucketingWithAndWithoutOv
 }
 
 TEST(ReducerGpu, Bf16AndFp16WiresStayWithinTheirRounding) {
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
 #ifdef DTRAIN_HAVE_NCCL
   NcclCommunicator nccl(world(), world().local_rank());
   for_each_path(nccl, [](Communicator& comm, int ranks) { expect_16_bit_wires_stay_close(comm, ranks, my_gpu()); });
@@ -304,7 +305,7 @@ TEST(ReducerGpu, Bf16AndFp16WiresStayWithinTheirRounding) {
 }
 
 TEST(ReducerGpu, TrainerGradNormAndClippingMatchClipGradNorm) {
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
 #ifdef DTRAIN_HAVE_NCCL
   NcclCommunicator nccl(world(), world().local_rank());
   expect_trainer_norm_and_clipping_match_pytorch(nccl, world(), my_gpu());

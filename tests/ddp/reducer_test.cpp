@@ -73,22 +73,92 @@ std::vector<torch::Tensor> snapshot(const Model& model) {
   return weights;
 }
 
-TEST(Reducer, UnusedParametersOnSomeRanksNeitherHangNorCorrupt) {
-  auto& comm = world();
-  // Reference: one bucket, started after backward.
-  auto reference_model = make_skipping(comm.rank(), comm);
-  GradientReducer reference(reference_model->parameters(), comm, {1 << 20, 1 << 30, false, torch::kFloat});
-  // Under test: one bucket per parameter, started from backward hooks.
-  auto model = make_skipping(comm.rank(), comm);
-  GradientReducer reducer(model->parameters(), comm, {1, 1, true, torch::kFloat});
-  ASSERT_EQ(reducer.num_buckets(), model->parameters().size());
-  for (int64_t s = 0; s < 6; ++s) {
-    step(*reference_model, reference, comm.rank(), s, 2, 0.1);
-    step(*model, reducer, comm.rank(), s, 2, 0.1);
+// The independent reference for the reducer: what it must compute, with
+// plain autograd and no communication. Every rank's micro-batches (the
+// batches of step() above) are known on every rank, so each rank runs every
+// rank's forward and backward on its own replica of that rank's model (same
+// weights, same skipping schedule) and sums the gradients over ranks and
+// micro-steps; a parameter a replica skipped adds nothing.
+class PlainAutogradSum {
+ public:
+  PlainAutogradSum(const Classifier& start, int world_size) {
+    for (int rank = 0; rank < world_size; ++rank) {
+      replicas_.push_back(std::make_shared<SkippingMlp>(rank));
+      torch::NoGradGuard no_grad;
+      const auto from = start.parameters();
+      auto to = replicas_.back()->parameters();
+      for (size_t i = 0; i < to.size(); ++i) to[i].copy_(from[i]);
+    }
   }
-  const auto a = snapshot(*model);
-  const auto b = snapshot(*reference_model);
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-6, 1e-7)) << "parameter " << i;
+  void step(int64_t step_index, int accum, double lr) {
+    std::vector<torch::Tensor> sum;
+    for (auto& p : replicas_.front()->parameters()) sum.push_back(torch::zeros_like(p));
+    for (size_t rank = 0; rank < replicas_.size(); ++rank) {
+      auto& replica = *replicas_[rank];
+      for (auto& p : replica.parameters()) p.mutable_grad() = torch::Tensor();
+      for (int micro = 0; micro < accum; ++micro) {
+        auto generator = at::detail::createCPUGenerator(1000 * step_index + 10 * static_cast<int64_t>(rank) + micro);
+        const auto inputs = at::randn({8, 784}, generator);
+        const auto targets = at::randint(0, 10, {8}, generator);
+        torch::nn::functional::cross_entropy(replica.forward(inputs), targets).backward();
+      }
+      const auto parameters = replica.parameters();
+      for (size_t i = 0; i < parameters.size(); ++i) {
+        if (parameters[i].grad().defined()) sum[i] += parameters[i].grad();
+      }
+    }
+    torch::NoGradGuard no_grad;
+    for (auto& replica : replicas_) {
+      auto parameters = replica->parameters();
+      for (size_t i = 0; i < parameters.size(); ++i) parameters[i].sub_(lr * sum[i]);
+    }
+    last_sum_ = sum;
+  }
+  const Classifier& model() const { return *replicas_.front(); }
+  // The last step's summed gradients.
+  const std::vector<torch::Tensor>& gradients() const { return last_sum_; }
+
+ private:
+  std::vector<std::shared_ptr<SkippingMlp>> replicas_;
+  std::vector<torch::Tensor> last_sum_;
+};
+
+TEST(Reducer, UnusedParametersOnSomeRanksGiveTheSumOfEveryRanksGradients) {
+  auto& comm = world();
+  // One bucket started after backward, and one bucket per parameter started
+  // from backward hooks: both against the plain autograd sum.
+  const std::vector<std::pair<const char*, ReducerOptions>> reducers = {
+      {"one bucket, after backward", {1 << 20, 1 << 30, false, torch::kFloat}},
+      {"a bucket per parameter, from hooks", {1, 1, true, torch::kFloat}}};
+  for (const auto& [what, options] : reducers) {
+    SCOPED_TRACE(what);
+    auto model = make_skipping(comm.rank(), comm);
+    PlainAutogradSum reference(*model, comm.world_size());
+    GradientReducer reducer(model->parameters(), comm, options);
+    if (!options.overlap) ASSERT_EQ(reducer.num_buckets(), 1u);
+    if (options.overlap) ASSERT_EQ(reducer.num_buckets(), model->parameters().size());
+    bool some_rank_skipped_while_another_did_not = false;
+    for (int64_t s = 0; s < 6; ++s) {
+      for (int micro = 0; micro < 2; ++micro) {
+        // The schedule of step() below: the call count is 2 s + micro on every rank.
+        int skipping = 0;
+        for (int rank = 0; rank < comm.world_size(); ++rank) skipping += (2 * s + micro + rank) % 3 == 0;
+        some_rank_skipped_while_another_did_not |= skipping > 0 && skipping < comm.world_size();
+      }
+      step(*model, reducer, comm.rank(), s, 2, 0.1);
+      reference.step(s, 2, 0.1);
+      const auto parameters = model->parameters();
+      for (size_t i = 0; i < parameters.size(); ++i) {
+        EXPECT_TRUE(torch::allclose(parameters[i].grad(), reference.gradients()[i], 1e-5, 1e-6))
+            << "step " << s << " parameter " << i << ": the reducer's gradient differs from the sum over ranks by "
+            << (parameters[i].grad() - reference.gradients()[i]).abs().max().item<double>();
+      }
+    }
+    if (comm.world_size() > 1) EXPECT_TRUE(some_rank_skipped_while_another_did_not);
+    const auto a = snapshot(*model);
+    const auto b = snapshot(reference.model());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-5, 1e-6)) << "parameter " << i;
+  }
 }
 
 TEST(Reducer, AllFiniteSeesNaNAndInfButNotLargeFiniteGradients) {

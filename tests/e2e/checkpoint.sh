@@ -1,12 +1,16 @@
 # Checkpoints, exact resume and preemption (docs/checkpoints.md), end to end:
 #   1. same split: a run stopped by --max-steps, by SIGUSR1 (sent to one rank
-#      only) or by kill -9, then continued with --resume auto, ends with the
+#      only, a second one raised inside the checkpoint write) or by kill -9,
+#      then continued with --resume auto from the step it stopped at, or
+#      from a timed checkpoint (--checkpoint-every-minutes), ends with the
 #      bitwise-identical weights and the same train/eval records as one
-#      uninterrupted run;
+#      uninterrupted run; SIGTERM and SIGINT to one rank stop every rank
+#      with exit 75, as SIGUSR1 does;
 #   2. another split of the same global batch (4 ranks -> 2 with double
-#      accumulation, 2 -> 1, another micro-batch) continues within 1e-5;
+#      accumulation, 2 -> 1, another micro-batch) resumes from each stop and
+#      continues within 1e-5;
 #   3. settings that change the trajectory are refused, old -> new; others
-#      (logging, threads, checkpoint settings) may change;
+#      (logging, threads, checkpoint settings) may change, and the run resumes;
 #   4. damaged checkpoints: --resume auto falls back to an older one with a
 #      warning naming the file; --resume PATH names the file and the check.
 source "$(dirname "$0")/common.sh"
@@ -57,7 +61,7 @@ mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/a" -
 [ "$(ls "$WORK/a/checkpoints" | wc -l)" -eq 2 ] || fail "--keep-checkpoints 2 kept $(ls "$WORK/a/checkpoints")"
 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/a" --checkpoint-every 40 --resume auto \
   --export "$WORK/a.pt" >"$WORK/a.log" 2>&1 || { cat "$WORK/a.log"; fail "resumed run failed"; }
-grep -q "resuming from $WORK/a/checkpoints/step-00000070 at step 70 of 768" "$WORK/a.log" || fail "no resume line"
+expect_resumed "$WORK/a.log" "$WORK/a/checkpoints" 70 "--max-steps 70, then --resume auto"
 same_as_reference "$WORK/a" "$WORK/a.pt" "--max-steps 70, then --resume auto"
 # PyTorch reads a checkpoint's tensor files: the weights under --export's
 # names, the optimizer state under the parameters' names.
@@ -76,18 +80,19 @@ print(f"torch.load: model.pt ({len(model)} tensors, --export's names) and optimi
 PY
 
 # 1b. SIGUSR1 to rank 1 only: every rank stops at the same step, exit 75.
-mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" \
+# A second signal lands inside the checkpoint write: the test hook
+# DTRAIN_FAULT_SIGNAL_IN_CHECKPOINT=1 makes the writing rank raise SIGUSR1
+# after the tensor files and before trainer.json and the manifest, and say
+# so on stderr. It must corrupt nothing: the resume below verifies every
+# file's SHA-256 and continues bitwise.
+DTRAIN_FAULT_SIGNAL_IN_CHECKPOINT=1 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" \
   >"$WORK/b.log" 2>&1 &
 job=$!
-wait_for_step "$WORK/b" 24 || true
+# A step record: the handlers are installed on every rank (wait_for_step).
+wait_for_step "$WORK/b" 24 $job || { cat "$WORK/b.log"; fail "the SIGUSR1 run never reached step 24"; }
 rank1=$(rank_pid "$WORK/b" 1)
-[ -n "$rank1" ] || fail "could not find rank 1 (did the run end before step 24?)"
+[ -n "$rank1" ] || fail "could not find rank 1 (did the run end after step 24?)"
 kill -USR1 "$rank1"
-# A second signal, to both ranks, while they agree and write the checkpoint:
-# it must corrupt nothing.
-rank0=$(rank_pid "$WORK/b" 0)
-sleep 0.05
-kill -USR1 "$rank1" "$rank0" 2>/dev/null || true
 code=0
 wait $job || code=$?
 [ "$code" -eq 75 ] || { cat "$WORK/b.log"; fail "preempted job exited $code, wanted 75"; }
@@ -96,25 +101,66 @@ grep -q "preempted at step [0-9]*; checkpoint $WORK/b/checkpoints/step-[0-9]*; r
 grep -q '"status": "preempted"' "$WORK/b/summary.json" || fail "summary status is not preempted"
 stopped=$(sed -n 's/.*preempted at step \([0-9]*\);.*/\1/p' "$WORK/b.log")
 [ "$stopped" -lt 768 ] || fail "stopped at $stopped: the signal came too late"
+stopped_dir=$(printf '%s/b/checkpoints/step-%08d' "$WORK" "$stopped")
+grep -q -F "fault: SIGUSR1 raised inside the write of $stopped_dir.tmp" "$WORK/b.log" \
+  || { cat "$WORK/b.log"; fail "no second signal inside the step-$stopped checkpoint write (DTRAIN_FAULT_SIGNAL_IN_CHECKPOINT)"; }
 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" --resume auto --export "$WORK/b.pt" \
   >"$WORK/b2.log" 2>&1 || { cat "$WORK/b2.log"; fail "resume after preemption failed"; }
+expect_resumed "$WORK/b2.log" "$WORK/b/checkpoints" "$stopped" "SIGUSR1, then --resume auto"
 grep -q '"status": "completed"' "$WORK/b/summary.json" || fail "resumed run not completed"
 # Logging every step differs from the reference's --log-every 8: compare weights only.
 cmp -s "$WORK/ref.pt" "$WORK/b.pt" || fail "SIGUSR1 to one rank at step $stopped, resumed: weights differ"
-pass "SIGUSR1 to rank 1 only, then again to both during the checkpoint: both ranks stopped at step $stopped (exit 75); resumed bitwise"
+pass "SIGUSR1 to rank 1 only, a second one inside the checkpoint write: both ranks stopped at step $stopped (exit 75); resumed from it bitwise"
 
-# 1c. kill -9 of a rank: the job ends within 30 s, non-zero; resume from the
+# 1c. kill -TERM of rank 0, kill -INT of rank 1: preemptions like SIGUSR1's.
+# Each rank runs under a shell that records its own exit code, and mpirun
+# lets every rank finish (orte_abort_on_non_zero_status 0) instead of ending
+# the others when the first exits 75. (With that setting mpirun itself exits
+# 0: the ranks' own codes are the check; 1b checks mpirun's 75.) A rank the
+# signal killed would leave the other waiting in a collective: the watchdog
+# (--collective-timeout 60) then ends it, and the test fails in a minute.
+cat >"$WORK/rank_exit.sh" <<'SH'
+code=0
+"$@" || code=$?
+echo "$code" >"$RANK_EXIT_DIR/rank-$OMPI_COMM_WORLD_RANK"
+exit "$code"
+SH
+for signal_rank in TERM:0 INT:1; do
+  signal=${signal_rank%:*} rank=${signal_rank#*:} out=$WORK/sig-${signal_rank%:*}
+  mkdir -p "$out.exit"
+  RANK_EXIT_DIR=$out.exit mpirun --mca orte_abort_on_non_zero_status 0 -np 2 bash "$WORK/rank_exit.sh" \
+    "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --collective-timeout 60 --out-dir "$out" >"$out.log" 2>&1 &
+  job=$!
+  wait_for_step "$out" 16 $job || { cat "$out.log"; fail "the SIG$signal run never reached step 16"; }
+  victim=$(rank_pid "$out" "$rank")
+  [ -n "$victim" ] || fail "could not find rank $rank (did the run end after step 16?)"
+  kill "-$signal" "$victim"
+  wait $job || true
+  for r in 0 1; do
+    [ "$(cat "$out.exit/rank-$r" 2>/dev/null)" = 75 ] \
+      || { cat "$out.log"; fail "SIG$signal to rank $rank: rank $r exited $(cat "$out.exit/rank-$r" 2>/dev/null || echo '(no code)'), wanted 75"; }
+  done
+  grep -q "preempted at step [0-9]*; checkpoint $out/checkpoints/step-[0-9]*; resume with --resume auto" "$out.log" \
+    || { cat "$out.log"; fail "SIG$signal: no preemption line"; }
+  at=$(sed -n 's/.*preempted at step \([0-9]*\);.*/\1/p' "$out.log")
+  [ -f "$(printf '%s/checkpoints/step-%08d/manifest.json' "$out" "$at")" ] || fail "SIG$signal: no checkpoint of step $at"
+  grep -q '"status": "preempted"' "$out/summary.json" || fail "SIG$signal: summary status is not preempted"
+  pass "SIG$signal to rank $rank only: both ranks stopped at step $at and exited 75, with its checkpoint"
+done
+
+# 1d. kill -9 of a rank: the job ends within 30 s, non-zero; resume from the
 # last periodic checkpoint is bitwise.
 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/c" --checkpoint-every 25 \
   --keep-checkpoints 100 >"$WORK/c.log" 2>&1 &
 job=$!
 victim=
-for _ in $(seq 600); do
+deadline=$((SECONDS + 300))  # a bound for AddressSanitizer's slower runs; the job's end fails at once
+until [ -n "$victim" ] && [ -d "$WORK/c/checkpoints/step-00000050" ]; do
+  kill -0 $job 2>/dev/null && [ "$SECONDS" -lt "$deadline" ] \
+    || { cat "$WORK/c.log"; fail "no step-50 checkpoint (or no rank 1) before the run ended or 300 s passed"; }
   [ -n "$victim" ] || victim=$(rank_pid "$WORK/c" 1)
-  [ -n "$victim" ] && [ -d "$WORK/c/checkpoints/step-00000050" ] && break
   sleep 0.05
 done
-[ -n "$victim" ] || fail "could not find rank 1"
 killed_at=$(date +%s)
 kill -9 "$victim"
 code=0
@@ -124,10 +170,31 @@ elapsed=$(( $(date +%s) - killed_at ))
 [ "$elapsed" -le 30 ] || fail "the job took $elapsed s to end after kill -9"
 sleep 1
 [ -z "$(rank_pid "$WORK/c" 0)" ] || fail "rank 0 left running after kill -9 of rank 1"
+# The newest checkpoint the killed run finished (an unfinished .tmp is removed).
+newest=$(find "$WORK/c/checkpoints" -mindepth 1 -maxdepth 1 -name 'step-*' ! -name '*.tmp' | sort | tail -1)
+newest=${newest##*step-}
+newest=$((10#$newest))
 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/c" --checkpoint-every 25 --resume auto \
   --export "$WORK/c.pt" >"$WORK/c2.log" 2>&1 || { cat "$WORK/c2.log"; fail "resume after kill -9 failed"; }
-from=$(sed -n 's/^resuming from .* at step \([0-9]*\) of.*/\1/p' "$WORK/c2.log")
-same_as_reference "$WORK/c" "$WORK/c.pt" "kill -9 of a rank (job gone in ${elapsed} s, exit $code), resumed from step $from"
+expect_resumed "$WORK/c2.log" "$WORK/c/checkpoints" "$newest" "kill -9, then --resume auto"
+same_as_reference "$WORK/c" "$WORK/c.pt" "kill -9 of a rank (job gone in ${elapsed} s, exit $code), resumed from step $newest"
+
+# 1e. Timed checkpoints: --checkpoint-every-minutes 0.002 (every 0.12 s on
+# rank 0's clock, no step count) writes several during the run, not one per
+# step; a resume from the oldest continues bitwise.
+mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/t" --checkpoint-every-minutes 0.002 \
+  --keep-checkpoints 1000 >"$WORK/t.log" 2>&1 || { cat "$WORK/t.log"; fail "timed-checkpoint run failed"; }
+timed=$( { find "$WORK/t/checkpoints" -mindepth 1 -maxdepth 1 -name 'step-*' ! -name '*.tmp' 2>/dev/null || true; } \
+  | sed 's/.*step-0*//' | sort -n)
+count=$(echo "$timed" | grep -c . || true)
+[ "$count" -ge 2 ] || { cat "$WORK/t.log"; fail "$count timed checkpoint(s) in a run of $(grep -o '[0-9.]* s training' "$WORK/t.log"), wanted 2 or more"; }
+[ "$count" -le 384 ] || fail "$count timed checkpoints in 768 steps: the clock does not restart after each"
+oldest=$(echo "$timed" | head -1)
+mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/t" \
+  --resume "$(printf '%s/t/checkpoints/step-%08d' "$WORK" "$oldest")" --export "$WORK/t.pt" >"$WORK/t2.log" 2>&1 \
+  || { cat "$WORK/t2.log"; fail "resume from a timed checkpoint failed"; }
+expect_resumed "$WORK/t2.log" "$WORK/t/checkpoints" "$oldest" "a timed checkpoint"
+same_as_reference "$WORK/t" "$WORK/t.pt" "--checkpoint-every-minutes 0.002: $count checkpoints (steps $(echo $timed | cut -c1-60)...), resumed from step $oldest"
 
 # 2. Another split of the same global batch continues within float
 # reassociation. With SGD: AdamW divides by the root of tiny second moments,
@@ -150,9 +217,12 @@ mpirun -np 4 "$DTRAIN" "${SPLIT[@]}" --micro-batch-size 16 --out-dir "$WORK/d" -
   >/dev/null 2>&1 || fail "4-rank run failed"
 mpirun -np 2 "$DTRAIN" "${SPLIT[@]}" --micro-batch-size 16 --out-dir "$WORK/d" --checkpoint-every 30 --max-steps 120 \
   --resume auto >"$WORK/d.log" 2>&1 || { cat "$WORK/d.log"; fail "4 -> 2 ranks resume failed"; }
+expect_resumed "$WORK/d.log" "$WORK/d/checkpoints" 60 "4 -> 2 ranks"
 grep -q "micro 16 x accum 2 x world 2" "$WORK/d.log" || fail "not double accumulation after 4 -> 2"
 "$DTRAIN" "${SPLIT[@]}" --micro-batch-size 64 --out-dir "$WORK/d" --checkpoint-every 30 --resume auto \
   --export "$WORK/d.pt" >"$WORK/d2.log" 2>&1 || { cat "$WORK/d2.log"; fail "2 -> 1 rank resume failed"; }
+expect_resumed "$WORK/d2.log" "$WORK/d/checkpoints" 120 "2 ranks -> 1"
+grep -q "micro 64 x accum 1 x world 1" "$WORK/d2.log" || fail "not micro 64 after 2 -> 1"
 close_to_reference "$WORK/d.pt" "4 ranks -> 2 ranks (accum 1 -> 2) -> 1 rank (micro 64)"
 
 # 3. Trajectory changes are refused, each old -> new; neutral ones are not.
@@ -163,7 +233,9 @@ expect_error 2 "--global-batch-size 64 -> 128" -- \
 expect_error 2 "--epochs 12 -> 13" -- \
   "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/a" --resume auto --epochs 13
 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 32 --out-dir "$WORK/a" --resume auto --log-every 3 --threads 2 \
-  --keep-checkpoints 5 --eval-every 0 --max-steps 765 >/dev/null 2>&1 || fail "a neutral change was refused"
+  --keep-checkpoints 5 --eval-every 0 --max-steps 765 >"$WORK/neutral.log" 2>&1 \
+  || { cat "$WORK/neutral.log"; fail "a neutral change was refused"; }
+expect_resumed "$WORK/neutral.log" "$WORK/a/checkpoints" 760 "neutral changes"
 pass "logging, threads, checkpoint settings and the split may change on resume"
 # A horizon-free schedule may train longer.
 CONSTANT=(--dataset synthetic --synthetic-train-samples 1024 --synthetic-test-samples 256 --micro-batch-size 32
@@ -171,6 +243,7 @@ CONSTANT=(--dataset synthetic --synthetic-train-samples 1024 --synthetic-test-sa
 "$DTRAIN" "${CONSTANT[@]}" --epochs 1 --out-dir "$WORK/e" >/dev/null 2>&1 || fail "constant run failed"
 "$DTRAIN" "${CONSTANT[@]}" --epochs 2 --out-dir "$WORK/e" --resume auto >"$WORK/e.log" 2>&1 \
   || { cat "$WORK/e.log"; fail "--epochs 1 -> 2 refused with a constant schedule"; }
+expect_resumed "$WORK/e.log" "$WORK/e/checkpoints" 30 "--epochs 1 -> 2"
 pass "--epochs may grow when the schedule does not depend on it"
 
 # A fresh run into a folder with checkpoints is refused.

@@ -24,8 +24,11 @@ SHORT=(--dataset synthetic --synthetic-train-samples 1024 --synthetic-test-sampl
 "$DTRAIN" "${SHORT[@]}" --out-dir "$WORK/full" >/dev/null 2>&1 || fail "full run failed"
 grep -q "32 steps/epoch x 1 epochs = 32 steps (stopping after 5 by --max-steps)" "$WORK/stopped.out" \
   || { cat "$WORK/stopped.out"; fail "no stop line"; }
-records() { grep '"event":"train"' "$1/metrics.jsonl" | sed -E 's/.*"lr":([^,]*).*"train_loss":([^,}]*).*/\1 \2/' | head -5; }
-[ "$(records "$WORK/stopped" | wc -l)" -eq 5 ] || fail "stopped run logged $(records "$WORK/stopped" | wc -l) steps"
-diff <(records "$WORK/stopped") <(records "$WORK/full") || fail "--max-steps changed the trajectory"
+records() { grep '"event":"train"' "$1/metrics.jsonl" | sed -E 's/.*"lr":([^,]*).*"train_loss":([^,}]*).*/\1 \2/'; }
+# Counted in full: a --max-steps that trained all 32 steps logs 32.
+[ "$(records "$WORK/stopped" | wc -l)" -eq 5 ] || fail "stopped run logged $(records "$WORK/stopped" | wc -l) train records, wanted 5"
+grep -q '"steps": 5,' "$WORK/stopped/summary.json" || fail "stopped run's summary.json: $(grep '"steps"' "$WORK/stopped/summary.json")"
+[ "$(records "$WORK/full" | wc -l)" -eq 32 ] || fail "full run logged $(records "$WORK/full" | wc -l) train records, wanted 32"
+diff <(records "$WORK/stopped") <(records "$WORK/full" | head -5) || fail "--max-steps changed the trajectory"
 pass "--max-steps 5 follows the full run's first 5 steps (LR and loss)"
 echo "determinism (--max-steps): all passed"

@@ -17,10 +17,11 @@ grep -q '"steps": 6,' "$WORK/nan2/summary.json" || fail "summary does not stop a
 pass "a NaN on rank 1 only at step 6: both ranks stopped there, exit 3, status diverged"
 expect_error 3 "diverged at step" -- "$DTRAIN" "${SMALL[@]}" --lr 1e5 --out-dir "$WORK/lr"
 grep -q '"status": "diverged"' "$WORK/lr/summary.json" || fail "--lr 1e5 summary is not diverged"
-# skip: no rank updates on that step; the run goes on.
+# skip: no rank updates on that step; the run goes on. A checkpoint after
+# every step, to compare the weights before and after the skipped one.
 env DTRAIN_FAULT_NAN_STEP=6:1 "$MPIRUN_BIN" --oversubscribe --bind-to none -np 2 "$DTRAIN" "${SMALL[@]}" \
-  --on-nonfinite skip --out-dir "$WORK/skip" --export "$WORK/skip.pt" >"$WORK/skip.log" 2>&1 \
-  || { cat "$WORK/skip.log"; fail "skip run failed"; }
+  --on-nonfinite skip --checkpoint-every 1 --keep-checkpoints 1000 --out-dir "$WORK/skip" --export "$WORK/skip.pt" \
+  >"$WORK/skip.log" 2>&1 || { cat "$WORK/skip.log"; fail "skip run failed"; }
 grep -q '"status": "completed"' "$WORK/skip/summary.json" || fail "skip run not completed"
 grep -q '"skipped_steps": 1,' "$WORK/skip/summary.json" || fail "the skip was not counted"
 grep -q '"event":"skip".*"step":6' "$WORK/skip/metrics.jsonl" || fail "the skip was not logged"
@@ -31,7 +32,13 @@ grep -q "step 6: non-finite loss nan or gradient norm nan at lr .*: update skipp
 import sys, torch
 assert all(torch.isfinite(t).all() for t in torch.load(sys.argv[1]).values())
 PY
-pass "--on-nonfinite skip: step 6 skipped on both ranks, counted, logged; the run completed with finite weights"
+# The skipped step changed no weight; the steps around it did.
+weights() { printf '%s/skip/checkpoints/step-%08d/model.pt' "$WORK" "$1"; }
+for step in 4 5 6 7; do [ -f "$(weights $step)" ] || fail "no checkpoint of step $step"; done
+cmp -s "$(weights 5)" "$(weights 6)" || fail "the skipped step 6 changed model.pt (steps 5 and 6 differ)"
+cmp -s "$(weights 4)" "$(weights 5)" && fail "step 5 changed no weight: the comparison proves nothing"
+cmp -s "$(weights 6)" "$(weights 7)" && fail "step 7 changed no weight: training did not go on after the skip"
+pass "--on-nonfinite skip: step 6 skipped on both ranks, counted, logged; model.pt of steps 5 and 6 bitwise equal; the run completed with finite weights"
 # ignore: no check, the old behaviour (the run goes on and completes).
 "$DTRAIN" "${SMALL[@]}" --lr 1e5 --on-nonfinite ignore --out-dir "$WORK/ignore" >/dev/null 2>&1 \
   || fail "--on-nonfinite ignore stopped the run"
@@ -47,7 +54,7 @@ grep -q '"skipped_steps": 10,' "$WORK/skip10/summary.json" || fail "not 10 skips
 mpirun -np 2 "$DTRAIN" "${COMMON[@]}" --hidden 32 --epochs 5000 --collective-timeout 5 --out-dir "$WORK/hang" \
   >"$WORK/hang.log" 2>&1 &
 job=$!
-wait_for_step "$WORK/hang" 100 || true
+wait_for_step "$WORK/hang" 100 $job || { cat "$WORK/hang.log"; fail "the hang test never reached step 100"; }
 stopped=$(rank_pid "$WORK/hang" 1)
 [ -n "$stopped" ] || fail "could not find rank 1 of the hang test"
 kill -STOP "$stopped"
@@ -83,7 +90,7 @@ if mount -t tmpfs -o size=1200k tmpfs "$mnt" 2>/dev/null; then
   expect_error 1 "out/config.json.tmp: No space left on device" -- "$DTRAIN" "${SMALL[@]}" --out-dir "$mnt/out"
   umount "$mnt"
 else
-  echo "skip: full-disk cases need a tmpfs mount (root)"
+  skip_part "full-disk cases need a tmpfs mount (root)"
 fi
 
 # --- Bad input --------------------------------------------------------------
@@ -140,4 +147,4 @@ expect_error 1 "model.pt does not match the model (missing hidden.0.weight" -- "
 copy=$(damaged optimizer "$REHASH"'
 import shutil; shutil.copy(d + "/model.pt", d + "/optimizer.pt"); rehash("optimizer.pt")')
 expect_error 1 "optimizer.pt does not match the optimizer" -- "$DTRAIN" "${SMALL[@]}" --resume "$copy"
-echo "failures: all passed"
+finish_skips failures

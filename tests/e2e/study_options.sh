@@ -103,8 +103,9 @@ RESUME=("${BASE[@]}" --noise-scale true --target val_accuracy:0.3 --eval-schedul
 mpirun -np 2 "$DTRAIN" "${RESUME[@]}" --out-dir "$WORK/ref" >/dev/null 2>&1 || fail "reference run failed"
 mpirun -np 2 "$DTRAIN" "${RESUME[@]}" --out-dir "$WORK/cut" --checkpoint-every 50 --max-steps 100 >/dev/null 2>&1 \
   || fail "first half failed"
-mpirun -np 2 "$DTRAIN" "${RESUME[@]}" --out-dir "$WORK/cut" --checkpoint-every 50 --resume auto >/dev/null 2>&1 \
-  || fail "resumed half failed"
+mpirun -np 2 "$DTRAIN" "${RESUME[@]}" --out-dir "$WORK/cut" --checkpoint-every 50 --resume auto >"$WORK/cut.log" 2>&1 \
+  || { cat "$WORK/cut.log"; fail "resumed half failed"; }
+expect_resumed "$WORK/cut.log" "$WORK/cut/checkpoints" 100 "the cut at step 100"
 "$PYTHON" - "$WORK/ref" "$WORK/cut" <<'PY' || fail "the resumed run differs"
 import json, sys
 def records(out):
@@ -131,6 +132,8 @@ pass "a run cut at step 100 and resumed logs the same noise scale, evaluations a
 before=$(md5sum "$WORK/cut/metrics.jsonl" "$WORK/cut/summary.json" "$WORK/cut/config.json")
 mpirun -np 2 "$DTRAIN" "${RESUME[@]}" --out-dir "$WORK/cut" --resume auto --measure-noise-scale 10 \
   >"$WORK/measure2.log" 2>&1 || { cat "$WORK/measure2.log"; fail "measuring a checkpoint failed"; }
+# The newest checkpoint of 168 steps, one every 50.
+expect_resumed "$WORK/measure2.log" "$WORK/cut/checkpoints" 150 "--measure-noise-scale --resume auto"
 [ "$before" = "$(md5sum "$WORK/cut/metrics.jsonl" "$WORK/cut/summary.json" "$WORK/cut/config.json")" ] \
   || fail "measuring a checkpoint changed its run's records"
 grep -q '"status": "measured"' "$WORK/cut/noise_scale.json" || fail "no noise_scale.json"
@@ -144,6 +147,7 @@ mpirun -np 2 "$DTRAIN" "${STOP[@]}" --out-dir "$WORK/stop" >/dev/null 2>&1 || fa
 cp "$WORK/stop/metrics.jsonl" "$WORK/stop-metrics.jsonl"
 mpirun -np 2 "$DTRAIN" "${STOP[@]}" --out-dir "$WORK/stop" --resume auto >"$WORK/stop.log" 2>&1 \
   || { cat "$WORK/stop.log"; fail "resuming a run that met its target failed"; }
+expect_resumed "$WORK/stop.log" "$WORK/stop/checkpoints" 32 "the target step's checkpoint"
 grep -q '"steps": 32,' "$WORK/stop/summary.json" || fail "the resumed run went past the target step"
 grep -q '"stopped_at_target": true' "$WORK/stop/summary.json" || fail "the resumed run forgot it met the target"
 # (The checkpoint's own record comes after the bytes it keeps, as in any resume.)

@@ -4,7 +4,7 @@
 source "$(dirname "$0")/common.sh"
 unset OMP_NUM_THREADS
 # The launch lines name CPUs 0 and 1: this process must be allowed both.
-taskset -c 0,1 true 2>/dev/null && [ "$(nproc)" -ge 2 ] || { echo "threads: needs CPUs 0 and 1, skipped"; exit 0; }
+taskset -c 0,1 true 2>/dev/null && [ "$(nproc)" -ge 2 ] || skip_or_fail "threads: needs CPUs 0 and 1"
 SYN=(--dataset synthetic --synthetic-train-samples 256 --synthetic-test-samples 64 --micro-batch-size 32
      --max-steps 2 --hidden 16 --out-dir "$WORK/run")
 

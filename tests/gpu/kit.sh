@@ -7,7 +7,8 @@
 #   tests/gpu/kit.sh prepare          here (registries reachable): download the
 #                                     Debian packages that machine lacks into
 #                                     .gpu-kit/ with a manifest, add Fashion-MNIST
-#                                     if it fits, and check what travels <= 64 MiB
+#                                     (stops if it is missing or does not fit),
+#                                     and check what travels <= 64 MiB
 #   tests/gpu/kit.sh run REPORT_DIR   there: unpack the kit under /tmp, build dtrain
 #                                     against the machine's PyTorch and NCCL, run
 #                                     the GPU checks, write REPORT_DIR/gpu-report.json
@@ -85,20 +86,18 @@ prepare() {
     say "no bible command (apt-get install bible-kjv): the language-model check will be skipped"
   fi
 
+  # The default job's accuracy floor needs the real data: without it the
+  # kit could not tell a working GPU job from one that learns nothing.
   rm -rf "$KIT/fashion-mnist"
   local fashion=/usr/share/datasets/fashion-mnist limit=$((LIMIT_MIB * 1024 * 1024))
-  if [ -f "$fashion/train-images-idx3-ubyte.gz" ]; then
-    local needed=$(( $(travel_bytes) + $(du -sb "$fashion" | cut -f1) ))
-    if [ "$needed" -le "$limit" ]; then
-      mkdir -p "$KIT/fashion-mnist"
-      cp "$fashion"/*-ubyte.gz "$KIT/fashion-mnist/"
-      say "Fashion-MNIST added ($(du -sh "$KIT/fashion-mnist" | cut -f1))"
-    else
-      say "Fashion-MNIST does not fit ($((needed / 1048576)) MiB with it): the checks use the synthetic data set"
-    fi
-  else
-    say "Fashion-MNIST is not installed here (launch/setup.sh installs it): the checks use the synthetic data set"
-  fi
+  [ -f "$fashion/train-images-idx3-ubyte.gz" ] \
+    || die "Fashion-MNIST is not installed here ($fashion; launch/setup.sh installs it): the default job's accuracy check needs it"
+  local needed=$(( $(travel_bytes) + $(du -sb "$fashion" | cut -f1) ))
+  [ "$needed" -le "$limit" ] \
+    || die "Fashion-MNIST does not fit: the tree and the kit with it are $((needed / 1048576)) MiB, over $LIMIT_MIB MiB"
+  mkdir -p "$KIT/fashion-mnist"
+  cp "$fashion"/*-ubyte.gz "$KIT/fashion-mnist/"
+  say "Fashion-MNIST added ($(du -sh "$KIT/fashion-mnist" | cut -f1))"
   local total
   total=$(travel_bytes)
   say "what travels (tree + kit): $((total / 1048576)) MiB of $LIMIT_MIB"
@@ -254,11 +253,11 @@ rehearse_inside() {
   say "rehearsal passed"
 }
 
-# check NAME TIMEOUT_S COMMAND...: runs one check under a timeout (skipped
-# once the budget is spent), appends its output to the log and a row to
-# $CHECKS (name, pass/fail/skip, seconds, detail). The detail is the
-# command's last line that starts with "figures:" or is a JSON object, else
-# gtest's verdict lines.
+# check NAME TIMEOUT_S COMMAND...: runs one check under a timeout, appends
+# its output to the log and a row to $CHECKS (name, pass/fail/skip, seconds,
+# detail). A check the time budget leaves no room for, or cuts short, fails:
+# it did not show what it names. The detail is the command's last line that
+# starts with "figures:" or is a JSON object, else gtest's verdict lines.
 check() {
   local name=$1 limit=$2
   shift 2
@@ -269,8 +268,8 @@ check() {
     return 0
   fi
   if [ "$left" -lt 20 ]; then
-    printf '%s\tskip\t0\tthe time budget is spent\n' "$name" >>"$CHECKS"
-    say "== $name: skipped (time budget spent)"
+    printf '%s\tfail\t0\tnot run: the time budget (DTRAIN_KIT_BUDGET_S) is spent\n' "$name" >>"$CHECKS"
+    say "== $name: fail (not run: the time budget is spent)"
     return 0
   fi
   local cut=0  # the budget, not the check's own limit, bounds it
@@ -287,13 +286,20 @@ check() {
   local status=pass detail
   [ "$code" -eq 0 ] || status=fail
   [ "$code" -eq 124 ] && echo "kit: $name ran past $limit s"
-  [ "$code" -eq 124 ] && [ "$cut" = 1 ] && status=skip  # out of budget, not failed
+  [ "$code" -eq 124 ] && [ "$cut" = 1 ] && echo "kit: $name: cut by the time budget (DTRAIN_KIT_BUDGET_S), not by its own limit"
   if grep -q '^\[  SKIPPED \]' "$out"; then status=fail; echo "kit: $name: a GPU test skipped on the GPU machine"; fi
   if grep -q '^\[==========\] 0 tests' "$out"; then status=fail; echo "kit: $name: the filter selected no test"; fi
   detail=$(grep -E '^(figures:|\{)' "$out" | tail -1 | sed 's/^figures: *//' | tr '\t' ' ' || true)
   [ -n "$detail" ] || detail=$(grep -E '^\[  (PASSED|FAILED)  \]|^kit-check:' "$out" | tr '\n' ' ' | tr '\t' ' ' || true)
   printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$((SECONDS - start))" "$detail" >>"$CHECKS"
   say "== $name: $status ($((SECONDS - start)) s)"
+}
+
+# The watchdog's own line for a collective that timed out after TIMEOUT_S:
+# its whole text, so that NCCL's timeout error or the helper's usage line
+# (both name --collective-timeout) cannot stand in for it.
+watchdog_fired() {  # FILE TIMEOUT_S
+  grep -E -q "dtrain: error: rank 0 \(GPU 0\): the [^:]* (at step [0-9]+|during start-up) has not completed after $2 s \(--collective-timeout\): another rank stopped responding or died; aborting the job\$" "$1"
 }
 
 # The watchdog must end a collective that never completes: the helper stalls
@@ -311,29 +317,34 @@ stall_check() {
   left=$(grep -ls 'dtrain_nccl_stal[l]' /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3 | tr '\n' ' ' || true)
   echo "figures: exit $code after $took s with --collective-timeout $timeout_s; processes left: ${left:-none}"
   [ "$code" -ne 0 ] || { echo "kit-check: the stalled job exited 0"; return 1; }
-  grep -q 'collective-timeout' "$PREFIX/stall.out" || { echo "kit-check: no watchdog line"; return 1; }
+  watchdog_fired "$PREFIX/stall.out" "$timeout_s" || { echo "kit-check: no watchdog line"; return 1; }
   [ "$took" -le $((timeout_s + 10)) ] || { echo "kit-check: took $took s (timeout $timeout_s + 10 allowed)"; return 1; }
   [ -z "$left" ] || { echo "kit-check: processes left behind: $left"; return 1; }
 }
 
-# The default job on one GPU at its global batch of 256 (micro 128 x accum 2).
+# The default job on one GPU at its global batch of 256 (micro 128 x accum 2),
+# on the kit's Fashion-MNIST (prepare stops without it).
 default_job_check() {
-  local build=$1 data=(--dataset synthetic) min_accuracy=0
-  if [ -f "$KIT/fashion-mnist/train-images-idx3-ubyte.gz" ]; then
-    data=(--data-dir "$KIT/fashion-mnist")
-    min_accuracy=0.89
-  fi
-  local out=$PREFIX/default-job
+  local build=$1 out=$PREFIX/default-job
+  [ -f "$KIT/fashion-mnist/train-images-idx3-ubyte.gz" ] \
+    || { echo "kit-check: the kit has no Fashion-MNIST (run tests/gpu/kit.sh prepare again)"; return 1; }
   rm -rf "$out"
   mpirun -np 1 "$build/dtrain" --config "$ROOT/configs/fashion_mnist_mlp.ini" --device cuda --backend nccl \
-    --micro-batch-size 128 --grad-accum-steps 2 "${data[@]}" --out-dir "$out" || return 1
-  python3 - "$out/summary.json" "$min_accuracy" <<'PY'
-import json, sys
+    --micro-batch-size 128 --grad-accum-steps 2 --data-dir "$KIT/fashion-mnist" --out-dir "$out" || return 1
+  accuracy_floor "$out/summary.json" 0.89
+}
+
+# Prints the default job's figures; fails unless its test accuracy is a
+# number at or above FLOOR (a NaN or a missing value fails).
+accuracy_floor() {  # SUMMARY FLOOR
+  python3 - "$1" "$2" <<'PY'
+import json, math, sys
 summary = json.load(open(sys.argv[1]))
 keys = ("test_accuracy", "samples_per_sec", "steady_ms_per_step", "train_seconds", "global_batch_size")
 print("figures: " + json.dumps({k: summary.get(k) for k in keys}))
-if summary["test_accuracy"] < float(sys.argv[2]):
-    print(f"kit-check: test accuracy {summary['test_accuracy']:.4f} < {sys.argv[2]}")
+accuracy, floor = summary.get("test_accuracy"), float(sys.argv[2])
+if not isinstance(accuracy, (int, float)) or not math.isfinite(accuracy) or not accuracy >= floor:
+    print(f"kit-check: test accuracy {accuracy} is not a number >= {floor}")
     sys.exit(1)
 PY
 }
@@ -351,7 +362,8 @@ summary = json.load(open(sys.argv[1]))
 keys = ("val_bits_per_byte", "val_loss", "tokens_per_sec", "steady_ms_per_step", "train_seconds",
         "peak_device_memory_bytes", "global_batch_size", "micro_batch_size")
 print("figures: " + json.dumps({k: summary.get(k) for k in keys}))
-if not summary.get("val_bits_per_byte") or summary["val_bits_per_byte"] > 2.6:
+bits = summary.get("val_bits_per_byte")
+if not isinstance(bits, (int, float)) or not 0 < bits <= 2.6:  # a NaN fails too
     print(f"kit-check: validation {summary.get('val_bits_per_byte')} bits/byte (the CPU reaches 2.1)")
     sys.exit(1)
 PY

@@ -3,6 +3,13 @@
 #include "memory/memory.h"
 #include "memory/out_of_memory.h"
 
+#include "cli/options.h"
+#include "comm/communicator.h"
+#include "data/dataset.h"
+#include "models/models.h"
+#include "train/batch_plan.h"
+#include "train/trainer.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -14,6 +21,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <string>
@@ -85,18 +93,27 @@ TEST(MemoryAccounting, DISABLED_MeasureOneStepInThisProcess) {
   // Once to create the gradients, which then stay resident.
   torch::nn::functional::cross_entropy(model->forward(inputs), targets).backward();
 
-  const int64_t resident = allocated_memory_bytes(kCpu).value();
-  reset_peak_memory(kCpu);
+  // The meter the trainer reports with (its activations: the step's peak
+  // less what was resident when it began), against the kernel.
+  MemoryMeter meter(kCpu);
+  ASSERT_TRUE(meter.measures());
+  meter.begin_step();
   malloc_trim(0);
   clear << "5" << std::flush;
   const int64_t rss_before = proc_status_kb("VmRSS") * 1024;
   torch::nn::functional::cross_entropy(model->forward(inputs), targets).backward();
   const int64_t hwm = proc_status_kb("VmHWM") * 1024;
-  std::printf("measured: %lld %lld\n", static_cast<long long>(peak_memory_bytes(kCpu).value() - resident),
+  meter.end_micro_steps();
+  std::printf("measured: %lld %lld\n", static_cast<long long>(meter.last_activations()),
               static_cast<long long>(hwm - rss_before));
 }
 
-TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTenPercent) {
+// The bound is the accuracy docs/batch-size.md states. Measured on a 2-core
+// machine with Debian's LibTorch 1.13 (2026-12-03): 0.996 in 11 runs of 11,
+// idle or while a build ran; the 0.4% is what the process touches besides
+// tensors (the kernel counts pages, the meter bytes). 2% leaves room for
+// another LibTorch (CI's 2.x rehearsal runs this test too).
+TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTwoPercent) {
 #if defined(__SANITIZE_ADDRESS__)
   GTEST_SKIP() << "ASan's allocator keeps freed memory in quarantine: the resident set is no measure under it";
 #endif
@@ -117,7 +134,41 @@ TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTenPercent) {
   std::printf("step peak above resident: counted %.1f MiB, peak RSS above its start %.1f MiB (ratio %.3f)\n",
               counted / 1048576, kernel / 1048576, counted / kernel);
   EXPECT_GT(counted, 60.0 * 1048576);  // the activations of 2048 rows x 4096 wide, and their gradients
-  EXPECT_NEAR(counted / kernel, 1.0, 0.10);
+  EXPECT_NEAR(counted / kernel, 1.0, 0.02);
+}
+
+// The leak check that sees tensors (LeakSanitizer cannot: it does not look
+// inside LibTorch's allocations, tests/sanitizers/lsan.supp): every CPU
+// tensor byte a Trainer's lifetime allocated (model, buckets, optimizer
+// state, batches, evaluation) is freed once the Trainer and its model are
+// gone. A first lifetime before the count absorbs LibTorch's one-time
+// allocations (kernel tables, generator states); a leak per Trainer shows in
+// the second.
+TEST(MemoryAccounting, ATrainersTensorsAreAllFreedWithIt) {
+  install_cpu_memory_accounting();
+  ASSERT_TRUE(cpu_memory_accounting_installed());
+  const Config config = parse_options({"--dataset", "synthetic", "--hidden", "48,24", "--seed", "7", "--lr", "0.05",
+                                       "--momentum", "0.9", "--weight-decay", "0.01"})
+                            .config;
+  const Dataset data = make_synthetic(80, 40, 10, /*seed=*/11);
+  auto lifetime = [&] {
+    LocalCommunicator local;
+    const BatchPlan plan = derive_batch_plan(8, 2, 0, 1);
+    torch::manual_seed(config.run.seed);
+    auto model = make_model(config.model, data.input_shape, data.num_classes);
+    Trainer trainer(config, plan, local, data, model);
+    trainer.broadcast_initial_state();
+    for (int64_t step = 0; step < 6; ++step) trainer.train_step(step, /*compute_grad_norm=*/true);
+    std::vector<int64_t> indices(data.test.size());
+    std::iota(indices.begin(), indices.end(), 0);
+    EXPECT_TRUE(std::isfinite(trainer.evaluate(data.test, indices).loss));
+    return allocated_memory_bytes(kCpu).value();
+  };
+  lifetime();
+  const int64_t start = allocated_memory_bytes(kCpu).value();
+  const int64_t during = lifetime();
+  EXPECT_GT(during - start, 0) << "the Trainer's own tensors were not counted";
+  EXPECT_EQ(allocated_memory_bytes(kCpu).value() - start, 0) << "bytes of CPU tensors left after a Trainer's lifetime";
 }
 
 TEST(MemoryAccounting, BudgetHoldsOnlyInsideABudgetScope) {

@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "io/weights.h"
+#include "skip.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -215,8 +216,8 @@ double relative_difference(const at::Tensor& actual, const at::Tensor& expected)
 
 TEST(LargeBatchReference, FiveStepsMatchTheLiteralPythonDefinitions) {
   if (std::system((std::string(kPython) + " -c 'import torch' >/dev/null 2>&1").c_str()) != 0) {
-    GTEST_SKIP() << kPython << " cannot import torch (apt-get install python3-torch); skipped the comparison with "
-                 << "tests/optim/optimizer_reference.py";
+    DTRAIN_SKIP_OUTSIDE_CI(std::string(kPython) + " cannot import torch (apt-get install python3-torch), which "
+                           "the comparison with tests/optim/optimizer_reference.py needs");
   }
   const Problem problem = random_problem();
   const fs::path dir = fs::temp_directory_path() / ("dtrain_large_batch_" + std::to_string(::getpid()));

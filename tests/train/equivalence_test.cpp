@@ -12,6 +12,7 @@
 #include "data/text_dataset.h"
 #include "ddp/reducer.h"
 #include "models/models.h"
+#include "skip.h"
 #include "test_world.h"
 #include "train/trainer.h"
 
@@ -263,7 +264,7 @@ TEST(Equivalence, TokenWeightedLossTrainsTheSameGptForEverySplit) {
 // rounding differences of GPU kernels. Runs on a GPU host (tests/gpu/);
 // skips on every rank together elsewhere.
 TEST(Equivalence, GpuSplitsMatchTheCpuReference) {
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
 #ifdef DTRAIN_HAVE_NCCL
 #ifdef DTRAIN_TORCH_CUDA
   const NoTf32 full_fp32;
@@ -290,7 +291,7 @@ TEST(Equivalence, GpuSplitsMatchTheCpuReference) {
 // and as micro 256 x accum 1 give the same model to 1e-5, and both the CPU
 // reference's to 1e-4, with TF32 off.
 TEST(Equivalence, OneGpuAccumulationMatchesTheFullBatchAndTheCpuReference) {
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs NCCL in the build and one GPU per rank";
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
 #ifdef DTRAIN_HAVE_NCCL
 #ifdef DTRAIN_TORCH_CUDA
   const NoTf32 full_fp32;
