@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -145,6 +147,13 @@ WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const C
     }
     entries.push_back(model.get());  // waits, and rethrows its failure
     if (failure) std::rethrow_exception(failure);
+    // Test hook (tests/e2e/checkpoint.sh): a second preemption signal lands
+    // inside the write, between the tensor files and the rest.
+    if (const char* fault = std::getenv("DTRAIN_FAULT_SIGNAL_IN_CHECKPOINT"); fault && std::string(fault) == "1") {
+      std::raise(SIGUSR1);
+      std::fprintf(stderr, "fault: SIGUSR1 raised inside the write of %s\n", temporary.c_str());
+      std::fflush(stderr);
+    }
     const std::string trainer = checkpoint.trainer.dump(1) + "\n";
     entries.push_back(put("trainer.json", trainer.data(), trainer.size()));
     for (const auto& entry : entries) {

@@ -350,7 +350,7 @@ PY
 }
 
 # The language model on one GPU: configs/kjv_gpt.ini at its global batch of
-# 64 (micro 32 x accum 2), on the KJV text the kit carries.
+# 64 (micro 64 x accum 1 on one GPU), on the KJV text the kit carries.
 gpt_check() {
   local build=$1 out=$PREFIX/gpt-job
   rm -rf "$out"
