@@ -81,7 +81,7 @@ std::vector<torch::Tensor> snapshot(const Model& model) {
 // micro-steps; a parameter a replica skipped adds nothing.
 class PlainAutogradSum {
  public:
-  PlainAutogradSum(const Classifier& start, int world_size) {
+  PlainAutogradSum(const Model& start, int world_size) {
     for (int rank = 0; rank < world_size; ++rank) {
       replicas_.push_back(std::make_shared<SkippingMlp>(rank));
       torch::NoGradGuard no_grad;
@@ -114,7 +114,7 @@ class PlainAutogradSum {
     }
     last_sum_ = sum;
   }
-  const Classifier& model() const { return *replicas_.front(); }
+  const Model& model() const { return *replicas_.front(); }
   // The last step's summed gradients.
   const std::vector<torch::Tensor>& gradients() const { return last_sum_; }
 
