@@ -7,7 +7,8 @@
 #include "comm/communicator.h"
 #include "data/dataset.h"
 #include "models/models.h"
-#include "train/batch_plan.h"
+#include "data/batch_plan.h"
+#include "run/evaluator.h"
 #include "train/trainer.h"
 
 #include <gtest/gtest.h>
@@ -161,7 +162,7 @@ TEST(MemoryAccounting, ATrainersTensorsAreAllFreedWithIt) {
     for (int64_t step = 0; step < 6; ++step) trainer.train_step(step, /*compute_grad_norm=*/true);
     std::vector<int64_t> indices(data.test.size());
     std::iota(indices.begin(), indices.end(), 0);
-    EXPECT_TRUE(std::isfinite(trainer.evaluate(data.test, indices).loss));
+    EXPECT_TRUE(std::isfinite(trainer.evaluator().evaluate(*model, data.test, indices).loss));
     return allocated_memory_bytes(kCpu).value();
   };
   lifetime();
