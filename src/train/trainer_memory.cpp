@@ -54,8 +54,8 @@ MemoryBreakdown Trainer::memory_breakdown() const {
 
 std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
   const BatchPlan probe = plan_.with_micro_batch(micro);
-  const int64_t epoch = start_step_ / length_.steps_per_epoch;
-  const auto permutation = epoch_permutation(data_.train.size(), config_.run.seed, epoch, config_.run.shuffle);
+  // The first step's epoch order, made once for every probe and kept for it.
+  const std::vector<int64_t>& permutation = order_.of_epoch(start_step_ / length_.steps_per_epoch);
   const auto indices = micro_batch_indices(permutation, probe, start_step_ % length_.steps_per_epoch, 0, comm_.rank());
   // Nothing the probe does may reach the trajectory: the RNG states go back,
   // the gradients are zeroed, and there is no update.
