@@ -19,6 +19,9 @@ enum class BackendKind { Auto, Mpi, Nccl };
 enum class DeviceKind { Auto, Cpu, Cuda };
 enum class ReduceDtype { Fp32, Bf16, Fp16 };
 enum class Switch { Auto, On, Off };
+// --activation-checkpointing: blocks recomputes each transformer block in
+// backward (models/gpt.h); auto lets --micro-batch-size auto choose.
+enum class ActivationCheckpointing { None, Blocks, Auto };
 enum class NonFinitePolicy { Stop, Skip, Ignore };
 
 // --micro-batch-size auto: the largest that fits the memory budget.
@@ -90,6 +93,7 @@ struct ModelOptions {
   int64_t n_head = 4;
   int64_t n_embd = 128;
   int64_t block_size = 128;
+  ActivationCheckpointing activation_checkpointing = ActivationCheckpointing::None;
 };
 
 struct DistributedOptions {
@@ -101,6 +105,9 @@ struct DistributedOptions {
   // (resolved at start-up by choose_placement).
   Switch overlap = Switch::Auto;
   ReduceDtype grad_reduce_dtype = ReduceDtype::Fp32;
+  // ZeRO-1 (ddp/reducer.h): each rank keeps the optimizer state of its slice
+  // of every bucket. Auto: on when world > 1 and the optimizer keeps state.
+  Switch shard_optimizer_state = Switch::Off;
   double collective_timeout = 600;  // seconds a collective may take before the job is aborted (comm/watchdog.h); 0: never
 };
 
@@ -174,6 +181,8 @@ DTRAIN_ENUM_WORDS(BackendKind, {BackendKind::Auto, "auto"}, {BackendKind::Nccl, 
 DTRAIN_ENUM_WORDS(DeviceKind, {DeviceKind::Auto, "auto"}, {DeviceKind::Cpu, "cpu"}, {DeviceKind::Cuda, "cuda"});
 DTRAIN_ENUM_WORDS(ReduceDtype, {ReduceDtype::Fp32, "fp32"}, {ReduceDtype::Bf16, "bf16"}, {ReduceDtype::Fp16, "fp16"});
 DTRAIN_ENUM_WORDS(Switch, {Switch::Auto, "auto"}, {Switch::On, "true"}, {Switch::Off, "false"});
+DTRAIN_ENUM_WORDS(ActivationCheckpointing, {ActivationCheckpointing::None, "none"},
+                  {ActivationCheckpointing::Blocks, "blocks"}, {ActivationCheckpointing::Auto, "auto"});
 DTRAIN_ENUM_WORDS(NonFinitePolicy, {NonFinitePolicy::Stop, "stop"}, {NonFinitePolicy::Skip, "skip"},
                   {NonFinitePolicy::Ignore, "ignore"});
 #undef DTRAIN_ENUM_WORDS

@@ -559,6 +559,10 @@ std::vector<OptionSpec> build_table() {
       integer({"block-size", "data", E::Exact, "256",
                "--model gpt: context length in bytes; text datasets cut longer documents into rows of this size"},
               DTRAIN_FIELD(model.block_size), 1, int64_t{1} << 20),
+      choice({"activation-checkpointing", "data", E::Rounding, "blocks",
+              "--model gpt: none, blocks (keep each block's input, recompute the block in backward: less memory, "
+              "about one more forward), or auto (--micro-batch-size auto chooses; otherwise none)"},
+             DTRAIN_FIELD(model.activation_checkpointing)),
       list<int64_t>({"hidden", "data", E::Exact, "1024,1024", "MLP hidden widths, comma-separated"},
                     DTRAIN_FIELD(model.hidden),
                     [](const std::string& name, const std::vector<int64_t>& widths) {
@@ -584,6 +588,12 @@ std::vector<OptionSpec> build_table() {
       choice({"grad-reduce-dtype", "distributed", E::Exact, "bf16",
               "all-reduce gradients as fp32, bf16 or fp16 (accumulated back in fp32)"},
              DTRAIN_FIELD(distributed.grad_reduce_dtype)),
+
+      choice({"shard-optimizer-state", "distributed", E::Rounding, "true",
+              "ZeRO-1: reduce-scatter gradients, each rank updates and keeps optimizer state for 1/world of the "
+              "parameters, then all-gather them: true, false, or auto (true when world > 1 and the optimizer keeps "
+              "state)"},
+             DTRAIN_FIELD(distributed.shard_optimizer_state)),
 
       // Weights.
       text({"init-from", "weights", E::Exact, "w.pt",
