@@ -14,7 +14,9 @@
 //      is skipped or stops the run as diverged, alike on every rank; with
 //      --noise-scale, measure the gradient noise scale (run/noise_scale.h);
 //   5. optional clipping by the global norm, then the optimizer step with the
-//      scheduled LR (optim/lr_schedule.h).
+//      scheduled LR (optim/lr_schedule.h; run/updater.h: with a sharded
+//      optimizer state, each rank updates its shard and the parameters are
+//      all-gathered).
 // Then, between steps, each service decides whether it is due: the progress
 // line and metrics (run/report.h), evaluation and the --target check
 // (run/evaluator.h), and
@@ -43,16 +45,13 @@
 #include <string>
 #include <vector>
 
-namespace torch::optim {
-class Optimizer;
-}
-
 namespace dtrain {
 
 class Evaluator;
 class GradientReducer;
 class MetricsLog;
 class OutOfMemoryGuard;
+class Updater;
 struct Checkpoint;
 
 struct StepResult {
@@ -176,8 +175,8 @@ class Trainer {
   const Dataset& data_;
   std::shared_ptr<Model> model_;
   c10::Device device_ = c10::kCPU;  // where the model lives; batches move there
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<GradientReducer> reducer_;
+  std::unique_ptr<Updater> updater_;  // the optimizer, sharded with the reducer or not
   RunLength length_;
   LrSchedule schedule_;
   EpochOrder order_;

@@ -6,6 +6,7 @@
 #include "ddp/reducer.h"
 #include "optim/optimizer.h"
 #include "run/checkpoint.h"
+#include "run/updater.h"
 #include "train/trainer.h"
 
 #include <torch/torch.h>
@@ -41,11 +42,7 @@ std::string describe_probe(const ProbedSize& probed) {
 }  // namespace
 
 int64_t Trainer::optimizer_state_bytes() const {
-  int64_t bytes = 0;
-  for (const auto& [name, tensor] : optimizer_state(*optimizer_, config_.optimizer, named_trainable_parameters(*model_))) {
-    bytes += tensor_bytes({tensor});
-  }
-  return bytes;
+  return updater_->local_state_bytes();
 }
 
 MemoryBreakdown Trainer::memory_breakdown() const {
@@ -82,9 +79,14 @@ std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
   // copy of the buckets stays, and each measurement takes a temporary of at
   // most the buckets' size (an upper bound; the probe measures nothing).
   if (peak && noise_) *peak += (probe.grad_accum_steps > 1 ? reducer_->bytes() : 0) + reducer_->bytes();
-  if (peak && !memory_.stepped() && optimizer_->state().empty()) {
-    *peak += static_cast<int64_t>(optimizer_state_per_parameter_byte(config_.optimizer) *
-                                  static_cast<double>(parameter_bytes(*model_)));
+  if (peak && !memory_.stepped() && !updater_->has_state()) {
+    // Sharded: this rank's pieces only, about 1/world of the parameters.
+    int64_t state_of = parameter_bytes(*model_);
+    if (reducer_->sharded()) {
+      state_of = 0;
+      for (const auto& piece : reducer_->owned_pieces()) state_of += tensor_bytes({piece.value});
+    }
+    *peak += static_cast<int64_t>(optimizer_state_per_parameter_byte(config_.optimizer) * static_cast<double>(state_of));
   }
   return peak;
 }
