@@ -97,7 +97,7 @@ def main():
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per end-to-end run")
     parser.add_argument("--json", default=os.path.join(ROOT, "runs", "bench", "bench.json"))
     parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards,noise,gpt,"
-                        "memory,memtable",
+                        "memory,memtable,zero1",
                         help="comma-separated sections to run")
     args = parser.parse_args()
     sections = set(args.only.split(","))
@@ -130,6 +130,8 @@ def main():
         memory_cost(args, dtrain, results)
     if "memtable" in sections:
         memory_table(dtrain, results)
+    if "zero1" in sections:
+        sharded_step(args, dtrain, results)
 
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
@@ -414,5 +416,33 @@ def memory_table(dtrain, results):
     results["memory_table"] = record
 
 
+def sharded_step(args, dtrain, results):
+    """The KJV GPT (configs/kjv_gpt.ini, AdamW) at 2 ranks, --shard-optimizer-state true against false,
+    interleaved: the step-time ratio, the all-gather's share and the optimizer state per rank."""
+    repeats = max(args.repeats, 4)
+    flags = ["--config", os.path.join(ROOT, "configs", "kjv_gpt.ini"), "--max-steps", "60", "--eval-every", "0",
+             "--validation-size", "0", "--log-every", "100000"]
+    samples = {"false": [], "true": []}
+    gather, state = [], {}
+    for repeat in range(repeats):  # alternating order: the machine drifts
+        for mode in (("false", "true") if repeat % 2 == 0 else ("true", "false")):
+            summary = dtrain_summary(dtrain, flags + ["--shard-optimizer-state", mode], launcher=["mpirun", "-np", "2"])
+            samples[mode].append(summary["steady_ms_per_step"])
+            state[mode] = summary["memory"]["optimizer_state_bytes"]
+            if mode == "true":
+                gather.append(1000 * summary["parameter_all_gather_seconds"] / summary["steps"])
+    m = {mode: statistics.median(values) for mode, values in samples.items()}
+    ratios = [w / s for w, s in zip(samples["false"], samples["true"])]
+    results["zero1"] = {"samples_ms": samples, "all_gather_ms_per_step": gather, "optimizer_state_bytes": state}
+    table(f"14. ZeRO-1 at 2 ranks, KJV GPT 4x128 AdamW (steady ms/step, median of {repeats} alternating runs; "
+          f"goal: unsharded/sharded >= 0.97)",
+          ["unsharded", "sharded", "unsharded/sharded", "pairwise range", "all-gather ms/step",
+           "optimizer state per rank"],
+          [[f"{m['false']:.2f}", f"{m['true']:.2f}", f"{m['false'] / m['true']:.3f}",
+            f"{min(ratios):.3f}-{max(ratios):.3f}", f"{statistics.median(gather):.2f}",
+            f"{state['false'] / 2**20:.2f} -> {state['true'] / 2**20:.2f} MiB"]])
+
+
 if __name__ == "__main__":
     main()
+
