@@ -3,10 +3,12 @@
 // without it; the gradient accumulators' post-hooks (what the gradient
 // reducer's ready hooks hang on) fire once per backward, in the same order,
 // each when its gradient is final; the blocks' activations are not kept; the
-// recompute replays the forward's random and autocast states; and evaluation
-// is the plain forward.
+// recompute replays the forward's random and autocast states; evaluation is
+// the plain forward; and --activation-checkpointing blocks is refused for the
+// models without blocks.
 #include "models/gpt.h"
 
+#include "cli/options.h"
 #include "common/error.h"
 #include "memory/memory.h"
 #include "models/models.h"
@@ -364,6 +366,49 @@ TEST(CheckpointedForward, WithoutGradModeOrAnInputThatNeedsNoGradItIsTheFunction
   EXPECT_EQ(calls, 1);
   torch::NoGradGuard no_grad;
   EXPECT_FALSE(checkpointed_forward(function, torch::ones({2, 4}).requires_grad_(true)).requires_grad());
+}
+
+// ---- the option ----
+
+TEST(GptCheckpointing, BlocksIsRefusedForModelsWithoutBlocksAndAutoIsOff) {
+  for (const auto kind : {ModelKind::Mlp, ModelKind::Cnn}) {
+    ModelOptions options;
+    options.kind = kind;
+    options.activation_checkpointing = ActivationCheckpointing::Blocks;
+    const std::string expected = std::string("--activation-checkpointing blocks needs --model gpt (the ") +
+                                 to_string(kind) + " has no transformer blocks to recompute); use none";
+    try {
+      make_model(options, {1, 28, 28}, 10);
+      ADD_FAILURE() << "built a " << to_string(kind) << " with blocks";
+    } catch (const UsageError& e) {
+      EXPECT_EQ(std::string(e.what()), expected);
+    }
+    try {
+      parse_options({"--model", to_string(kind), "--activation-checkpointing", "blocks"});
+      ADD_FAILURE() << "parsed --model " << to_string(kind) << " --activation-checkpointing blocks";
+    } catch (const UsageError& e) {
+      EXPECT_EQ(std::string(e.what()), expected);
+    }
+    // auto is --micro-batch-size auto's to choose: accepted, and off.
+    options.activation_checkpointing = ActivationCheckpointing::Auto;
+    EXPECT_NO_THROW(make_model(options, {1, 28, 28}, 10));
+  }
+  ModelOptions gpt;
+  gpt.kind = ModelKind::Gpt;
+  gpt.n_layer = 2;
+  gpt.n_embd = 32;
+  gpt.block_size = 16;
+  const std::pair<ActivationCheckpointing, bool> cases[] = {
+      {ActivationCheckpointing::None, false}, {ActivationCheckpointing::Blocks, true},
+      {ActivationCheckpointing::Auto, false}};
+  for (const auto& [choice, on] : cases) {
+    gpt.activation_checkpointing = choice;
+    auto model = std::dynamic_pointer_cast<Gpt>(make_model(gpt, {16}, 256));
+    ASSERT_TRUE(model);
+    EXPECT_EQ(model->activation_checkpointing(), on) << to_string(choice);
+  }
+  EXPECT_EQ(parse_options({"--model", "gpt", "--activation-checkpointing", "blocks"}).config.model.activation_checkpointing,
+            ActivationCheckpointing::Blocks);
 }
 
 }  // namespace
