@@ -20,7 +20,8 @@ enum class DeviceKind { Auto, Cpu, Cuda };
 enum class ReduceDtype { Fp32, Bf16, Fp16 };
 enum class Switch { Auto, On, Off };
 // --activation-checkpointing: blocks recomputes each transformer block in
-// backward (models/gpt.h); auto lets --micro-batch-size auto choose.
+// backward (models/gpt.h; --model gpt only); auto is for --micro-batch-size
+// auto to choose, and means none wherever nothing has chosen.
 enum class ActivationCheckpointing { None, Blocks, Auto };
 enum class NonFinitePolicy { Stop, Skip, Ignore };
 
@@ -198,5 +199,9 @@ const char* to_string(Enum value) {
 
 // --eps auto: AdamW's 1e-8, LAMB's 1e-6 (their papers' defaults).
 double default_eps(OptimizerKind kind);
+
+// The one-line refusal of --activation-checkpointing blocks for a model
+// without transformer blocks (the parser's and make_model's alike).
+std::string activation_checkpointing_needs_blocks(ModelKind kind);
 
 }  // namespace dtrain

@@ -559,9 +559,11 @@ std::vector<OptionSpec> build_table() {
       integer({"block-size", "data", E::Exact, "256",
                "--model gpt: context length in bytes; text datasets cut longer documents into rows of this size"},
               DTRAIN_FIELD(model.block_size), 1, int64_t{1} << 20),
-      choice({"activation-checkpointing", "data", E::Rounding, "blocks",
+      // The example is auto: blocks alone (with the default --model mlp) is refused.
+      choice({"activation-checkpointing", "data", E::Rounding, "auto",
               "--model gpt: none, blocks (keep each block's input, recompute the block in backward: less memory, "
-              "about one more forward), or auto (--micro-batch-size auto chooses; otherwise none)"},
+              "about one more forward), or auto (reserved for --micro-batch-size auto to choose; none until it "
+              "does)"},
              DTRAIN_FIELD(model.activation_checkpointing)),
       list<int64_t>({"hidden", "data", E::Exact, "1024,1024", "MLP hidden widths, comma-separated"},
                     DTRAIN_FIELD(model.hidden),

@@ -20,6 +20,11 @@ namespace dtrain {
 
 double default_eps(OptimizerKind kind) { return kind == OptimizerKind::Lamb ? 1e-6 : 1e-8; }
 
+std::string activation_checkpointing_needs_blocks(ModelKind kind) {
+  return std::string("--activation-checkpointing blocks needs --model gpt (the ") + to_string(kind) +
+         " has no transformer blocks to recompute); use none";
+}
+
 namespace {
 
 void require(bool condition, const std::string& message) {
@@ -41,6 +46,8 @@ void validate(const Config& c) {
   require(c.model.kind != ModelKind::Gpt || c.model.n_embd % c.model.n_head == 0,
           "--n-embd " + std::to_string(c.model.n_embd) + " must be a multiple of --n-head " +
               std::to_string(c.model.n_head) + " (each head gets n_embd / n_head dimensions)");
+  require(c.model.activation_checkpointing != ActivationCheckpointing::Blocks || c.model.kind == ModelKind::Gpt,
+          activation_checkpointing_needs_blocks(c.model.kind));
   require(!(c.distributed.backend == BackendKind::Nccl && c.distributed.device == DeviceKind::Cpu),
           "--backend nccl needs --device cuda (or auto)");
   if (c.batch.micro_batch_size == kAutoMicroBatch) {

@@ -1,13 +1,20 @@
-// The GPT's blocks, its forward and its initialization (GPT-2's).
+// The GPT's blocks, its forward and its initialization (GPT-2's), and the
+// activation checkpointing of its blocks (a custom autograd Function).
 #include "models/gpt.h"
 
 #include "common/error.h"
 
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <limits>
+#include <mutex>
+#include <optional>
 #include <sstream>
+#include <utility>
 
 namespace dtrain {
 
@@ -26,7 +33,187 @@ void init_linear(const torch::nn::Linear& linear, double stddev) {
   if (linear->bias.defined()) torch::nn::init::zeros_(linear->bias);
 }
 
+// The autocast state of this thread: whether CPU and CUDA autocast are on,
+// their lower-precision types, and whether casts of weights are cached.
+// LibTorch 2.4 replaced the per-device functions with ones taking the device
+// type (the old ones, kept deprecated, warn when called).
+struct AutocastState {
+  bool cpu_enabled = false, cuda_enabled = false;
+  at::ScalarType cpu_dtype = at::kBFloat16, cuda_dtype = at::kHalf;
+  bool cache_enabled = true;
+
+  static AutocastState current() {
+    AutocastState state;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    state.cpu_enabled = at::autocast::is_autocast_enabled(at::kCPU);
+    state.cuda_enabled = at::autocast::is_autocast_enabled(at::kCUDA);
+    state.cpu_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+    state.cuda_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+#else
+    state.cpu_enabled = at::autocast::is_cpu_enabled();
+    state.cuda_enabled = at::autocast::is_enabled();
+    state.cpu_dtype = at::autocast::get_autocast_cpu_dtype();
+    state.cuda_dtype = at::autocast::get_autocast_gpu_dtype();
+#endif
+    state.cache_enabled = at::autocast::is_autocast_cache_enabled();
+    return state;
+  }
+
+  void make_current() const {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCPU, cpu_enabled);
+    at::autocast::set_autocast_enabled(at::kCUDA, cuda_enabled);
+    at::autocast::set_autocast_dtype(at::kCPU, cpu_dtype);
+    at::autocast::set_autocast_dtype(at::kCUDA, cuda_dtype);
+#else
+    at::autocast::set_cpu_enabled(cpu_enabled);
+    at::autocast::set_enabled(cuda_enabled);
+    at::autocast::set_autocast_cpu_dtype(cpu_dtype);
+    at::autocast::set_autocast_gpu_dtype(cuda_dtype);
+#endif
+    at::autocast::set_autocast_cache_enabled(cache_enabled);
+  }
+};
+
+// Enters an autocast state for a scope and puts the previous one back, as
+// Python's torch.autocast does, nesting included: the cache of casted
+// weights is cleared when the outermost autocast scope ends, so the
+// recompute's casts do not outlive the backward that made them.
+class AutocastScope {
+ public:
+  explicit AutocastScope(const AutocastState& state) : previous_(AutocastState::current()) {
+    at::autocast::increment_nesting();
+    state.make_current();
+  }
+  ~AutocastScope() {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    previous_.make_current();
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  AutocastState previous_;
+};
+
+// The state of a default generator, read under its lock.
+at::Tensor generator_state(const at::Generator& generator) {
+  at::Generator copy = generator;  // a handle to the same generator
+  std::lock_guard<std::mutex> lock(copy.mutex());
+  return copy.get_state();
+}
+
+void set_generator_state(const at::Generator& generator, const at::Tensor& state) {
+  at::Generator copy = generator;
+  std::lock_guard<std::mutex> lock(copy.mutex());
+  copy.set_state(state);
+}
+
+// What a checkpointed forward leaves for its backward besides the input
+// tensor: the function to run again, and the thread's autocast state and the
+// random generators' states as they were when the forward began, so that the
+// recompute sees what the forward saw. Held in the autograd context as a
+// capsule (an IValue holding any intrusive_ptr'd object), so it lives exactly
+// as long as the graph node.
+struct Recompute final : torch::CustomClassHolder {
+  std::function<torch::Tensor(const torch::Tensor&)> function;
+  AutocastState autocast;
+  at::Tensor cpu_rng;
+  std::optional<c10::Device> cuda_device;  // the input's GPU: its generator's state is kept too
+  at::Tensor cuda_rng;
+};
+
+// Sets the generators to the forward's states for a scope and puts the
+// states they had back after it (Python's torch.random.fork_rng): the
+// recompute draws the forward's numbers, and code after the backward draws
+// what it would have drawn without checkpointing.
+class RngReplay {
+ public:
+  explicit RngReplay(const Recompute& recompute) : recompute_(recompute) {
+    const auto& cpu = at::globalContext().defaultGenerator(at::kCPU);
+    previous_cpu_ = generator_state(cpu);
+    set_generator_state(cpu, recompute.cpu_rng);
+    if (recompute.cuda_device) {
+      const auto& cuda = at::globalContext().defaultGenerator(*recompute.cuda_device);
+      previous_cuda_ = generator_state(cuda);
+      set_generator_state(cuda, recompute.cuda_rng);
+    }
+  }
+  ~RngReplay() {
+    set_generator_state(at::globalContext().defaultGenerator(at::kCPU), previous_cpu_);
+    if (recompute_.cuda_device) {
+      set_generator_state(at::globalContext().defaultGenerator(*recompute_.cuda_device), previous_cuda_);
+    }
+  }
+  RngReplay(const RngReplay&) = delete;
+  RngReplay& operator=(const RngReplay&) = delete;
+
+ private:
+  const Recompute& recompute_;
+  at::Tensor previous_cpu_, previous_cuda_;
+};
+
+// forward: runs the function without a graph and saves only its input.
+// backward: runs it again from a detached copy of that input, with a graph
+// and the forward's autocast and random states, and back-propagates the
+// output's gradient through the new graph with autograd::backward (not
+// autograd::grad): the function's parameters are leaves of that graph, so
+// their AccumulateGrad nodes add into .grad and run their post-hooks (the
+// gradient reducer's ready hooks, ddp/reducer.cpp) as each gradient becomes
+// final, inside the outer backward and in the order it would have reached
+// them. It returns the input's gradient to the outer backward.
+//
+// The nested backward is re-entrant: it runs on the thread of the outer one
+// (LibTorch's engine allows this), with grad mode off for the accumulation,
+// so .grad is added into in place and stays a view of the reducer's bucket.
+class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& input,
+                               c10::intrusive_ptr<Recompute> recompute) {
+    recompute->autocast = AutocastState::current();
+    // Before the function runs: the recompute must start from the states it started from.
+    recompute->cpu_rng = generator_state(at::globalContext().defaultGenerator(at::kCPU));
+    if (input.is_cuda()) {
+      recompute->cuda_device = input.device();
+      recompute->cuda_rng = generator_state(at::globalContext().defaultGenerator(input.device()));
+    }
+    ctx->save_for_backward({input});
+    torch::Tensor output;
+    {
+      torch::NoGradGuard no_graph;  // Function::apply already turns grad mode off; this states it
+      output = recompute->function(input);
+    }
+    ctx->saved_data["recompute"] = c10::IValue::make_capsule(std::move(recompute));
+    return output;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    auto recompute = c10::static_intrusive_pointer_cast<Recompute>(ctx->saved_data["recompute"].toCapsule());
+    // A new leaf: the recomputed graph ends here instead of running on into
+    // the layers below, which the outer backward reaches through our return.
+    const auto input = ctx->get_saved_variables().at(0).detach().requires_grad_(true);
+    torch::Tensor output;
+    {
+      RngReplay rng(*recompute);
+      AutocastScope autocast(recompute->autocast);
+      torch::AutoGradMode with_graph(true);
+      output = recompute->function(input);
+    }
+    torch::autograd::backward({output}, {grad_outputs.at(0)});
+    return {input.grad(), torch::Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor checkpointed_forward(std::function<torch::Tensor(const torch::Tensor&)> function,
+                                   const torch::Tensor& input) {
+  if (!torch::GradMode::is_enabled() || !input.requires_grad()) return function(input);
+  auto recompute = c10::make_intrusive<Recompute>();
+  recompute->function = std::move(function);
+  return CheckpointFunction::apply(input, std::move(recompute));
+}
 
 void validate_gpt_options(const GptOptions& options) {
   auto positive = [](int64_t value, const char* flag) {
@@ -142,7 +329,12 @@ torch::Tensor Gpt::forward(const torch::Tensor& tokens) {
   }
   const auto positions = torch::arange(length, tokens.options());
   auto x = wte_->forward(tokens) + wpe_->forward(positions);
-  for (const auto& block : blocks_) x = block->forward(x);
+  const bool checkpoint = activation_checkpointing_ && is_training() && torch::GradMode::is_enabled();
+  for (const auto& block : blocks_) {
+    // The closure holds the block: a graph that outlives the model still recomputes safely.
+    x = checkpoint ? checkpointed_forward([block](const torch::Tensor& in) { return block->forward(in); }, x)
+                   : block->forward(x);
+  }
   return lm_head_->forward(ln_f_->forward(x));
 }
 

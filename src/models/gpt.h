@@ -12,6 +12,10 @@
 //   0..t. So a row padded at its END (with any token id; dtrain uses 0) gives
 //   the same logits at its real positions as the unpadded row; the padded
 //   positions' targets are ignored (-1).
+// - With activation checkpointing on (set_activation_checkpointing), the
+//   gradients are bitwise those without it: backward recomputes each block
+//   from its saved input with the same operations, the same autocast state
+//   and the same random states.
 #pragma once
 #include "models/models.h"
 
@@ -22,6 +26,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -39,6 +44,26 @@ struct GptOptions {
 // --n-head, --n-embd, --block-size), unless every size is positive and n_embd
 // is divisible by n_head.
 void validate_gpt_options(const GptOptions& options);
+
+// Activation checkpointing of one function of one tensor (PyTorch's
+// torch.utils.checkpoint, re-entrant variant, which LibTorch lacks): runs
+// `function` without recording a graph and keeps only `input`; backward runs
+// it again from that input, with a graph, in the autocast state and from the
+// CPU (and, for a CUDA input, that GPU's) random-generator states the
+// forward began with, then back-propagates through it. The parameters
+// `function` uses get their gradients accumulated, and the post-hooks of
+// their gradient accumulators fire, once per backward, when each gradient is
+// final, as without checkpointing. Trades memory for time: the activations
+// inside `function` live only while backward passes through it, at the cost
+// of a second forward of it.
+//
+// Without grad mode, or when `input` does not require grad, it is
+// function(input): the graph could not reach the parameters inside through
+// an input that does not require grad, so checkpointing would lose their
+// gradients. `function` must return a tensor that is neither `input` nor a
+// view of it, and must not change `input` in place.
+torch::Tensor checkpointed_forward(std::function<torch::Tensor(const torch::Tensor&)> function,
+                                   const torch::Tensor& input);
 
 // Multi-head causal self-attention: one fused projection c_attn (n_embd ->
 // 3 n_embd: queries, keys, values), softmax(Q K^T / sqrt(head size)) with
@@ -104,8 +129,22 @@ class Gpt : public Model {
 
   const GptOptions& options() const { return options_; }
 
+  // Activation checkpointing of the blocks (--activation-checkpointing
+  // blocks): while on, a training forward with grad mode on keeps only each
+  // block's input and recomputes the block in backward (checkpointed_forward):
+  // the activations per sample fall from about n_layer blocks' worth to
+  // n_layer block inputs (T x n_embd floats each) plus one block's worth, for
+  // about one more forward of the blocks per step. Evaluation (eval() or no
+  // grad mode) runs the blocks plainly either way. Off at construction. Each
+  // forward reads it once, and its graph carries the choice to its backward,
+  // so switching it between steps (as the micro-batch probe of
+  // --micro-batch-size auto will) is safe.
+  void set_activation_checkpointing(bool on) { activation_checkpointing_ = on; }
+  bool activation_checkpointing() const { return activation_checkpointing_; }
+
  private:
   GptOptions options_;
+  bool activation_checkpointing_ = false;
   torch::nn::Embedding wte_{nullptr}, wpe_{nullptr};
   torch::nn::ModuleList h_{nullptr};
   std::vector<std::shared_ptr<GptBlock>> blocks_;  // h_'s modules, typed

@@ -61,6 +61,11 @@ std::vector<torch::Tensor> trainable_parameters(const torch::nn::Module& model) 
 
 std::shared_ptr<Model> make_model(const ModelOptions& options, const std::vector<int64_t>& input_shape,
                                        int64_t num_classes) {
+  // Parsing refuses this too (cli/options.cpp), on every rank before
+  // training; here for callers that fill ModelOptions themselves.
+  if (options.activation_checkpointing == ActivationCheckpointing::Blocks && options.kind != ModelKind::Gpt) {
+    throw UsageError(activation_checkpointing_needs_blocks(options.kind));
+  }
   switch (options.kind) {
     case ModelKind::Mlp: {
       int64_t features = 1;
@@ -79,7 +84,11 @@ std::shared_ptr<Model> make_model(const ModelOptions& options, const std::vector
       gpt.n_layer = options.n_layer;
       gpt.n_head = options.n_head;
       gpt.n_embd = options.n_embd;
-      return make_gpt(gpt);
+      auto model = make_gpt(gpt);
+      // auto is --micro-batch-size auto's to decide; until it has decided
+      // (and without it), auto is off.
+      model->set_activation_checkpointing(options.activation_checkpointing == ActivationCheckpointing::Blocks);
+      return model;
     }
   }
   throw Error("unknown model");

@@ -28,6 +28,8 @@ expect_error 2 "exceeds the training set" -- \
   mpirun -np 2 "$DTRAIN" "${SYN[@]}" --micro-batch-size 512
 expect_error 2 "resolved a different configuration" -- \
   mpirun -np 1 "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --seed 1 : -np 1 "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --seed 2
+expect_error 2 "--activation-checkpointing blocks needs --model gpt (the mlp has no transformer blocks to recompute); use none" -- \
+  mpirun -np 2 "$DTRAIN" "${SYN[@]}" --micro-batch-size 8 --activation-checkpointing blocks
 expect_error 1 "apt-get install dataset-fashion-mnist" -- \
   mpirun -np 2 "$DTRAIN" --micro-batch-size 8 --data-dir "$WORK/no-data" --out-dir "$WORK/run"
 

@@ -4,7 +4,8 @@
 # training split (computed here, by dtrain_bigram) by a clear margin, and the
 # export loads strictly into the PyTorch definition of docs/models.md. (Logits
 # in both directions, and --init-from of a torch.save state_dict, are
-# GptInterop.* in tests/models/gpt_test.cpp.)
+# GptInterop.* in tests/models/gpt_test.cpp. --activation-checkpointing is
+# e2e/gpt_checkpointing.sh, a tiny GPT in every build, not this once-test.)
 source "$(dirname "$0")/common.sh"
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 : "${DTRAIN_BIGRAM:?path to dtrain_bigram}"
