@@ -303,9 +303,25 @@ nlohmann::json Trainer::summary(RunStatus status, int64_t steps_done) const {
   inputs.stopped_at_target = evaluator_->stop_at_target();
   inputs.tokens = data_.tokens;
   nlohmann::json summary = run_summary(inputs, length_, plan_, time_, evaluator_->last());
-  add_memory(summary, memory_breakdown(), out_of_memory_->history(), auto_search_, plan_.micro_batch_size,
+  add_memory(summary, memory_breakdown(), out_of_memory_->history(), auto_.empty() ? MicroBatchSearch{} : auto_.front().search,
+             plan_.micro_batch_size,
              config_.batch.memory_budget, device_);
   evaluator_->target().describe(summary);
+  summary["activation_checkpointing"] = activation_checkpointing();
+  if (auto_.size() > 1) {
+    nlohmann::json levers = nlohmann::json::array();
+    for (const auto& candidate : auto_) {
+      levers.push_back({{"activation_checkpointing", candidate.checkpointing},
+                        {"micro_batch_size", candidate.micro},
+                        {"peak_bytes", candidate.peak ? nlohmann::json(*candidate.peak) : nlohmann::json(nullptr)},
+                        {"micro_step_seconds", candidate.seconds},
+                        {"samples_per_second", candidate.seconds > 0 ? nlohmann::json(static_cast<double>(
+                                                   candidate.micro * comm_.world_size()) / candidate.seconds)
+                                                                     : nlohmann::json(nullptr)},
+                        {"chosen", &candidate == &auto_.front()}});
+    }
+    summary["micro_batch_auto"]["levers"] = levers;
+  }
   summary["shard_optimizer_state"] = updater_->sharded();
   if (updater_->sharded()) summary["parameter_all_gather_seconds"] = updater_->gather_seconds();
   if (noise_) add_noise_scale(summary, *noise_, time_, steps_done - start_step_);
