@@ -47,6 +47,15 @@ std::unique_ptr<Work> Communicator::reduce_scatter_async(at::Tensor& input, at::
                 ") chunks of the output's numel and dtype; got " + std::to_string(input.numel()) + " and " +
                 std::to_string(output.numel()));
   }
+  const bool in_place = output.data_ptr() == static_cast<char*>(input.data_ptr()) +
+                                                 rank() * output.numel() * static_cast<int64_t>(output.element_size());
+  const auto* input_begin = static_cast<const char*>(input.data_ptr());
+  const auto* output_begin = static_cast<const char*>(output.data_ptr());
+  const int64_t input_bytes = input.numel() * static_cast<int64_t>(input.element_size());
+  if (!in_place && output_begin < input_begin + input_bytes &&
+      input_begin < output_begin + output.numel() * static_cast<int64_t>(output.element_size())) {
+    throw Error("reduce_scatter_async: the output overlaps the input other than as this rank's chunk");
+  }
   ++stats_.reduce_scatter_calls;
   stats_.reduce_scatter_bytes += input.numel() * static_cast<int64_t>(input.element_size());
   return do_reduce_scatter_async(input, output);

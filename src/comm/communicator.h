@@ -74,6 +74,8 @@ class Communicator {
   // Sum-reduce-scatter: `input` is world_size() equal chunks; this rank's
   // `output` (one chunk's numel, the same dtype) becomes the sum over all
   // ranks of chunk rank(). Both stay alive and untouched until it completes.
+  // In place when `output` is chunk rank() of `input` itself (no second
+  // buffer); the rest of `input` is then undefined afterwards.
   std::unique_ptr<Work> reduce_scatter_async(at::Tensor& input, at::Tensor& output);
   // In-place all-gather: `buffer` is world_size() equal chunks, of which
   // this rank contributes chunk rank(); afterwards every rank holds all.
@@ -124,7 +126,7 @@ class LocalCommunicator final : public Communicator {
   }
   void do_broadcast(at::Tensor&, int) override {}
   std::unique_ptr<Work> do_reduce_scatter_async(at::Tensor& input, at::Tensor& output) override {
-    output.copy_(input);
+    if (!output.is_same(input) && output.data_ptr() != input.data_ptr()) output.copy_(input);  // in place: nothing to do
     return std::make_unique<CompletedWork>();
   }
   std::unique_ptr<Work> do_all_gather_async(at::Tensor&) override { return std::make_unique<CompletedWork>(); }

@@ -9,6 +9,7 @@
 #include <c10/util/Half.h>
 
 #include <condition_variable>
+#include <cstring>
 #include <cstdlib>
 #include <deque>
 #include <exception>
@@ -244,20 +245,32 @@ namespace {
 
 class MpiWork final : public Work {
  public:
-  explicit MpiWork(MPI_Request request) : request_(request) {}
+  // `then`: what to do once, when the request has completed.
+  explicit MpiWork(MPI_Request request, std::function<void()> then = {}) : request_(request), then_(std::move(then)) {}
   ~MpiWork() override {
     // A Work dropped unfinished must still complete before its buffer dies.
     if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
   }
-  void wait() override { MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE)); }
+  void wait() override {
+    MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE));
+    completed();
+  }
   bool test() override {
     int done = 0;
     MPI_CHECK(MPI_Test(&request_, &done, MPI_STATUS_IGNORE));
+    if (done) completed();
     return done != 0;
   }
 
  private:
+  void completed() {
+    if (!then_) return;
+    auto then = std::move(then_);
+    then_ = nullptr;
+    then();
+  }
   MPI_Request request_;
+  std::function<void()> then_;
 };
 
 }  // namespace
@@ -292,15 +305,33 @@ std::unique_ptr<Work> MpiCommunicator::do_reduce_scatter_async(at::Tensor& input
   const MPI_Datatype type = datatype_of(input);
   const MPI_Op mpi_op = op_for(input, ReduceOp::Sum);
   const MPI_Comm comm = comm_;
+  // In place (Communicator::reduce_scatter_async), MPI leaves the result at
+  // the front of the buffer: it moves to this rank's chunk afterwards.
+  const bool in_place = output.data_ptr() != input.data_ptr() &&
+                        output.data_ptr() == static_cast<char*>(input.data_ptr()) + rank_ * output.nbytes();
+  const bool at_front = output.data_ptr() == input.data_ptr();  // rank 0 in place: already there
+  auto run = [input, output, count, type, mpi_op, comm, in_place, at_front](MPI_Request* request) {
+    const void* send = in_place || at_front ? MPI_IN_PLACE : input.data_ptr();
+    void* receive = in_place || at_front ? input.data_ptr() : output.data_ptr();
+    if (request) {
+      MPI_CHECK(MPI_Ireduce_scatter_block(send, receive, count, type, mpi_op, comm, request));
+    } else {
+      MPI_CHECK(MPI_Reduce_scatter_block(send, receive, count, type, mpi_op, comm));
+    }
+  };
+  auto move_to_chunk = [input, output, in_place] {
+    if (in_place) std::memmove(output.data_ptr(), input.data_ptr(), output.nbytes());
+  };
   if (worker_) {
-    auto job = worker_->submit([input, output, count, type, mpi_op, comm] {
-      MPI_CHECK(MPI_Reduce_scatter_block(input.data_ptr(), output.data_ptr(), count, type, mpi_op, comm));
+    auto job = worker_->submit([run, move_to_chunk] {
+      run(nullptr);
+      move_to_chunk();
     });
     return std::make_unique<WorkerWork>(worker_.get(), std::move(job));
   }
   MPI_Request request;
-  MPI_CHECK(MPI_Ireduce_scatter_block(input.data_ptr(), output.data_ptr(), count, type, mpi_op, comm, &request));
-  return std::make_unique<MpiWork>(request);
+  run(&request);
+  return std::make_unique<MpiWork>(request, move_to_chunk);
 }
 
 std::unique_ptr<Work> MpiCommunicator::do_all_gather_async(at::Tensor& buffer) {

@@ -24,7 +24,7 @@ struct GradientReducer::Bucket {
   at::Tensor before;  // the buffer before this micro-step (micro-batch norms; undefined until needed)
   // ZeRO-1 only:
   at::Tensor values;        // the parameters' flat buffer (they are views of it), padded like `buffer`
-  at::Tensor own_gradient;  // the reduce-scatter's output: this rank's chunk, of wire's dtype
+  at::Tensor own_wire;      // this rank's chunk of `wire`: the in-place reduce-scatter's output
   int64_t chunk = 0;        // elements per rank
   std::vector<size_t> parameters;
   size_t pending = 0;  // gradients not yet final in this step
@@ -114,7 +114,7 @@ void GradientReducer::shard(size_t bucket_index, int64_t numel) {
   Bucket& bucket = buckets_[bucket_index];
   const int world = comm_.world_size();
   bucket.chunk = bucket.buffer.numel() / world;
-  bucket.own_gradient = torch::zeros({bucket.chunk}, bucket.wire.options());
+  bucket.own_wire = own_chunk(bucket, bucket.wire);
   bucket.values = torch::zeros_like(bucket.buffer);
   // The parameters move into the flat buffer: same values, same autograd
   // identity (set_data keeps the grad accumulator and its hooks).
@@ -240,7 +240,7 @@ void GradientReducer::start(Bucket& bucket) {
   // World size 1: the sum over one rank is the bucket itself.
   if (sharded_) {
     CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient reduce-scatter");
-    bucket.work = comm_.reduce_scatter_async(bucket.wire, bucket.own_gradient);
+    bucket.work = comm_.reduce_scatter_async(bucket.wire, bucket.own_wire);  // in place
   } else if (comm_.world_size() > 1) {
     // Names the collective for the watchdog, which on NCCL watches it in flight.
     CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient all-reduce");
@@ -262,7 +262,7 @@ void GradientReducer::finish() {
     bucket.work->wait();
     bucket.work.reset();
     if (sharded_) {
-      own_chunk(bucket, bucket.buffer).copy_(bucket.own_gradient);  // widened from 16 bits if need be
+      if (!bucket.wire.is_same(bucket.buffer)) own_chunk(bucket, bucket.buffer).copy_(bucket.own_wire);  // widened
     } else if (!bucket.wire.is_same(bucket.buffer)) {
       bucket.buffer.copy_(bucket.wire);
     }
@@ -308,7 +308,7 @@ std::vector<at::Tensor> GradientReducer::gather_pieces(const std::vector<at::Ten
 int64_t GradientReducer::buffer_bytes() const {
   int64_t bytes = 0;
   for (const auto& bucket : buckets_) {
-    bytes += tensor_bytes({bucket.buffer, bucket.before, bucket.own_gradient});
+    bytes += tensor_bytes({bucket.buffer, bucket.before});
     if (!bucket.wire.is_same(bucket.buffer)) bytes += tensor_bytes({bucket.wire});
   }
   return bytes;

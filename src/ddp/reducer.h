@@ -22,10 +22,9 @@
 // world > 1), each bucket is padded to a multiple of the world size and cut
 // into one chunk per rank (ddp/buckets.h shard_pieces). The parameters too
 // become views of one flat buffer per bucket, laid out like the gradients.
-// The last micro-step's buckets are reduce-scattered instead of all-reduced:
-// after finish() only this rank's chunk of each gradient bucket holds the
-// global sum (the rest holds this rank's own gradient, and is not to be
-// read); the optimizer updates owned_pieces() only, and gather_parameters()
+// The last micro-step's buckets are reduce-scattered in place instead of
+// all-reduced: after finish() only this rank's chunk of each gradient bucket
+// holds the global sum (the rest is undefined, and not to be read); the optimizer updates owned_pieces() only, and gather_parameters()
 // all-gathers the updated chunks. The same bytes move as with an all-reduce.
 // grad_norm() and all_finite() then read the chunks and combine them across
 // ranks: collectives, which every rank calls at the same point.

@@ -78,11 +78,20 @@ TEST(Communicator, ReduceScatterGivesEachRankTheSumOfItsChunk) {
       EXPECT_TRUE(torch::equal(output.to(torch::kFloat), expected)) << "chunk " << chunk << " type " << type;
       // The input is left as it was.
       EXPECT_TRUE(torch::equal(input, scatter_input(chunk, r, w, type)));
+      // In place: the output is this rank's chunk of the input.
+      auto own = input.narrow(0, r * chunk, chunk);
+      comm.reduce_scatter_async(input, own)->wait();
+      EXPECT_TRUE(torch::equal(own.to(torch::kFloat), expected)) << "in place, chunk " << chunk << " type " << type;
     }
   }
   auto input = torch::zeros({5 * w + 1});
   auto output = torch::zeros({5});
   EXPECT_THROW(comm.reduce_scatter_async(input, output), Error);
+  if (w > 1) {  // an output inside the input, but not this rank's chunk
+    auto whole = torch::zeros({5 * w});
+    auto wrong = whole.narrow(0, ((r + 1) % w) * 5, 5);
+    EXPECT_THROW(comm.reduce_scatter_async(whole, wrong), Error);
+  }
 }
 
 TEST(Communicator, AllGatherFillsEveryRanksChunkInPlace) {
