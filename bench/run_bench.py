@@ -14,12 +14,13 @@ the repetitions. Prints tables and writes everything to a JSON file.
   6. --threads auto vs --threads 1 for one rank on two CPUs (taskset -c 0,1)
   7. a checkpoint of ~96 MB of parameters plus momentum vs cp of the same files
   8. per-step costs of the stop agreement and the non-finite check, 2 ranks
- 14. --activation-checkpointing blocks against none, GPTs of 2 to 16 layers:
+ 14. ZeRO-1 (--shard-optimizer-state) against unsharded, KJV GPT, 2 ranks
+ 15. --activation-checkpointing blocks against none, GPTs of 2 to 16 layers:
      activation bytes per sample (measured and by formula), step time
 
 --only overhead,threads runs just those sections (names: allreduce, e2e,
 overhead, traffic, big, threads, checkpoint, guards, noise, gpt, memory,
-memtable, checkpointing).
+memtable, zero1, checkpointing).
 """
 import argparse
 import json
@@ -100,7 +101,7 @@ def main():
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per end-to-end run")
     parser.add_argument("--json", default=os.path.join(ROOT, "runs", "bench", "bench.json"))
     parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards,noise,gpt,"
-                        "memory,memtable,checkpointing",
+                        "memory,memtable,zero1,checkpointing",
                         help="comma-separated sections to run")
     args = parser.parse_args()
     sections = set(args.only.split(","))
@@ -133,6 +134,8 @@ def main():
         memory_cost(args, dtrain, results)
     if "memtable" in sections:
         memory_table(dtrain, results)
+    if "zero1" in sections:
+        sharded_step(args, dtrain, results)
     if "checkpointing" in sections:
         activation_checkpointing(args, dtrain, results)
 
@@ -419,8 +422,33 @@ def memory_table(dtrain, results):
     results["memory_table"] = record
 
 
+def sharded_step(args, dtrain, results):
+    """The KJV GPT (configs/kjv_gpt.ini, AdamW) at 2 ranks, --shard-optimizer-state true against false,
+    interleaved: the step-time ratio, the all-gather's share and the optimizer state per rank."""
+    repeats = max(args.repeats, 4)
+    flags = ["--config", os.path.join(ROOT, "configs", "kjv_gpt.ini"), "--max-steps", "60", "--eval-every", "0",
+             "--validation-size", "0", "--log-every", "100000"]
+    samples = {"false": [], "true": []}
+    gather, state = [], {}
+    for repeat in range(repeats):  # alternating order: the machine drifts
+        for mode in (("false", "true") if repeat % 2 == 0 else ("true", "false")):
+            summary = dtrain_summary(dtrain, flags + ["--shard-optimizer-state", mode], launcher=["mpirun", "-np", "2"])
+            samples[mode].append(summary["steady_ms_per_step"])
+            state[mode] = summary["memory"]["optimizer_state_bytes"]
+            if mode == "true":
+                gather.append(1000 * summary["parameter_all_gather_seconds"] / summary["steps"])
+    m = {mode: statistics.median(values) for mode, values in samples.items()}
+    ratios = [w / s for w, s in zip(samples["false"], samples["true"])]
+    results["zero1"] = {"samples_ms": samples, "all_gather_ms_per_step": gather, "optimizer_state_bytes": state}
+    table(f"14. ZeRO-1 at 2 ranks, KJV GPT 4x128 AdamW (steady ms/step, median of {repeats} alternating runs; "
+          f"goal: unsharded/sharded >= 0.97)",
+          ["unsharded", "sharded", "unsharded/sharded", "pairwise range", "all-gather ms/step",
+           "optimizer state per rank"],
+          [[f"{m['false']:.2f}", f"{m['true']:.2f}", f"{m['false'] / m['true']:.3f}",
+            f"{min(ratios):.3f}-{max(ratios):.3f}", f"{statistics.median(gather):.2f}",
+            f"{state['false'] / 2**20:.2f} -> {state['true'] / 2**20:.2f} MiB"]])
 def activation_checkpointing(args, dtrain, results):
-    """Section 14: --activation-checkpointing blocks against none for the GPT of configs/kjv_gpt.ini (width 128,
+    """Section 15: --activation-checkpointing blocks against none for the GPT of configs/kjv_gpt.ini (width 128,
     4 heads, block 64) at 2, 4, 8 and 16 layers, 1 rank, --threads 1, side by side.
 
     Activation bytes per sample: the slope of summary.json's activations between micro-batches 8 and 16 (which
@@ -471,7 +499,7 @@ def activation_checkpointing(args, dtrain, results):
                      f"{per_sample[(n, 'none')] / per_sample[(n, 'blocks')]:.2f}", kib(formula),
                      f"{per_sample[(n, 'blocks')] / formula:.2f}", f"{none_ms:.0f}", f"{blocks_ms:.0f}",
                      f"{blocks_ms / none_ms:.2f}"])
-    table(f"14. --activation-checkpointing, GPT width {n_embd}, block {block_size}, KJV, 1 rank (KiB per sample: slope "
+    table(f"15. --activation-checkpointing, GPT width {n_embd}, block {block_size}, KJV, 1 rank (KiB per sample: slope "
           f"of activations between micro {micros[0]} and {micros[1]}; formula L x {kib(block_input)} + one block "
           f"{kib(block)} + head {kib(head)}, fitted from none; steady ms/step at micro {micros[1]}, median of "
           f"{repeats} interleaved)",
@@ -482,3 +510,4 @@ def activation_checkpointing(args, dtrain, results):
 
 if __name__ == "__main__":
     main()
+

@@ -144,13 +144,24 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     if (resume) trainer->restore(*resume, resume_path);
   });
   if (auto_micro) {
-    // --micro-batch-size auto: probe (no communication), exchange, then use
-    // the smallest; the exchange stays outside the agreed steps.
-    int64_t largest = 0;
-    run_agreed(mpi, [&] { largest = trainer->largest_fitting_micro_batch(); });
-    const std::vector<int64_t> choices = mpi.all_gather(largest);
+    // --micro-batch-size auto: probe each candidate of the levers left to
+    // auto (no communication), exchange; time each at the smallest of the
+    // ranks' answers, exchange; use the fastest. The exchanges stay outside
+    // the agreed steps.
+    auto exchange = [&](const std::vector<int64_t>& mine) {
+      std::vector<std::vector<int64_t>> everyone;
+      for (const int64_t value : mine) everyone.push_back(mpi.all_gather(value));
+      return everyone;
+    };
+    std::vector<int64_t> largest, nanoseconds;
+    run_agreed(mpi, [&] { largest = trainer->largest_fitting_micro_batches(); });
+    const auto choices = exchange(largest);
+    run_agreed(mpi, [&] { nanoseconds = trainer->time_candidates(choices); });
+    const auto timings = exchange(nanoseconds);
     run_agreed(mpi, [&] {
-      trainer->use_micro_batch(choices);
+      trainer->use_micro_batch(choices, timings);
+      resolved.model.activation_checkpointing =
+          trainer->activation_checkpointing() ? ActivationCheckpointing::Blocks : ActivationCheckpointing::None;
       resolved.batch.micro_batch_size = trainer->plan().micro_batch_size;
       resolved.batch.grad_accum_steps = trainer->plan().grad_accum_steps;
     });

@@ -39,4 +39,28 @@ void Communicator::broadcast(at::Tensor& tensor, int root) {
   do_broadcast(tensor, root);
 }
 
+std::unique_ptr<Work> Communicator::reduce_scatter_async(at::Tensor& input, at::Tensor& output) {
+  require_contiguous(input, "reduce_scatter_async");
+  require_contiguous(output, "reduce_scatter_async");
+  if (input.scalar_type() != output.scalar_type() || input.numel() != output.numel() * world_size()) {
+    throw Error("reduce_scatter_async needs an input of world size (" + std::to_string(world_size()) +
+                ") chunks of the output's numel and dtype; got " + std::to_string(input.numel()) + " and " +
+                std::to_string(output.numel()));
+  }
+  ++stats_.reduce_scatter_calls;
+  stats_.reduce_scatter_bytes += input.numel() * static_cast<int64_t>(input.element_size());
+  return do_reduce_scatter_async(input, output);
+}
+
+std::unique_ptr<Work> Communicator::all_gather_async(at::Tensor& buffer) {
+  require_contiguous(buffer, "all_gather_async");
+  if (buffer.numel() % world_size() != 0) {
+    throw Error("all_gather_async needs a buffer of world size (" + std::to_string(world_size()) +
+                ") equal chunks; got " + std::to_string(buffer.numel()) + " elements");
+  }
+  ++stats_.all_gather_calls;
+  stats_.all_gather_bytes += buffer.numel() * static_cast<int64_t>(buffer.element_size());
+  return do_all_gather_async(buffer);
+}
+
 }  // namespace dtrain

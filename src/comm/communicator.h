@@ -1,5 +1,6 @@
 // The one interface through which ranks talk to each other: rank and world
-// size, all-reduce, broadcast, barrier and a small all-gather. Backends (MPI,
+// size, all-reduce, broadcast, barrier, a small all-gather, and the
+// reduce-scatter and all-gather of a sharded optimizer state. Backends (MPI,
 // NCCL, and LocalCommunicator for one process) implement the protected do_*
 // methods; the public methods count calls and bytes so tests and benchmarks
 // can assert the traffic.
@@ -25,6 +26,10 @@ struct CommStats {
   int64_t all_reduce_bytes = 0;
   int64_t broadcast_calls = 0;
   int64_t broadcast_bytes = 0;
+  int64_t reduce_scatter_calls = 0;
+  int64_t reduce_scatter_bytes = 0;  // of the input (all chunks)
+  int64_t all_gather_calls = 0;
+  int64_t all_gather_bytes = 0;  // of the whole gathered buffer
 };
 
 // A collective in flight. wait() blocks until it has completed (and throws
@@ -63,6 +68,16 @@ class Communicator {
   // same order, like blocking ones.
   std::unique_ptr<Work> all_reduce_async(at::Tensor& tensor, ReduceOp op = ReduceOp::Sum);
   void broadcast(at::Tensor& tensor, int root);
+  // ZeRO-1's two halves of an all-reduce (ddp/reducer.h). Both start and
+  // return at once, like all_reduce_async, and take float or 16-bit float
+  // tensors.
+  // Sum-reduce-scatter: `input` is world_size() equal chunks; this rank's
+  // `output` (one chunk's numel, the same dtype) becomes the sum over all
+  // ranks of chunk rank(). Both stay alive and untouched until it completes.
+  std::unique_ptr<Work> reduce_scatter_async(at::Tensor& input, at::Tensor& output);
+  // In-place all-gather: `buffer` is world_size() equal chunks, of which
+  // this rank contributes chunk rank(); afterwards every rank holds all.
+  std::unique_ptr<Work> all_gather_async(at::Tensor& buffer);
   virtual void barrier() = 0;
   // One int64 per rank, in rank order. For agreement checks, not data.
   virtual std::vector<int64_t> all_gather(int64_t value) = 0;
@@ -82,6 +97,8 @@ class Communicator {
   virtual void do_all_reduce(at::Tensor& tensor, ReduceOp op) = 0;
   virtual std::unique_ptr<Work> do_all_reduce_async(at::Tensor& tensor, ReduceOp op) = 0;
   virtual void do_broadcast(at::Tensor& tensor, int root) = 0;
+  virtual std::unique_ptr<Work> do_reduce_scatter_async(at::Tensor& input, at::Tensor& output) = 0;
+  virtual std::unique_ptr<Work> do_all_gather_async(at::Tensor& buffer) = 0;
 
  private:
   CommStats stats_;
@@ -106,6 +123,11 @@ class LocalCommunicator final : public Communicator {
     return std::make_unique<CompletedWork>();
   }
   void do_broadcast(at::Tensor&, int) override {}
+  std::unique_ptr<Work> do_reduce_scatter_async(at::Tensor& input, at::Tensor& output) override {
+    output.copy_(input);
+    return std::make_unique<CompletedWork>();
+  }
+  std::unique_ptr<Work> do_all_gather_async(at::Tensor&) override { return std::make_unique<CompletedWork>(); }
 };
 
 }  // namespace dtrain

@@ -285,6 +285,40 @@ std::unique_ptr<Work> MpiCommunicator::do_all_reduce_async(at::Tensor& tensor, R
   return std::make_unique<MpiWork>(request);
 }
 
+std::unique_ptr<Work> MpiCommunicator::do_reduce_scatter_async(at::Tensor& input, at::Tensor& output) {
+  require_cpu(input);
+  require_cpu(output);
+  const int count = checked_count(output);
+  const MPI_Datatype type = datatype_of(input);
+  const MPI_Op mpi_op = op_for(input, ReduceOp::Sum);
+  const MPI_Comm comm = comm_;
+  if (worker_) {
+    auto job = worker_->submit([input, output, count, type, mpi_op, comm] {
+      MPI_CHECK(MPI_Reduce_scatter_block(input.data_ptr(), output.data_ptr(), count, type, mpi_op, comm));
+    });
+    return std::make_unique<WorkerWork>(worker_.get(), std::move(job));
+  }
+  MPI_Request request;
+  MPI_CHECK(MPI_Ireduce_scatter_block(input.data_ptr(), output.data_ptr(), count, type, mpi_op, comm, &request));
+  return std::make_unique<MpiWork>(request);
+}
+
+std::unique_ptr<Work> MpiCommunicator::do_all_gather_async(at::Tensor& buffer) {
+  require_cpu(buffer);
+  const int count = checked_count(buffer) / world_size_;
+  const MPI_Datatype type = datatype_of(buffer);
+  const MPI_Comm comm = comm_;
+  if (worker_) {
+    auto job = worker_->submit([buffer, count, type, comm] {
+      MPI_CHECK(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buffer.data_ptr(), count, type, comm));
+    });
+    return std::make_unique<WorkerWork>(worker_.get(), std::move(job));
+  }
+  MPI_Request request;
+  MPI_CHECK(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buffer.data_ptr(), count, type, comm, &request));
+  return std::make_unique<MpiWork>(request);
+}
+
 void MpiCommunicator::barrier() {
   drain();
   MPI_CHECK(MPI_Barrier(comm_));

@@ -3,7 +3,7 @@
 // throws CommError naming the call, file, line and MPI's message; the world
 // communicator is set to MPI_ERRORS_RETURN so those checks see the errors.
 //
-// Async all-reduces run on one background thread, in the order they were
+// Async collectives (all-reduce, reduce-scatter, all-gather) run on one background thread, in the order they were
 // started, as blocking MPI_Allreduce calls (Horovod's design): the tuned
 // blocking algorithms are about twice as fast as MPI_Iallreduce here, and the
 // thread makes progress while the caller computes, which nonblocking MPI does
@@ -58,6 +58,8 @@ class MpiCommunicator final : public Communicator {
   void do_all_reduce(at::Tensor& tensor, ReduceOp op) override;
   void do_broadcast(at::Tensor& tensor, int root) override;
   std::unique_ptr<Work> do_all_reduce_async(at::Tensor& tensor, ReduceOp op) override;
+  std::unique_ptr<Work> do_reduce_scatter_async(at::Tensor& input, at::Tensor& output) override;
+  std::unique_ptr<Work> do_all_gather_async(at::Tensor& buffer) override;
 
  public:
   class Worker;  // the background collective thread, defined in the .cpp

@@ -355,6 +355,26 @@ std::unique_ptr<Work> NcclCommunicator::do_all_reduce_async(at::Tensor& tensor, 
   return finish_collective("NCCL all-reduce");
 }
 
+std::unique_ptr<Work> NcclCommunicator::do_reduce_scatter_async(at::Tensor& input, at::Tensor& output) {
+  CollectiveWatchdog::Scope watched(watchdog(), "NCCL reduce-scatter");
+  prepare_collective(input);
+  prepare_collective(output);
+  NCCL_CHECK(ncclReduceScatter(input.data_ptr(), output.data_ptr(), static_cast<size_t>(output.numel()),
+                               nccl_type_of(input), ncclSum, state_->comm.load(), state_->stream));
+  return finish_collective("NCCL reduce-scatter");
+}
+
+std::unique_ptr<Work> NcclCommunicator::do_all_gather_async(at::Tensor& buffer) {
+  CollectiveWatchdog::Scope watched(watchdog(), "NCCL all-gather");
+  prepare_collective(buffer);
+  const int64_t chunk = buffer.numel() / world_size();
+  // In place: NCCL allows the send buffer to be this rank's chunk of the receive buffer.
+  const auto* own = static_cast<const char*>(buffer.data_ptr()) + rank() * chunk * buffer.element_size();
+  NCCL_CHECK(ncclAllGather(own, buffer.data_ptr(), static_cast<size_t>(chunk), nccl_type_of(buffer),
+                           state_->comm.load(), state_->stream));
+  return finish_collective("NCCL all-gather");
+}
+
 void NcclCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
   // "Blocking" on a GPU means: ordered before anything compute does next.
   do_all_reduce_async(tensor, op)->wait();

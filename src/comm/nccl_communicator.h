@@ -60,6 +60,8 @@ class NcclCommunicator final : public Communicator {
   void do_all_reduce(at::Tensor& tensor, ReduceOp op) override;
   void do_broadcast(at::Tensor& tensor, int root) override;
   std::unique_ptr<Work> do_all_reduce_async(at::Tensor& tensor, ReduceOp op) override;
+  std::unique_ptr<Work> do_reduce_scatter_async(at::Tensor& input, at::Tensor& output) override;
+  std::unique_ptr<Work> do_all_gather_async(at::Tensor& buffer) override;
 
  private:
   // Throws if the communicator has failed; registers the health check with

@@ -15,10 +15,21 @@ struct FaultHook {
   explicit FaultHook(const char* variable) {
     const char* text = std::getenv(variable);
     if (text == nullptr) return;
+    parse(text);
+  }
+  // A variable naming several places: "KIND:STEP[:RANK]" arms the hook of
+  // `kind` only (e.g. DTRAIN_FAULT_EXIT=allgather:3:1).
+  FaultHook(const char* variable, const char* kind) {
+    const char* text = std::getenv(variable);
+    const size_t length = std::strlen(kind);
+    if (text == nullptr || std::strncmp(text, kind, length) != 0 || text[length] != ':') return;
+    parse(text + length + 1);
+  }
+  bool set() const { return step >= 0; }
+  void parse(const char* text) {
     step = std::atoll(text);
     if (const char* colon = std::strchr(text, ':')) rank = std::atoi(colon + 1);
   }
-  bool set() const { return step >= 0; }
   // Whether it fires at (0-based) optimizer step `step_index` on `on_rank`.
   bool fires(int64_t step_index, int on_rank) const {
     return step_index + 1 == step && (rank < 0 || rank == on_rank);

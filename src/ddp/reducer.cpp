@@ -22,6 +22,10 @@ struct GradientReducer::Bucket {
   at::Tensor buffer;  // float gradients; the parameters' .grad are views into it
   at::Tensor wire;    // what is all-reduced: `buffer` itself, or its 16-bit copy
   at::Tensor before;  // the buffer before this micro-step (micro-batch norms; undefined until needed)
+  // ZeRO-1 only:
+  at::Tensor values;        // the parameters' flat buffer (they are views of it), padded like `buffer`
+  at::Tensor own_gradient;  // the reduce-scatter's output: this rank's chunk, of wire's dtype
+  int64_t chunk = 0;        // elements per rank
   std::vector<size_t> parameters;
   size_t pending = 0;  // gradients not yet final in this step
   bool started = false;
@@ -51,7 +55,10 @@ class GradientReducer::ReadyHook final : public torch::autograd::FunctionPostHoo
 };
 
 GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicator& comm, ReducerOptions options)
-    : parameters_(std::move(parameters)), comm_(comm), options_(options) {
+    : parameters_(std::move(parameters)),
+      comm_(comm),
+      options_(options),
+      sharded_(options.shard_optimizer_state && comm.world_size() > 1) {
   if (parameters_.empty()) throw Error("the model has no parameters to train");
   std::unordered_set<const c10::TensorImpl*> distinct;
   std::vector<int64_t> bytes;
@@ -79,8 +86,9 @@ GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicato
     bucket.parameters = assignment_[b];
     int64_t numel = 0;
     for (size_t i : bucket.parameters) numel += parameters_[i].numel();
-    bucket.buffer = torch::zeros({numel}, parameters_.front().options().requires_grad(false));
-    bucket.wire = type == at::kFloat ? bucket.buffer : torch::zeros({numel}, bucket.buffer.options().dtype(type));
+    const int64_t padded = sharded_ ? padded_numel(numel, comm_.world_size()) : numel;
+    bucket.buffer = torch::zeros({padded}, parameters_.front().options().requires_grad(false));
+    bucket.wire = type == at::kFloat ? bucket.buffer : torch::zeros({padded}, bucket.buffer.options().dtype(type));
     int64_t offset = 0;
     for (size_t i : bucket.parameters) {
       auto& p = parameters_[i];
@@ -88,6 +96,7 @@ GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicato
       offset += p.numel();
       bucket_of_[i] = b;
     }
+    if (sharded_) shard(b, numel);
   }
   hooks_ = std::make_unique<Hooks>();
   // At world size 1 there is nothing to communicate: no hooks, no collectives.
@@ -99,6 +108,40 @@ GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicato
       hooks_->accumulators.push_back(std::move(accumulator));
     }
   }
+}
+
+void GradientReducer::shard(size_t bucket_index, int64_t numel) {
+  Bucket& bucket = buckets_[bucket_index];
+  const int world = comm_.world_size();
+  bucket.chunk = bucket.buffer.numel() / world;
+  bucket.own_gradient = torch::zeros({bucket.chunk}, bucket.wire.options());
+  bucket.values = torch::zeros_like(bucket.buffer);
+  // The parameters move into the flat buffer: same values, same autograd
+  // identity (set_data keeps the grad accumulator and its hooks).
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> numels;
+  int64_t offset = 0;
+  for (size_t i : bucket.parameters) {
+    auto& p = parameters_[i];
+    auto view = bucket.values.narrow(0, offset, p.numel()).view(p.sizes());
+    view.copy_(p);
+    p.set_data(view);
+    numels.push_back(p.numel());
+    offset += p.numel();
+  }
+  if (offset != numel) throw Error("bucket layout mismatch");
+  for (const auto& piece : shard_pieces(numels, world, comm_.rank())) {
+    OwnedPiece owned;
+    owned.parameter = bucket.parameters[piece.tensor];
+    owned.offset_in_tensor = piece.offset_in_tensor;
+    owned.value = bucket.values.narrow(0, piece.offset_in_bucket, piece.numel);
+    owned.grad = bucket.buffer.narrow(0, piece.offset_in_bucket, piece.numel);
+    owned_.push_back(std::move(owned));
+  }
+}
+
+at::Tensor GradientReducer::own_chunk(const Bucket& bucket, const at::Tensor& flat) const {
+  return sharded_ ? flat.narrow(0, comm_.rank() * bucket.chunk, bucket.chunk) : flat;
 }
 
 GradientReducer::~GradientReducer() {
@@ -195,7 +238,10 @@ void GradientReducer::start(Bucket& bucket) {
   if (track_micro_norms_ && !abandoning_) measure_micro_step(bucket);
   if (!bucket.wire.is_same(bucket.buffer)) bucket.wire.copy_(bucket.buffer);
   // World size 1: the sum over one rank is the bucket itself.
-  if (comm_.world_size() > 1) {
+  if (sharded_) {
+    CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient reduce-scatter");
+    bucket.work = comm_.reduce_scatter_async(bucket.wire, bucket.own_gradient);
+  } else if (comm_.world_size() > 1) {
     // Names the collective for the watchdog, which on NCCL watches it in flight.
     CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient all-reduce");
     bucket.work = comm_.all_reduce_async(bucket.wire, ReduceOp::Sum);
@@ -211,19 +257,58 @@ void GradientReducer::finish() {
     start(buckets_[next_to_start_]);
     ++next_to_start_;
   }
-  CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient all-reduce");
+  CollectiveWatchdog::Scope watched(comm_.watchdog(), sharded_ ? "gradient reduce-scatter" : "gradient all-reduce");
   for (auto& bucket : buckets_) {
     bucket.work->wait();
     bucket.work.reset();
-    if (!bucket.wire.is_same(bucket.buffer)) bucket.buffer.copy_(bucket.wire);
+    if (sharded_) {
+      own_chunk(bucket, bucket.buffer).copy_(bucket.own_gradient);  // widened from 16 bits if need be
+    } else if (!bucket.wire.is_same(bucket.buffer)) {
+      bucket.buffer.copy_(bucket.wire);
+    }
   }
   last_micro_step_ = false;
+}
+
+void GradientReducer::gather_parameters() {
+  if (!sharded_) return;
+  CollectiveWatchdog::Scope watched(comm_.watchdog(), "parameter all-gather");
+  std::vector<std::unique_ptr<Work>> works;
+  for (auto& bucket : buckets_) works.push_back(comm_.all_gather_async(bucket.values));
+  for (auto& work : works) work->wait();
+}
+
+std::vector<at::Tensor> GradientReducer::gather_pieces(const std::vector<at::Tensor>& pieces) {
+  if (!sharded_) throw Error("gather_pieces needs a sharded optimizer state");
+  if (pieces.size() != owned_.size()) throw Error("gather_pieces needs one tensor per owned piece");
+  std::vector<at::Tensor> flats;
+  for (const auto& bucket : buckets_) flats.push_back(torch::zeros_like(bucket.values));
+  for (size_t i = 0; i < owned_.size(); ++i) {
+    const OwnedPiece& piece = owned_[i];
+    const int64_t at = piece.value.storage_offset() - buckets_[bucket_of_[piece.parameter]].values.storage_offset();
+    flats[bucket_of_[piece.parameter]].narrow(0, at, piece.value.numel()).copy_(pieces[i].reshape({-1}));
+  }
+  {
+    CollectiveWatchdog::Scope watched(comm_.watchdog(), "optimizer state all-gather");
+    std::vector<std::unique_ptr<Work>> works;
+    for (auto& flat : flats) works.push_back(comm_.all_gather_async(flat));
+    for (auto& work : works) work->wait();
+  }
+  std::vector<at::Tensor> whole(parameters_.size());
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    int64_t offset = 0;
+    for (size_t i : buckets_[b].parameters) {
+      whole[i] = flats[b].narrow(0, offset, parameters_[i].numel());
+      offset += parameters_[i].numel();
+    }
+  }
+  return whole;
 }
 
 int64_t GradientReducer::buffer_bytes() const {
   int64_t bytes = 0;
   for (const auto& bucket : buckets_) {
-    bytes += tensor_bytes({bucket.buffer, bucket.before});
+    bytes += tensor_bytes({bucket.buffer, bucket.before, bucket.own_gradient});
     if (!bucket.wire.is_same(bucket.buffer)) bytes += tensor_bytes({bucket.wire});
   }
   return bytes;
@@ -248,9 +333,25 @@ double GradientReducer::grad_norm() const {
   // combined in double; only a float norm that overflowed (finite gradients
   // of norm past 3e38) is recomputed in double.
   std::vector<at::Tensor> norms;
-  for (const auto& bucket : buckets_) norms.push_back(at::linalg_vector_norm(bucket.buffer, 2));
-  const double norm = at::linalg_vector_norm(torch::stack(norms).to(at::kDouble), 2).item<double>();
-  if (!std::isinf(norm)) return norm;
+  for (const auto& bucket : buckets_) norms.push_back(at::linalg_vector_norm(own_chunk(bucket, bucket.buffer), 2));
+  at::Tensor norm = at::linalg_vector_norm(torch::stack(norms).to(at::kDouble), 2);
+  if (sharded_) {
+    // A float norm that overflowed is recomputed in double here, locally,
+    // so every rank still makes exactly one all-reduce.
+    if (std::isinf(norm.item<double>())) {
+      norms.clear();
+      for (const auto& bucket : buckets_) {
+        norms.push_back(at::linalg_vector_norm(own_chunk(bucket, bucket.buffer), 2, c10::nullopt, false, at::kDouble));
+      }
+      norm = at::linalg_vector_norm(torch::stack(norms), 2);
+    }
+    at::Tensor squared = norm.square().reshape({1});
+    CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient norm all-reduce");
+    comm_.all_reduce(squared);
+    return std::sqrt(squared.item<double>());
+  }
+  const double value = norm.item<double>();
+  if (!std::isinf(value)) return value;
   norms.clear();
   for (const auto& bucket : buckets_) {
     norms.push_back(at::linalg_vector_norm(bucket.buffer, 2, c10::nullopt, false, at::kDouble));
@@ -259,14 +360,21 @@ double GradientReducer::grad_norm() const {
 }
 
 bool GradientReducer::all_finite() const {
-  std::vector<at::Tensor> sums;
-  for (const auto& bucket : buckets_) sums.push_back(bucket.buffer.sum());
-  if (std::isfinite(torch::stack(sums).sum().item<double>())) return true;
-  // Non-finite elements, or finite ones whose float sum overflowed.
-  for (const auto& bucket : buckets_) {
-    if (!at::isfinite(bucket.buffer).all().item<bool>()) return false;
-  }
-  return true;
+  auto local = [&] {
+    std::vector<at::Tensor> sums;
+    for (const auto& bucket : buckets_) sums.push_back(own_chunk(bucket, bucket.buffer).sum());
+    if (std::isfinite(torch::stack(sums).sum().item<double>())) return true;
+    // Non-finite elements, or finite ones whose float sum overflowed.
+    for (const auto& bucket : buckets_) {
+      if (!at::isfinite(own_chunk(bucket, bucket.buffer)).all().item<bool>()) return false;
+    }
+    return true;
+  };
+  if (!sharded_) return local();
+  at::Tensor finite = torch::full({1}, local() ? 1.0 : 0.0, buckets_.front().buffer.options().dtype(at::kDouble));
+  CollectiveWatchdog::Scope watched(comm_.watchdog(), "finite-gradient all-reduce");
+  comm_.all_reduce(finite, ReduceOp::Min);
+  return finite.item<double>() > 0;
 }
 
 void GradientReducer::scale(double factor) {

@@ -17,6 +17,18 @@
 //   finish();            // then the optimizer step
 // Gradients must never be reset to undefined (e.g. Optimizer::zero_grad with
 // set_to_none): the views would be lost; zero_grad() checks this.
+//
+// With a sharded optimizer state (ZeRO-1, ReducerOptions::shard_optimizer_state,
+// world > 1), each bucket is padded to a multiple of the world size and cut
+// into one chunk per rank (ddp/buckets.h shard_pieces). The parameters too
+// become views of one flat buffer per bucket, laid out like the gradients.
+// The last micro-step's buckets are reduce-scattered instead of all-reduced:
+// after finish() only this rank's chunk of each gradient bucket holds the
+// global sum (the rest holds this rank's own gradient, and is not to be
+// read); the optimizer updates owned_pieces() only, and gather_parameters()
+// all-gathers the updated chunks. The same bytes move as with an all-reduce.
+// grad_norm() and all_finite() then read the chunks and combine them across
+// ranks: collectives, which every rank calls at the same point.
 #pragma once
 #include "comm/communicator.h"
 
@@ -36,6 +48,17 @@ struct ReducerOptions {
   // Wire type of the all-reduce: float (exact), or bfloat16/float16, which
   // halve the bytes; the result is widened back into the float buffers.
   c10::ScalarType reduce_dtype = c10::ScalarType::Float;
+  // ZeRO-1 (above). At world size 1 it changes nothing.
+  bool shard_optimizer_state = false;
+};
+
+// ZeRO-1: one tensor's part of this rank's chunk of a bucket. `value` and
+// `grad` are views of the parameter's and the gradient's flat buffers.
+struct OwnedPiece {
+  size_t parameter = 0;          // index into the reducer's parameters
+  int64_t offset_in_tensor = 0;  // in the flattened parameter
+  at::Tensor value;              // 1-D, numel elements
+  at::Tensor grad;
 };
 
 class GradientReducer {
@@ -58,7 +81,20 @@ class GradientReducer {
   // redo the step.
   void abandon();
 
+  // Whether the optimizer state is sharded (ZeRO-1 asked for, world > 1).
+  bool sharded() const { return sharded_; }
+  // ZeRO-1: this rank's pieces, in bucket order (empty when not sharded).
+  const std::vector<OwnedPiece>& owned_pieces() const { return owned_; }
+  // ZeRO-1, after the optimizer updated owned_pieces(): every bucket's chunks
+  // all-gathered, so every rank holds all the parameters again (collective).
+  void gather_parameters();
+  // ZeRO-1: a quantity shaped like owned_pieces() (one tensor per piece, of
+  // its numel, on the parameters' device, float) all-gathered into one flat
+  // tensor per parameter (collective). For the optimizer state of checkpoints.
+  std::vector<at::Tensor> gather_pieces(const std::vector<at::Tensor>& pieces);
+
   // L2 norm of all gradients (after finish(): the global gradient's norm).
+  // Sharded: the norm of the chunks, combined across ranks (collective).
   double grad_norm() const;
   // Whether every gradient element is finite: one float sum per bucket (a
   // NaN or Inf anywhere makes it non-finite), read once; only a sum that
@@ -101,6 +137,10 @@ class GradientReducer {
   void start(Bucket& bucket);
   // Adds |bucket - its value before this micro-step|^2 to the micro-batch sum.
   void measure_micro_step(Bucket& bucket);
+  // ZeRO-1: what the constructor adds (flat parameter buffers, pieces).
+  void shard(size_t bucket_index, int64_t numel);
+  // This rank's chunk of a bucket-shaped tensor (the whole of it unsharded).
+  at::Tensor own_chunk(const Bucket& bucket, const at::Tensor& flat) const;
 
   std::vector<at::Tensor> parameters_;
   Communicator& comm_;
@@ -115,6 +155,8 @@ class GradientReducer {
   int64_t total_bytes_ = 0;
   int64_t started_in_backward_ = 0;
   bool track_micro_norms_ = false;
+  bool sharded_ = false;
+  std::vector<OwnedPiece> owned_;
   bool abandoning_ = false;  // in abandon(): no measuring, nothing that allocates
   int64_t micro_steps_begun_ = 0;  // in this optimizer step
   at::Tensor micro_sq_norm_sum_;   // double scalar on the device

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <optional>
 #include <string>
 
 namespace dtrain {
@@ -53,14 +54,44 @@ at::Tensor evaluate(const torch::optim::Optimizer::LossClosure& closure) {
   return closure();
 }
 
+// Per-tensor norms of pieces (ZeRO-1): each piece adds the squares of two
+// of its quantities to its tensor's row; then one all-reduce and a sqrt.
+class PieceNorms {
+ public:
+  PieceNorms(const TensorPieces& pieces, const at::Tensor& like)
+      : pieces_(pieces),
+        squares_(at::zeros({static_cast<int64_t>(pieces.tensor_dims.size()), 2}, like.options().dtype(at::kDouble))) {}
+  void add(size_t piece, const at::Tensor& first, const at::Tensor& second) {
+    const at::Tensor row = squares_[pieces_.tensor_of.at(piece)];
+    row[0] += first.to(at::kDouble).square().sum();
+    row[1] += second.to(at::kDouble).square().sum();
+  }
+  // After every add: the norms, [tensors, 2].
+  at::Tensor combined() {
+    pieces_.sum_over_ranks(squares_);
+    return squares_.sqrt();
+  }
+  bool excluded(size_t piece) const { return pieces_.tensor_dims.at(pieces_.tensor_of.at(piece)) <= 1; }
+
+ private:
+  const TensorPieces& pieces_;
+  at::Tensor squares_;
+};
+
 class Lars : public torch::optim::Optimizer {
  public:
-  Lars(std::vector<at::Tensor> parameters, const LarsOptions& options)
-      : Optimizer(std::move(parameters), std::make_unique<LarsGroupOptions>(options)) {}
+  Lars(std::vector<at::Tensor> parameters, const LarsOptions& options, const TensorPieces* pieces)
+      : Optimizer(std::move(parameters), std::make_unique<LarsGroupOptions>(options)) {
+    if (pieces) pieces_ = *pieces;
+  }
 
   at::Tensor step(LossClosure closure) override {
     at::NoGradGuard no_grad;
     at::Tensor loss = evaluate(closure);
+    if (pieces_) {
+      step_pieces();
+      return loss;
+    }
     for (auto& group : param_groups_) {
       const LarsOptions& options = static_cast<const LarsGroupOptions&>(group.options()).values;
       for (auto& parameter : group.params()) {
@@ -87,16 +118,65 @@ class Lars : public torch::optim::Optimizer {
     }
     return loss;
   }
+
+ private:
+  at::Tensor& velocity_of(const at::Tensor& parameter) {
+    auto& slot = state_[optimizer_state_key(state_, parameter)];
+    if (!slot) {
+      auto fresh = std::make_unique<torch::optim::SGDParamState>();
+      fresh->momentum_buffer(at::zeros_like(parameter, at::MemoryFormat::Preserve));
+      slot = std::move(fresh);
+    }
+    return static_cast<torch::optim::SGDParamState&>(*slot).momentum_buffer();
+  }
+
+  // ZeRO-1: g' of every piece first, the tensors' norms across ranks, then the update.
+  void step_pieces() {
+    auto& group = param_groups_.at(0);
+    const LarsOptions& options = static_cast<const LarsGroupOptions&>(group.options()).values;
+    auto& parameters = group.params();
+    PieceNorms norms(*pieces_, parameters.empty() ? at::zeros({}) : parameters.front());
+    std::vector<at::Tensor> gradients(parameters.size());
+    for (size_t i = 0; i < parameters.size(); ++i) {
+      gradients[i] = parameters[i].grad();
+      if (!norms.excluded(i) && options.weight_decay != 0) {
+        gradients[i] = gradients[i].add(parameters[i], options.weight_decay);
+      }
+      norms.add(i, parameters[i], gradients[i]);
+    }
+    const at::Tensor combined = norms.combined();
+    for (size_t i = 0; i < parameters.size(); ++i) {
+      at::Tensor scaled_gradient;
+      if (norms.excluded(i)) {
+        scaled_gradient = gradients[i] * options.lr;
+      } else {
+        const at::Tensor row = combined[pieces_->tensor_of[i]];
+        const at::Tensor trust = ratio_or_one(row[0].to(at::kFloat) * options.trust_coefficient, row[1].to(at::kFloat));
+        scaled_gradient = gradients[i] * (trust * options.lr);
+      }
+      at::Tensor& velocity = velocity_of(parameters[i]);
+      velocity.mul_(options.momentum).add_(scaled_gradient);
+      parameters[i].sub_(velocity);
+    }
+  }
+
+  std::optional<TensorPieces> pieces_;
 };
 
 class Lamb : public torch::optim::Optimizer {
  public:
-  Lamb(std::vector<at::Tensor> parameters, const LambOptions& options)
-      : Optimizer(std::move(parameters), std::make_unique<LambGroupOptions>(options)) {}
+  Lamb(std::vector<at::Tensor> parameters, const LambOptions& options, const TensorPieces* pieces)
+      : Optimizer(std::move(parameters), std::make_unique<LambGroupOptions>(options)) {
+    if (pieces) pieces_ = *pieces;
+  }
 
   at::Tensor step(LossClosure closure) override {
     at::NoGradGuard no_grad;
     at::Tensor loss = evaluate(closure);
+    if (pieces_) {
+      step_pieces();
+      return loss;
+    }
     for (auto& group : param_groups_) {
       const LambOptions& options = static_cast<const LambGroupOptions&>(group.options()).values;
       for (auto& parameter : group.params()) {
@@ -130,6 +210,52 @@ class Lamb : public torch::optim::Optimizer {
     }
     return loss;
   }
+
+ private:
+  // ZeRO-1: r of every piece first (moments updated), the tensors' norms
+  // across ranks, then the update.
+  void step_pieces() {
+    auto& group = param_groups_.at(0);
+    const LambOptions& options = static_cast<const LambGroupOptions&>(group.options()).values;
+    auto& parameters = group.params();
+    PieceNorms norms(*pieces_, parameters.empty() ? at::zeros({}) : parameters.front());
+    std::vector<at::Tensor> updates(parameters.size());
+    for (size_t i = 0; i < parameters.size(); ++i) {
+      const at::Tensor& parameter = parameters[i];
+      const at::Tensor& gradient = parameter.grad();
+      auto& slot = state_[optimizer_state_key(state_, parameter)];
+      if (!slot) {
+        auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+        fresh->step(0);
+        fresh->exp_avg(at::zeros_like(parameter, at::MemoryFormat::Preserve));
+        fresh->exp_avg_sq(at::zeros_like(parameter, at::MemoryFormat::Preserve));
+        slot = std::move(fresh);
+      }
+      auto& state = static_cast<torch::optim::AdamWParamState&>(*slot);
+      state.step(state.step() + 1);
+      at::Tensor first_moment = state.exp_avg();
+      at::Tensor second_moment = state.exp_avg_sq();
+      first_moment.mul_(options.beta1).add_(gradient, 1 - options.beta1);
+      second_moment.mul_(options.beta2).addcmul_(gradient, gradient, 1 - options.beta2);
+      const double first_correction = 1 - std::pow(options.beta1, static_cast<double>(state.step()));
+      const double second_correction = 1 - std::pow(options.beta2, static_cast<double>(state.step()));
+      updates[i] = (first_moment / first_correction) / ((second_moment / second_correction).sqrt_().add_(options.eps));
+      if (!norms.excluded(i) && options.weight_decay != 0) updates[i].add_(parameter, options.weight_decay);
+      norms.add(i, parameter, updates[i]);
+    }
+    const at::Tensor combined = norms.combined();
+    for (size_t i = 0; i < parameters.size(); ++i) {
+      if (norms.excluded(i)) {
+        parameters[i].sub_(updates[i] * options.lr);
+      } else {
+        const at::Tensor row = combined[pieces_->tensor_of[i]];
+        const at::Tensor ratio = ratio_or_one(row[0].to(at::kFloat), row[1].to(at::kFloat));
+        parameters[i].sub_(updates[i] * (ratio * options.lr));
+      }
+    }
+  }
+
+  std::optional<TensorPieces> pieces_;
 };
 
 void require(bool holds, const std::string& what) {
@@ -138,22 +264,24 @@ void require(bool holds, const std::string& what) {
 
 }  // namespace
 
-std::unique_ptr<torch::optim::Optimizer> make_lars(std::vector<at::Tensor> parameters, const LarsOptions& options) {
+std::unique_ptr<torch::optim::Optimizer> make_lars(std::vector<at::Tensor> parameters, const LarsOptions& options,
+                                                   const TensorPieces* pieces) {
   require(options.lr >= 0, "lr must be >= 0, not " + std::to_string(options.lr));
   require(options.momentum >= 0, "momentum must be >= 0, not " + std::to_string(options.momentum));
   require(options.weight_decay >= 0, "weight decay must be >= 0, not " + std::to_string(options.weight_decay));
   require(options.trust_coefficient > 0,
           "trust coefficient must be > 0, not " + std::to_string(options.trust_coefficient));
-  return std::make_unique<Lars>(std::move(parameters), options);
+  return std::make_unique<Lars>(std::move(parameters), options, pieces);
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_lamb(std::vector<at::Tensor> parameters, const LambOptions& options) {
+std::unique_ptr<torch::optim::Optimizer> make_lamb(std::vector<at::Tensor> parameters, const LambOptions& options,
+                                                   const TensorPieces* pieces) {
   require(options.lr >= 0, "lr must be >= 0, not " + std::to_string(options.lr));
   require(options.beta1 >= 0 && options.beta1 < 1, "beta1 must be in [0, 1), not " + std::to_string(options.beta1));
   require(options.beta2 >= 0 && options.beta2 < 1, "beta2 must be in [0, 1), not " + std::to_string(options.beta2));
   require(options.eps >= 0, "eps must be >= 0, not " + std::to_string(options.eps));
   require(options.weight_decay >= 0, "weight decay must be >= 0, not " + std::to_string(options.weight_decay));
-  return std::make_unique<Lamb>(std::move(parameters), options);
+  return std::make_unique<Lamb>(std::move(parameters), options, pieces);
 }
 
 }  // namespace dtrain

@@ -27,9 +27,17 @@
 // Parameters whose grad is undefined are skipped and get no state. Norms are
 // computed on the tensor's device in at least float precision, with no host
 // synchronisation.
+//
+// With a sharded optimizer state (ZeRO-1, ddp/reducer.h) the optimizer's
+// parameters are pieces of tensors, and a rank holds only some of each
+// tensor. TensorPieces says which tensor each piece belongs to: ‖w‖, ‖g'‖ and
+// ‖r‖ are then sums of the pieces' squares, combined across ranks by one
+// small all-reduce per step (every rank calls it, pieces or not), and
+// "excluded" is the whole tensor's dimension, not the piece's.
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -54,9 +62,19 @@ struct LambOptions {
   double weight_decay = 0;
 };
 
+struct TensorPieces {
+  std::vector<int64_t> tensor_of;  // per optimizer parameter (piece): its tensor's index
+  std::vector<int64_t> tensor_dims;  // per tensor: its number of dimensions
+  // Sums a double [tensors, 2] tensor over the ranks, in place (collective).
+  std::function<void(at::Tensor&)> sum_over_ranks;
+};
+
 // Throw Error if an option is out of range (a negative lr, momentum or
 // weight_decay; a trust_coefficient ≤ 0; a beta outside [0, 1); eps < 0).
-std::unique_ptr<torch::optim::Optimizer> make_lars(std::vector<at::Tensor> parameters, const LarsOptions& options);
-std::unique_ptr<torch::optim::Optimizer> make_lamb(std::vector<at::Tensor> parameters, const LambOptions& options);
+// `pieces`: null for whole tensors; else as above.
+std::unique_ptr<torch::optim::Optimizer> make_lars(std::vector<at::Tensor> parameters, const LarsOptions& options,
+                                                   const TensorPieces* pieces = nullptr);
+std::unique_ptr<torch::optim::Optimizer> make_lamb(std::vector<at::Tensor> parameters, const LambOptions& options,
+                                                   const TensorPieces* pieces = nullptr);
 
 }  // namespace dtrain

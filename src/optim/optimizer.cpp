@@ -15,7 +15,13 @@ namespace dtrain {
 
 namespace {
 
-std::vector<std::string> state_fields(const OptimizerOptions& options) {
+[[noreturn]] void refuse_state(const std::string& source, const std::string& problem) {
+  throw Error(source + " does not match the optimizer (" + problem + "); resume with the --optimizer it was written with");
+}
+
+}  // namespace
+
+std::vector<std::string> optimizer_state_fields(const OptimizerOptions& options) {
   switch (options.kind) {
     case OptimizerKind::Sgd:
     case OptimizerKind::Lars: return {"momentum_buffer"};
@@ -25,10 +31,32 @@ std::vector<std::string> state_fields(const OptimizerOptions& options) {
   return {};
 }
 
-}  // namespace
+bool keeps_state(const OptimizerOptions& options) {
+  return options.kind != OptimizerKind::Sgd || options.momentum > 0;
+}
+
+void check_optimizer_state(const OptimizerOptions& options, const NamedParameters& parameters,
+                           const NamedTensors& state, const std::string& source) {
+  std::map<std::string, at::Tensor> given(state.begin(), state.end());
+  for (const auto& [name, parameter] : parameters) {
+    bool any = false;
+    for (const auto& field : optimizer_state_fields(options)) any = any || given.count(name + "." + field);
+    if (!any) continue;
+    for (const auto& field : optimizer_state_fields(options)) {
+      const auto found = given.find(name + "." + field);
+      if (found == given.end()) refuse_state(source, "missing " + name + "." + field);
+      if (field == "step" ? found->second.numel() != 1 : !found->second.sizes().equals(parameter.sizes())) {
+        refuse_state(source, name + "." + field + (field == "step" ? " is not one number" : " has the wrong shape"));
+      }
+      given.erase(found);
+    }
+  }
+  if (!given.empty()) refuse_state(source, "unexpected " + given.begin()->first);
+}
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
-                                                        const NamedParameters& named, double lr) {
+                                                        const NamedParameters& named, double lr,
+                                                        const TensorPieces* pieces) {
   std::vector<torch::Tensor> parameters;
   for (const auto& item : named) parameters.push_back(item.second);
   const double eps = options.eps > 0 ? options.eps : default_eps(options.kind);  // --eps auto
@@ -44,9 +72,9 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
                                                                    .eps(eps)
                                                                    .weight_decay(options.weight_decay));
     case OptimizerKind::Lars:
-      return make_lars(parameters, {lr, options.momentum, options.weight_decay, options.trust_coefficient});
+      return make_lars(parameters, {lr, options.momentum, options.weight_decay, options.trust_coefficient}, pieces);
     case OptimizerKind::Lamb:
-      return make_lamb(parameters, {lr, options.betas.at(0), options.betas.at(1), eps, options.weight_decay});
+      return make_lamb(parameters, {lr, options.betas.at(0), options.betas.at(1), eps, options.weight_decay}, pieces);
   }
   throw Error("unknown optimizer");
 }
@@ -81,9 +109,7 @@ NamedTensors optimizer_state(torch::optim::Optimizer& optimizer, const Optimizer
 void load_optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerOptions& options,
                           const NamedParameters& parameters, const NamedTensors& state, const std::string& source) {
   std::map<std::string, at::Tensor> given(state.begin(), state.end());
-  auto refuse = [&](const std::string& problem) {
-    throw Error(source + " does not match the optimizer (" + problem + "); resume with the --optimizer it was written with");
-  };
+  auto refuse = [&](const std::string& problem) { refuse_state(source, problem); };
   auto take = [&](const std::string& name, const at::Tensor& like) -> at::Tensor {
     const auto found = given.find(name);
     if (found == given.end()) refuse("missing " + name);
@@ -96,7 +122,7 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerOpt
   for (const auto& [name, parameter] : parameters) {
     // A parameter without entries has no state yet (no step taken).
     bool any = false;
-    for (const auto& field : state_fields(options)) any = any || given.count(name + "." + field);
+    for (const auto& field : optimizer_state_fields(options)) any = any || given.count(name + "." + field);
     if (!any) continue;
     switch (options.kind) {
       case OptimizerKind::Sgd:

@@ -38,8 +38,27 @@ typename StateMap::key_type optimizer_state_key(const StateMap&, const at::Tenso
   }
 }
 
+struct TensorPieces;  // optim/large_batch_optimizers.h
+
+// `pieces`: null, or (ZeRO-1) which tensor each of `parameters` is a piece
+// of, for LARS and LAMB's per-tensor norms; SGD and AdamW act element by
+// element and need nothing.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
-                                                        const NamedParameters& parameters, double lr);
+                                                        const NamedParameters& parameters, double lr,
+                                                        const TensorPieces* pieces = nullptr);
+
+// Whether the optimizer keeps state (momentum, moments): what a sharded
+// optimizer state would shard.
+bool keeps_state(const OptimizerOptions& options);
+
+// The state fields per parameter, in file order.
+std::vector<std::string> optimizer_state_fields(const OptimizerOptions& options);
+
+// Checks what optimizer_state gave against `parameters` (the whole tensors):
+// for each parameter all fields or none, each of its shape (`step` one
+// number), nothing else. Throws Error naming `source` and the first problem.
+void check_optimizer_state(const OptimizerOptions& options, const NamedParameters& parameters,
+                           const NamedTensors& state, const std::string& source);
 
 // The optimizer's per-parameter state, on the CPU.
 NamedTensors optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerOptions& options,

@@ -12,6 +12,7 @@
 #include "run/checkpoint.h"
 #include "run/evaluator.h"
 #include "run/preemption.h"
+#include "run/updater.h"
 
 #include <torch/torch.h>
 
@@ -22,8 +23,12 @@ namespace dtrain {
 
 namespace {
 
-ReducerOptions reducer_options(const DistributedOptions& options) {
+ReducerOptions reducer_options(const Config& config, int world_size) {
+  const DistributedOptions& options = config.distributed;
   ReducerOptions reducer;
+  reducer.shard_optimizer_state =
+      options.shard_optimizer_state == Switch::On ||
+      (options.shard_optimizer_state == Switch::Auto && world_size > 1 && keeps_state(config.optimizer));
   reducer.bucket_bytes = std::max<int64_t>(1, std::llround(options.bucket_cap_mb * 1024 * 1024));
   reducer.overlap = options.overlap != Switch::Off;
   switch (options.grad_reduce_dtype) {
@@ -59,7 +64,7 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   device_ = parameters.front().device();
   loss_.since_logged = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
   loss_.step = torch::zeros_like(loss_.since_logged);
-  reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_.distributed));
+  reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_, comm_.world_size()));
   memory_ = MemoryMeter(device_);
   out_of_memory_ = std::make_unique<OutOfMemoryGuard>(config_, control_, device_);
   if (device_.is_cpu() && config_.batch.memory_budget > 0 && !cpu_memory_accounting_installed()) {
@@ -67,7 +72,7 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
                      "DTRAIN_MEMORY_ACCOUNTING=0 turned off: unset it, or leave out --memory-budget");
   }
   apply_memory_budget(device_, config_.batch.memory_budget);
-  optimizer_ = make_optimizer(config_.optimizer, named, schedule_.at(0));
+  updater_ = std::make_unique<Updater>(config_.optimizer, named, *reducer_, comm_, schedule_.at(0));
   evaluator_ = std::make_unique<Evaluator>(config_, data_, comm_, device_);
   if (config_.study.noise_scale || config_.study.measure_noise_scale > 0) {
     // With --micro-batch-size auto, checked once the split is chosen.
@@ -109,7 +114,7 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm, bool update
   const std::vector<int64_t>& permutation = order_.of_epoch(step / length_.steps_per_epoch);
   StepResult result;
   result.lr = schedule_.at(step);
-  for (auto& group : optimizer_->param_groups()) group.options().set_lr(result.lr);
+  updater_->set_lr(result.lr);
 
   // Steps 1-3; redone with half the micro-batch while a rank runs out of memory.
   model_->train();
@@ -135,7 +140,7 @@ StepResult Trainer::train_step(int64_t step, bool compute_grad_norm, bool update
   ++loss_.steps;
   // 5. Clip, then step.
   if (clip > 0 && result.grad_norm > clip) reducer_->scale(clip / (result.grad_norm + 1e-6));
-  optimizer_->step();
+  updater_->step(step);
   memory_.after_update();
   return result;
 }
@@ -298,9 +303,27 @@ nlohmann::json Trainer::summary(RunStatus status, int64_t steps_done) const {
   inputs.stopped_at_target = evaluator_->stop_at_target();
   inputs.tokens = data_.tokens;
   nlohmann::json summary = run_summary(inputs, length_, plan_, time_, evaluator_->last());
-  add_memory(summary, memory_breakdown(), out_of_memory_->history(), auto_search_, plan_.micro_batch_size,
+  add_memory(summary, memory_breakdown(), out_of_memory_->history(), auto_.empty() ? MicroBatchSearch{} : auto_.front().search,
+             plan_.micro_batch_size,
              config_.batch.memory_budget, device_);
   evaluator_->target().describe(summary);
+  summary["activation_checkpointing"] = activation_checkpointing();
+  if (auto_.size() > 1) {
+    nlohmann::json levers = nlohmann::json::array();
+    for (const auto& candidate : auto_) {
+      levers.push_back({{"activation_checkpointing", candidate.checkpointing},
+                        {"micro_batch_size", candidate.micro},
+                        {"peak_bytes", candidate.peak ? nlohmann::json(*candidate.peak) : nlohmann::json(nullptr)},
+                        {"micro_step_seconds", candidate.seconds},
+                        {"samples_per_second", candidate.seconds > 0 ? nlohmann::json(static_cast<double>(
+                                                   candidate.micro * comm_.world_size()) / candidate.seconds)
+                                                                     : nlohmann::json(nullptr)},
+                        {"chosen", &candidate == &auto_.front()}});
+    }
+    summary["micro_batch_auto"]["levers"] = levers;
+  }
+  summary["shard_optimizer_state"] = updater_->sharded();
+  if (updater_->sharded()) summary["parameter_all_gather_seconds"] = updater_->gather_seconds();
   if (noise_) add_noise_scale(summary, *noise_, time_, steps_done - start_step_);
   if (status == RunStatus::Preempted) summary["checkpoint"] = checkpoint_dir(config_) + "/" + checkpoint_name(steps_done);
   return summary;

@@ -14,7 +14,9 @@
 //      is skipped or stops the run as diverged, alike on every rank; with
 //      --noise-scale, measure the gradient noise scale (run/noise_scale.h);
 //   5. optional clipping by the global norm, then the optimizer step with the
-//      scheduled LR (optim/lr_schedule.h).
+//      scheduled LR (optim/lr_schedule.h; run/updater.h: with a sharded
+//      optimizer state, each rank updates its shard and the parameters are
+//      all-gathered).
 // Then, between steps, each service decides whether it is due: the progress
 // line and metrics (run/report.h), evaluation and the --target check
 // (run/evaluator.h), and
@@ -43,16 +45,13 @@
 #include <string>
 #include <vector>
 
-namespace torch::optim {
-class Optimizer;
-}
-
 namespace dtrain {
 
 class Evaluator;
 class GradientReducer;
 class MetricsLog;
 class OutOfMemoryGuard;
+class Updater;
 struct Checkpoint;
 
 struct StepResult {
@@ -65,6 +64,15 @@ struct StepResult {
 };
 
 // How a run ended, and what it records in summary.json (or noise_scale.json).
+// --micro-batch-size auto: one candidate configuration of the levers.
+struct LeverCandidate {
+  bool checkpointing = false;
+  MicroBatchSearch search;  // this rank's probes
+  int64_t micro = 0;        // agreed: the smallest of the ranks' largest
+  double seconds = 0;       // agreed: the slowest rank's micro-step at `micro` (0: not timed)
+  std::optional<int64_t> peak;  // this rank's peak at `micro`, when timed
+};
+
 struct RunOutcome {
   RunStatus status = RunStatus::Completed;
   nlohmann::json summary;
@@ -87,17 +95,29 @@ class Trainer {
   // Rank 0's parameters and buffers overwrite everyone's (one broadcast).
   void broadcast_initial_state();
 
-  // --micro-batch-size auto, in two parts so that the exchange between them
-  // stays outside any agreed step (comm/agreement.h): first this rank's
-  // largest micro-batch that divides its share of the global batch and whose
-  // measured micro-step peak fits the budget (0: none), by probing the first
-  // micro-batch at candidate sizes and changing nothing (no update,
-  // gradients zeroed, RNG states restored; no communication). Throws
-  // UsageError (CPU without --memory-budget).
-  int64_t largest_fitting_micro_batch();
-  // Then every rank's answer (all_gather): the smallest is used. Prints what
-  // was tried; throws Error when nothing fits.
-  void use_micro_batch(const std::vector<int64_t>& choices);
+  // --micro-batch-size auto, in three local parts with an exchange of every
+  // rank's answers between them (main.cpp), kept outside any agreed step
+  // (comm/agreement.h). The candidates are the levers left to auto: with and
+  // without activation checkpointing under --activation-checkpointing auto
+  // (the GPT), else just the configured one.
+  // 1. Per candidate, this rank's largest micro-batch that divides its share
+  //    of the global batch and whose measured micro-step peak fits the
+  //    budget (0: none), by probing the first micro-batch at candidate sizes
+  //    and changing nothing (no update, gradients zeroed, RNG states
+  //    restored; no communication). Throws UsageError (CPU without
+  //    --memory-budget).
+  std::vector<int64_t> largest_fitting_micro_batches();
+  // 2. Given every rank's answers ([candidate][rank]): each candidate's
+  //    micro-step timed at the smallest of them (nanoseconds; 0 where nothing
+  //    fits). Times nothing when there is one candidate.
+  std::vector<int64_t> time_candidates(const std::vector<std::vector<int64_t>>& choices);
+  // 3. Given every rank's timings too: the candidate with the most samples
+  //    per second (the slowest rank's time) is used. Prints what was tried
+  //    and why it chose; throws Error when nothing fits.
+  void use_micro_batch(const std::vector<std::vector<int64_t>>& choices,
+                       const std::vector<std::vector<int64_t>>& nanoseconds);
+  // Whether the model recomputes its blocks in backward (the GPT's activation checkpointing).
+  bool activation_checkpointing() const;
   const BatchPlan& plan() const { return plan_; }
 
   // Optimizer step `step` (0-based, counted over the whole run): steps 1-5.
@@ -162,6 +182,7 @@ class Trainer {
   int64_t optimizer_state_bytes() const;  // the optimizer's state tensors, summed
   // A non-finite step's event and line.
   void report_nonfinite_step(int64_t steps_done, const StepResult& result, MetricsLog& log);
+  void set_activation_checkpointing(bool on);
   // Whether a checkpoint by step count is due (the timed one is agreed).
   bool checkpoint_due(int64_t steps_done) const;
   // --noise-scale: this step's estimates into `result` and the averages.
@@ -176,8 +197,8 @@ class Trainer {
   const Dataset& data_;
   std::shared_ptr<Model> model_;
   c10::Device device_ = c10::kCPU;  // where the model lives; batches move there
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<GradientReducer> reducer_;
+  std::unique_ptr<Updater> updater_;  // the optimizer, sharded with the reducer or not
   RunLength length_;
   LrSchedule schedule_;
   EpochOrder order_;
@@ -188,7 +209,7 @@ class Trainer {
   std::unique_ptr<Evaluator> evaluator_;
   MemoryMeter memory_{c10::kCPU};
   std::unique_ptr<OutOfMemoryGuard> out_of_memory_;
-  MicroBatchSearch auto_search_;              // --micro-batch-size auto: this rank's probes
+  std::vector<LeverCandidate> auto_;  // --micro-batch-size auto's candidates; the chosen one first
   std::unique_ptr<NoiseScaleAverage> noise_;  // --noise-scale (or a measurement)
   FaultHook fault_nan_{"DTRAIN_FAULT_NAN_STEP"};  // tests: step N's loss NaN (on RANK only)
 };

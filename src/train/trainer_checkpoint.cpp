@@ -9,6 +9,7 @@
 #include "optim/optimizer.h"
 #include "run/checkpoint.h"
 #include "run/evaluator.h"
+#include "run/updater.h"
 #include "train/trainer.h"
 
 #include <torch/torch.h>
@@ -74,6 +75,7 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
   // No collective inside a run_agreed step: a rank failing alone would meet
   // the others' all-gather with its status word.
   const NamedTensors state = model_state(*model_);
+  const NamedTensors optimizer_state = updater_->state();  // collective when sharded
   WrittenCheckpoint written;
   std::vector<uint64_t> sums;
   run_agreed(control_, [&] { sums = replica_checksums(state); });
@@ -96,7 +98,7 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
     for (int64_t bits : loss_bits) loss_sums.push_back(double_of(bits));
     Checkpoint checkpoint;
     checkpoint.model = state;
-    checkpoint.optimizer = optimizer_state(*optimizer_, config_.optimizer, named_trainable_parameters(*model_));
+    checkpoint.optimizer = optimizer_state;
     checkpoint.trainer = {
         {"format", kCheckpointFormat},
         {"step", steps_done},
@@ -147,8 +149,7 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
                        std::to_string(length_.steps_to_run) + "; raise --max-steps (0: no limit)");
     }
     load_into(*model_, checkpoint.model, source + "/model.pt");
-    load_optimizer_state(*optimizer_, config_.optimizer, named_trainable_parameters(*model_), checkpoint.optimizer,
-                         source + "/optimizer.pt");
+    updater_->load(checkpoint.optimizer, source + "/optimizer.pt");
     // Loss accumulators: each rank its own with the same world size (so the
     // logged means are bit-identical); otherwise rank 0 takes their sum.
     const auto& sums = saved.at("loss_sums");
@@ -183,7 +184,7 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
     // the options' split would only run out again.
     const nlohmann::json oom = saved.value("out_of_memory", nlohmann::json::array());
     out_of_memory_->restore_history(oom);
-    if (!optimizer_->state().empty()) memory_.set_resident_optimizer_state(optimizer_state_bytes());
+    if (updater_->has_state()) memory_.set_resident_optimizer_state(optimizer_state_bytes());
     const int64_t saved_micro = saved.at("micro_batch_size").get<int64_t>();
     const int64_t saved_accum = saved.at("grad_accum_steps").get<int64_t>();
     if (!oom.empty() && saved.at("world_size").get<int64_t>() == plan_.world_size &&

@@ -4,13 +4,17 @@
 #include "common/error.h"
 #include "data/sampler.h"
 #include "ddp/reducer.h"
+#include "models/gpt.h"
 #include "optim/optimizer.h"
 #include "run/checkpoint.h"
+#include "run/updater.h"
 #include "train/trainer.h"
 
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
+#include <limits>
 #include <cstdio>
 
 namespace dtrain {
@@ -41,11 +45,7 @@ std::string describe_probe(const ProbedSize& probed) {
 }  // namespace
 
 int64_t Trainer::optimizer_state_bytes() const {
-  int64_t bytes = 0;
-  for (const auto& [name, tensor] : optimizer_state(*optimizer_, config_.optimizer, named_trainable_parameters(*model_))) {
-    bytes += tensor_bytes({tensor});
-  }
-  return bytes;
+  return updater_->local_state_bytes();
 }
 
 MemoryBreakdown Trainer::memory_breakdown() const {
@@ -82,14 +82,28 @@ std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
   // copy of the buckets stays, and each measurement takes a temporary of at
   // most the buckets' size (an upper bound; the probe measures nothing).
   if (peak && noise_) *peak += (probe.grad_accum_steps > 1 ? reducer_->bytes() : 0) + reducer_->bytes();
-  if (peak && !memory_.stepped() && optimizer_->state().empty()) {
-    *peak += static_cast<int64_t>(optimizer_state_per_parameter_byte(config_.optimizer) *
-                                  static_cast<double>(parameter_bytes(*model_)));
+  if (peak && !memory_.stepped() && !updater_->has_state()) {
+    // Sharded: this rank's pieces only, about 1/world of the parameters.
+    int64_t state_of = parameter_bytes(*model_);
+    if (reducer_->sharded()) {
+      state_of = 0;
+      for (const auto& piece : reducer_->owned_pieces()) state_of += tensor_bytes({piece.value});
+    }
+    *peak += static_cast<int64_t>(optimizer_state_per_parameter_byte(config_.optimizer) * static_cast<double>(state_of));
   }
   return peak;
 }
 
-int64_t Trainer::largest_fitting_micro_batch() {
+bool Trainer::activation_checkpointing() const {
+  const auto* gpt = dynamic_cast<const Gpt*>(model_.get());
+  return gpt != nullptr && gpt->activation_checkpointing();
+}
+
+void Trainer::set_activation_checkpointing(bool on) {
+  if (auto* gpt = dynamic_cast<Gpt*>(model_.get())) gpt->set_activation_checkpointing(on);
+}
+
+std::vector<int64_t> Trainer::largest_fitting_micro_batches() {
   int64_t budget = config_.batch.memory_budget;
   if (!memory_.measures()) {
     throw UsageError("--micro-batch-size auto measures memory, and nothing measures it on " + device_.str() +
@@ -104,33 +118,115 @@ int64_t Trainer::largest_fitting_micro_batch() {
     const int64_t usable = free_device_memory_bytes(device_).value_or(0) + allocated_memory_bytes(device_).value_or(0);
     budget = usable - usable / 10;  // a margin for the allocator's fragments and what NCCL takes
   }
-  auto_search_ = dtrain::largest_fitting_micro_batch(plan_.local_batch_size(), budget,
-                                                     [this](int64_t micro) { return probe_micro_step(micro); });
-  return auto_search_.micro;
+  // --activation-checkpointing auto on a model with blocks: both ways.
+  const bool choose_checkpointing = config_.model.activation_checkpointing == ActivationCheckpointing::Auto &&
+                                    dynamic_cast<Gpt*>(model_.get()) != nullptr;
+  const std::vector<bool> ways = choose_checkpointing ? std::vector<bool>{false, true}
+                                                      : std::vector<bool>{activation_checkpointing()};
+  auto_.clear();
+  std::vector<int64_t> largest;
+  for (const bool checkpointing : ways) {
+    set_activation_checkpointing(checkpointing);
+    LeverCandidate candidate;
+    candidate.checkpointing = checkpointing;
+    candidate.search = dtrain::largest_fitting_micro_batch(plan_.local_batch_size(), budget,
+                                                          [this](int64_t micro) { return probe_micro_step(micro); });
+    largest.push_back(candidate.search.micro);
+    auto_.push_back(std::move(candidate));
+  }
+  return largest;
 }
 
-void Trainer::use_micro_batch(const std::vector<int64_t>& choices) {
-  // Every rank the same micro-batch: the smallest choice.
-  const auto smallest = std::min_element(choices.begin(), choices.end());
-  const int64_t micro = *smallest;
-  const int limiting_rank = static_cast<int>(smallest - choices.begin());
+std::vector<int64_t> Trainer::time_candidates(const std::vector<std::vector<int64_t>>& choices) {
+  std::vector<int64_t> nanoseconds(auto_.size(), 0);
+  for (size_t c = 0; c < auto_.size(); ++c) {
+    auto_[c].micro = *std::min_element(choices.at(c).begin(), choices.at(c).end());
+    if (auto_.size() < 2 || auto_[c].micro == 0) continue;
+    // The faster of two probes: the first may still grow the allocator's pools.
+    set_activation_checkpointing(auto_[c].checkpointing);
+    int64_t best = std::numeric_limits<int64_t>::max();
+    for (int repeat = 0; repeat < 2; ++repeat) {
+      const auto start = std::chrono::steady_clock::now();
+      auto_[c].peak = probe_micro_step(auto_[c].micro);
+      best = std::min<int64_t>(best, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                         std::chrono::steady_clock::now() - start).count());
+    }
+    nanoseconds[c] = std::max<int64_t>(1, best);
+  }
+  return nanoseconds;
+}
+
+namespace {
+
+// 31234.5 -> "31,235".
+std::string with_thousands(double value) {
+  std::string digits = std::to_string(std::llround(value));
+  for (int at = static_cast<int>(digits.size()) - 3; at > 0; at -= 3) digits.insert(static_cast<size_t>(at), ",");
+  return digits;
+}
+
+}  // namespace
+
+void Trainer::use_micro_batch(const std::vector<std::vector<int64_t>>& choices,
+                              const std::vector<std::vector<int64_t>>& nanoseconds) {
+  // Each candidate at the smallest of the ranks' largest micro-batches, timed
+  // by its slowest rank; the most samples per second wins.
+  size_t chosen = 0;
+  double best_rate = -1;
+  for (size_t c = 0; c < auto_.size(); ++c) {
+    auto_[c].seconds = 1e-9 * static_cast<double>(*std::max_element(nanoseconds.at(c).begin(), nanoseconds.at(c).end()));
+    if (auto_[c].micro == 0) continue;
+    const double rate = auto_[c].seconds > 0 ? static_cast<double>(auto_[c].micro) / auto_[c].seconds : 0;
+    if (rate > best_rate) {
+      best_rate = rate;
+      chosen = c;
+    }
+  }
+  const LeverCandidate pick = auto_[chosen];  // a copy: auto_ is reordered below
+  const auto& ranks = choices.at(chosen);
+  const int limiting_rank = static_cast<int>(std::min_element(ranks.begin(), ranks.end()) - ranks.begin());
+  auto way = [&](const LeverCandidate& candidate) {
+    return auto_.size() < 2 ? std::string() : candidate.checkpointing ? " with checkpointing" : " without checkpointing";
+  };
   std::string tried;
-  for (const auto& probed : auto_search_.tried) tried += (tried.empty() ? "" : ", ") + describe_probe(probed);
-  if (micro == 0) {
+  for (const auto& candidate : auto_) {
+    tried += (tried.empty() ? "" : "; ") + (auto_.size() < 2 ? std::string() : way(candidate).substr(1) + " ");
+    std::string sizes;
+    for (const auto& probed : candidate.search.tried) sizes += (sizes.empty() ? "" : ", ") + describe_probe(probed);
+    tried += "tried " + sizes;
+  }
+  if (best_rate < 0) {
     throw Error("--micro-batch-size auto: not even a micro-batch of 1 fits the memory budget of " +
-                format_bytes(auto_search_.budget) + " on rank " + std::to_string(limiting_rank) +
-                (limiting_rank == comm_.rank() ? " (tried " + tried + ")" : std::string()) +
+                format_bytes(pick.search.budget) + " on rank " + std::to_string(limiting_rank) +
+                (limiting_rank == comm_.rank() ? " (" + tried + ")" : std::string()) +
                 "; raise --memory-budget or use a smaller model");
   }
-  plan_ = plan_.with_micro_batch(micro);
+  set_activation_checkpointing(pick.checkpointing);
+  plan_ = plan_.with_micro_batch(pick.micro);
   if (noise_) check_noise_scale_split(plan_, /*chosen_by_auto=*/true);
-  if (is_root()) {
-    std::fprintf(stdout, "micro-batch auto (budget %s per rank): tried %s; chose %lld%s: %s\n",
-                 format_bytes(auto_search_.budget).c_str(), tried.c_str(), static_cast<long long>(micro),
-                 micro != auto_search_.micro ? (" (rank " + std::to_string(limiting_rank) + "'s largest)").c_str() : "",
-                 plan_.describe().c_str());
-    std::fflush(stdout);
+  std::rotate(auto_.begin(), auto_.begin() + static_cast<std::ptrdiff_t>(chosen), auto_.begin() + static_cast<std::ptrdiff_t>(chosen) + 1);
+  if (!is_root()) return;
+  std::string timed;
+  if (auto_.size() > 1) {
+    for (const auto& candidate : auto_) {
+      timed += "; micro " + std::to_string(candidate.micro) + way(candidate);
+      if (candidate.micro == 0) {
+        timed += ": nothing fits";
+        continue;
+      }
+      timed += ": " + (candidate.peak ? format_bytes(*candidate.peak) : std::string("out of memory")) + ", " +
+               with_thousands(static_cast<double>(candidate.micro * comm_.world_size()) / candidate.seconds) +
+               " samples/s";
+    }
   }
+  std::fprintf(stdout, "micro-batch auto (budget %s per rank): %s%s; chose %lld%s%s: %s\n",
+               format_bytes(pick.search.budget).c_str(), tried.c_str(), timed.c_str(),
+               static_cast<long long>(pick.micro), way(pick).c_str(),
+               auto_.size() > 1 ? " (the most samples/s)"
+               : pick.micro != pick.search.micro ? (" (rank " + std::to_string(limiting_rank) + "'s largest)").c_str()
+                                                  : "",
+               plan_.describe().c_str());
+  std::fflush(stdout);
 }
 
 }  // namespace dtrain

@@ -57,6 +57,73 @@ TEST(Communicator, CountsCallsAndBytes) {
   EXPECT_EQ(comm.stats().broadcast_bytes, 40);
 }
 
+// Rank r contributes 2r + i at element i of a buffer of world chunks of
+// `chunk` elements: integers whose sums over up to 4 ranks stay below 256,
+// exact in bfloat16 too.
+at::Tensor scatter_input(int64_t chunk, int rank, int world, torch::ScalarType type) {
+  return (torch::arange(chunk * world, torch::kFloat) + 2.0 * rank).to(type);
+}
+
+TEST(Communicator, ReduceScatterGivesEachRankTheSumOfItsChunk) {
+  auto& comm = world();
+  const int w = comm.world_size(), r = comm.rank();
+  for (const auto type : {torch::kFloat, torch::kBFloat16}) {
+    for (const int64_t chunk : {int64_t{1}, int64_t{7}}) {
+      auto input = scatter_input(chunk, r, w, type);
+      auto output = torch::full({chunk}, -1.0f).to(type);
+      comm.reduce_scatter_async(input, output)->wait();
+      // Sum over ranks q of (2q + r * chunk + i).
+      const auto expected = (torch::arange(chunk, torch::kFloat) + static_cast<double>(r * chunk)) * w +
+                            2.0 * (w * (w - 1) / 2);
+      EXPECT_TRUE(torch::equal(output.to(torch::kFloat), expected)) << "chunk " << chunk << " type " << type;
+      // The input is left as it was.
+      EXPECT_TRUE(torch::equal(input, scatter_input(chunk, r, w, type)));
+    }
+  }
+  auto input = torch::zeros({5 * w + 1});
+  auto output = torch::zeros({5});
+  EXPECT_THROW(comm.reduce_scatter_async(input, output), Error);
+}
+
+TEST(Communicator, AllGatherFillsEveryRanksChunkInPlace) {
+  auto& comm = world();
+  const int w = comm.world_size(), r = comm.rank();
+  for (const int64_t chunk : {int64_t{1}, int64_t{1000}}) {
+    // Every rank writes its own chunk; the others hold garbage (-1) before.
+    auto buffer = torch::full({chunk * w}, -1.0f);
+    buffer.narrow(0, r * chunk, chunk).copy_(torch::arange(chunk, torch::kFloat) + 1000.0 * r);
+    comm.all_gather_async(buffer)->wait();
+    std::vector<at::Tensor> chunks;
+    for (int q = 0; q < w; ++q) chunks.push_back(torch::arange(chunk, torch::kFloat) + 1000.0 * q);
+    EXPECT_TRUE(torch::equal(buffer, torch::cat(chunks))) << "chunk " << chunk;
+  }
+  auto uneven = torch::zeros({w + 1});
+  if (w > 1) {
+    EXPECT_THROW(comm.all_gather_async(uneven), Error);
+  }
+}
+
+TEST(Communicator, ReduceScatterThenAllGatherIsAnAllReduce) {
+  // ZeRO-1's claim: the same sum, moving the same bytes.
+  auto& comm = world();
+  const int w = comm.world_size();
+  torch::manual_seed(17 + comm.rank());
+  const int64_t chunk = 333;
+  auto values = torch::randn({chunk * w});
+  auto reduced = values.clone();
+  comm.all_reduce(reduced);
+  comm.reset_stats();
+  auto own = torch::empty({chunk});
+  comm.reduce_scatter_async(values, own)->wait();
+  values.narrow(0, comm.rank() * chunk, chunk).copy_(own);
+  comm.all_gather_async(values)->wait();
+  EXPECT_TRUE(torch::allclose(values, reduced, 1e-6, 1e-5));
+  EXPECT_EQ(comm.stats().reduce_scatter_calls, 1);
+  EXPECT_EQ(comm.stats().all_gather_calls, 1);
+  EXPECT_EQ(comm.stats().reduce_scatter_bytes, chunk * w * 4);
+  EXPECT_EQ(comm.stats().all_gather_bytes, chunk * w * 4);
+}
+
 TEST(Communicator, RejectsTensorsItCannotSend) {
   auto& comm = world();
   auto strided = torch::zeros({4, 4}).t();

@@ -145,6 +145,38 @@ TEST(Nccl, BroadcastsFromEveryRoot) {
 #endif
 }
 
+// ZeRO-1's collectives on NCCL, against MPI's on the same CPU data: the
+// same reduce-scatter and all-gather results.
+TEST(Nccl, ReduceScatterAndAllGatherMatchMpi) {
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
+#ifdef DTRAIN_HAVE_NCCL
+  auto& mpi = world();
+  const int device = mpi.local_rank();
+  NcclCommunicator nccl(mpi, device);
+  const int w = nccl.world_size();
+  const int64_t chunk = 4099;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    const auto input = contribution(chunk * w, nccl.rank(), torch::TensorOptions().dtype(dtype));
+    auto on_cpu = input.clone();
+    auto cpu_out = torch::empty({chunk}, input.options());
+    mpi.reduce_scatter_async(on_cpu, cpu_out)->wait();
+    auto on_gpu = input.to(torch::Device(torch::kCUDA, device));
+    auto gpu_out = torch::empty({chunk}, on_gpu.options());
+    nccl.reduce_scatter_async(on_gpu, gpu_out)->wait();
+    EXPECT_TRUE(torch::equal(gpu_out.cpu(), cpu_out)) << c10::toString(dtype);
+
+    auto gathered_cpu = torch::zeros({chunk * w}, input.options());
+    gathered_cpu.narrow(0, nccl.rank() * chunk, chunk).copy_(cpu_out);
+    auto gathered_gpu = gathered_cpu.to(torch::Device(torch::kCUDA, device));
+    mpi.all_gather_async(gathered_cpu)->wait();
+    nccl.all_gather_async(gathered_gpu)->wait();
+    EXPECT_TRUE(torch::equal(gathered_gpu.cpu(), gathered_cpu)) << c10::toString(dtype);
+  }
+  EXPECT_EQ(nccl.stats().reduce_scatter_calls, 2);
+  EXPECT_EQ(nccl.stats().all_gather_calls, 2);
+#endif
+}
+
 TEST(Nccl, AsyncWorkCompletesAndWaitOrdersTheStreamCurrentAtWait) {
   if (!every_rank_has_a_gpu()) GTEST_SKIP() << testing::kNoGpuSkip;
 #ifdef DTRAIN_HAVE_NCCL

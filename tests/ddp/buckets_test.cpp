@@ -48,6 +48,49 @@ TEST(Buckets, EveryParameterExactlyOnce) {
   }
 }
 
+TEST(Buckets, ShardPiecesCutTheBucketIntoEqualChunks) {
+  struct Case {
+    std::vector<int64_t> numels;
+    int world, rank;
+    std::vector<ShardPiece> want;
+  };
+  const Case cases[] = {
+      // World 1: the whole bucket, one piece per tensor.
+      {{3, 5}, 1, 0, {{0, 0, 0, 3}, {1, 0, 3, 5}}},
+      // 8 elements over 2 ranks: chunks of 4; tensor 1 is split.
+      {{3, 5}, 2, 0, {{0, 0, 0, 3}, {1, 0, 3, 1}}},
+      {{3, 5}, 2, 1, {{1, 1, 4, 4}}},
+      // 7 elements over 4 ranks: padded to 8, chunks of 2; the last is half padding.
+      {{7}, 4, 3, {{0, 6, 6, 1}}},
+      // 2 elements over 4 ranks: ranks 2 and 3 hold only padding.
+      {{1, 1}, 4, 1, {{1, 0, 1, 1}}},
+      {{1, 1}, 4, 2, {}},
+  };
+  for (const auto& c : cases) {
+    EXPECT_EQ(shard_pieces(c.numels, c.world, c.rank), c.want) << "world " << c.world << " rank " << c.rank;
+  }
+  EXPECT_EQ(padded_numel(7, 4), 8);
+  EXPECT_EQ(padded_numel(8, 4), 8);
+  EXPECT_THROW(shard_pieces({4}, 2, 2), Error);
+}
+
+TEST(Buckets, ShardPiecesCoverEveryElementOnce) {
+  const std::vector<int64_t> numels = {5, 1, 17, 3, 64, 2};
+  for (int world : {1, 2, 3, 4, 7, 8, 100}) {
+    std::vector<int> covered(92, 0);
+    for (int rank = 0; rank < world; ++rank) {
+      for (const auto& piece : shard_pieces(numels, world, rank)) {
+        int64_t start = 0;
+        for (size_t i = 0; i < piece.tensor; ++i) start += numels[i];
+        EXPECT_EQ(start + piece.offset_in_tensor, piece.offset_in_bucket);
+        EXPECT_LE(piece.offset_in_tensor + piece.numel, numels[piece.tensor]);
+        for (int64_t e = 0; e < piece.numel; ++e) ++covered[piece.offset_in_bucket + e];
+      }
+    }
+    for (int count : covered) ASSERT_EQ(count, 1) << "world " << world;
+  }
+}
+
 TEST(Buckets, RejectsNonPositiveCaps) {
   EXPECT_THROW(assign_buckets({1, 2}, 0, 10), UsageError);
   EXPECT_THROW(assign_buckets({1, 2}, 10, -1), UsageError);

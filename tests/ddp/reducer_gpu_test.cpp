@@ -21,6 +21,7 @@
 // GPU path rather than at the check.
 #include "cli/options.h"
 #include "comm/placement.h"
+#include "common/error.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "models/models.h"
@@ -67,6 +68,12 @@ class OneRankAsTwo final : public Communicator {
     return one_.all_reduce_async(tensor, op);
   }
   void do_broadcast(at::Tensor& tensor, int root) override { one_.broadcast(tensor, root); }
+  std::unique_ptr<Work> do_reduce_scatter_async(at::Tensor&, at::Tensor&) override {
+    throw Error("one rank presented as two cannot reduce-scatter");
+  }
+  std::unique_ptr<Work> do_all_gather_async(at::Tensor&) override {
+    throw Error("one rank presented as two cannot all-gather");
+  }
 
  private:
   Communicator& one_;

@@ -236,6 +236,12 @@ class PollCountingCommunicator final : public Communicator {
   std::unique_ptr<Work> do_all_reduce_async(at::Tensor&, ReduceOp) override {
     return std::make_unique<CountingWork>(this);
   }
+  std::unique_ptr<Work> do_reduce_scatter_async(at::Tensor&, at::Tensor&) override {
+    throw Error("the poll-counting world does not reduce-scatter");
+  }
+  std::unique_ptr<Work> do_all_gather_async(at::Tensor&) override {
+    throw Error("the poll-counting world does not all-gather");
+  }
 
  private:
   class CountingWork final : public Work {
