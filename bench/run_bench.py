@@ -447,6 +447,8 @@ def sharded_step(args, dtrain, results):
           [[f"{m['false']:.2f}", f"{m['true']:.2f}", f"{m['false'] / m['true']:.3f}",
             f"{min(ratios):.3f}-{max(ratios):.3f}", f"{statistics.median(gather):.2f}",
             f"{state['false'] / 2**20:.2f} -> {state['true'] / 2**20:.2f} MiB"]])
+
+
 def activation_checkpointing(args, dtrain, results):
     """Section 15: --activation-checkpointing blocks against none for the GPT of configs/kjv_gpt.ini (width 128,
     4 heads, block 64) at 2, 4, 8 and 16 layers, 1 rank, --threads 1, side by side.
