@@ -14,9 +14,13 @@ the repetitions. Prints tables and writes everything to a JSON file.
   6. --threads auto vs --threads 1 for one rank on two CPUs (taskset -c 0,1)
   7. a checkpoint of ~96 MB of parameters plus momentum vs cp of the same files
   8. per-step costs of the stop agreement and the non-finite check, 2 ranks
+ 14. ZeRO-1 (--shard-optimizer-state) against unsharded, KJV GPT, 2 ranks
+ 15. --activation-checkpointing blocks against none, GPTs of 2 to 16 layers:
+     activation bytes per sample (measured and by formula), step time
 
 --only overhead,threads runs just those sections (names: allreduce, e2e,
-overhead, traffic, big, threads, checkpoint, guards, noise).
+overhead, traffic, big, threads, checkpoint, guards, noise, gpt, memory,
+memtable, zero1, checkpointing).
 """
 import argparse
 import json
@@ -97,7 +101,7 @@ def main():
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per end-to-end run")
     parser.add_argument("--json", default=os.path.join(ROOT, "runs", "bench", "bench.json"))
     parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards,noise,gpt,"
-                        "memory,memtable,zero1",
+                        "memory,memtable,zero1,checkpointing",
                         help="comma-separated sections to run")
     args = parser.parse_args()
     sections = set(args.only.split(","))
@@ -132,6 +136,8 @@ def main():
         memory_table(dtrain, results)
     if "zero1" in sections:
         sharded_step(args, dtrain, results)
+    if "checkpointing" in sections:
+        activation_checkpointing(args, dtrain, results)
 
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
@@ -441,6 +447,67 @@ def sharded_step(args, dtrain, results):
           [[f"{m['false']:.2f}", f"{m['true']:.2f}", f"{m['false'] / m['true']:.3f}",
             f"{min(ratios):.3f}-{max(ratios):.3f}", f"{statistics.median(gather):.2f}",
             f"{state['false'] / 2**20:.2f} -> {state['true'] / 2**20:.2f} MiB"]])
+
+
+def activation_checkpointing(args, dtrain, results):
+    """Section 15: --activation-checkpointing blocks against none for the GPT of configs/kjv_gpt.ini (width 128,
+    4 heads, block 64) at 2, 4, 8 and 16 layers, 1 rank, --threads 1, side by side.
+
+    Activation bytes per sample: the slope of summary.json's activations between micro-batches 8 and 16 (which
+    removes the fixed part, backward's per-parameter gradients). The formula for blocks: L block inputs
+    (T x n_embd floats each) + one block's activations + the head, where a block's and the head's bytes come from
+    none's measurements (none = L x block + head, fitted over the four L). Step time: steady ms/step at micro 16
+    (the first 20 steps untimed), median of the repeats, the two modes interleaved within each repeat."""
+    layers, micros, block_size, n_embd = [2, 4, 8, 16], (8, 16), 64, 128
+    repeats = max(args.repeats, 3)
+    timed_steps = 20 + 15
+    base = ["--config", os.path.join(ROOT, "configs", "kjv_gpt.ini"), "--threads", "1", "--eval-every", "0",
+            "--log-every", "100000", "--validation-size", "0"]
+    modes = ["none", "blocks"]
+
+    def run_gpt(n_layer, mode, micro, steps):
+        return dtrain_summary(dtrain, base + ["--n-layer", str(n_layer), "--activation-checkpointing", mode,
+                                              "--micro-batch-size", str(micro), "--global-batch-size", str(micro),
+                                              "--max-steps", str(steps)])
+
+    activations = {}  # (L, mode, micro) -> bytes
+    ms = {(n, mode): [] for n in layers for mode in modes}
+    for n_layer in layers:
+        for mode in modes:
+            activations[(n_layer, mode, micros[0])] = run_gpt(n_layer, mode, micros[0], 3)["memory"]["activations_bytes"]
+        for repeat in range(repeats):
+            for mode in (modes if repeat % 2 == 0 else modes[::-1]):
+                summary = run_gpt(n_layer, mode, micros[1], timed_steps)
+                activations[(n_layer, mode, micros[1])] = summary["memory"]["activations_bytes"]
+                ms[(n_layer, mode)].append(summary["steady_ms_per_step"])
+    per_sample = {(n, mode): (activations[(n, mode, micros[1])] - activations[(n, mode, micros[0])]) /
+                  (micros[1] - micros[0]) for n in layers for mode in modes}
+    # Least squares of none's bytes per sample against L: slope = one block, intercept = the head.
+    xs, ys = layers, [per_sample[(n, "none")] for n in layers]
+    mean_x, mean_y = statistics.mean(xs), statistics.mean(ys)
+    block = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+    head = mean_y - block * mean_x
+    block_input = block_size * n_embd * 4
+    rows, record = [], {"block_bytes_per_sample": block, "head_bytes_per_sample": head,
+                        "block_input_bytes_per_sample": block_input, "layers": {}}
+    kib = lambda b: f"{b / 1024:,.0f}"
+    for n in layers:
+        formula = n * block_input + block + head
+        none_ms, blocks_ms = statistics.median(ms[(n, "none")]), statistics.median(ms[(n, "blocks")])
+        record["layers"][n] = {"none_bytes_per_sample": per_sample[(n, "none")],
+                               "blocks_bytes_per_sample": per_sample[(n, "blocks")], "formula": formula,
+                               "ms_none": ms[(n, "none")], "ms_blocks": ms[(n, "blocks")]}
+        rows.append([n, kib(per_sample[(n, "none")]), kib(per_sample[(n, "blocks")]),
+                     f"{per_sample[(n, 'none')] / per_sample[(n, 'blocks')]:.2f}", kib(formula),
+                     f"{per_sample[(n, 'blocks')] / formula:.2f}", f"{none_ms:.0f}", f"{blocks_ms:.0f}",
+                     f"{blocks_ms / none_ms:.2f}"])
+    table(f"15. --activation-checkpointing, GPT width {n_embd}, block {block_size}, KJV, 1 rank (KiB per sample: slope "
+          f"of activations between micro {micros[0]} and {micros[1]}; formula L x {kib(block_input)} + one block "
+          f"{kib(block)} + head {kib(head)}, fitted from none; steady ms/step at micro {micros[1]}, median of "
+          f"{repeats} interleaved)",
+          ["layers", "none", "blocks", "none/blocks", "formula", "blocks/formula", "ms none", "ms blocks",
+           "blocks/none"], rows)
+    results["activation_checkpointing"] = record
 
 
 if __name__ == "__main__":

@@ -562,8 +562,8 @@ std::vector<OptionSpec> build_table() {
       // The example is auto: blocks alone (with the default --model mlp) is refused.
       choice({"activation-checkpointing", "data", E::Rounding, "auto",
               "--model gpt: none, blocks (keep each block's input, recompute the block in backward: less memory, "
-              "about one more forward), or auto (reserved for --micro-batch-size auto to choose; none until it "
-              "does)"},
+              "about one more forward), or auto (with --micro-batch-size auto: both probed, the faster kept; "
+              "otherwise none)"},
              DTRAIN_FIELD(model.activation_checkpointing)),
       list<int64_t>({"hidden", "data", E::Exact, "1024,1024", "MLP hidden widths, comma-separated"},
                     DTRAIN_FIELD(model.hidden),

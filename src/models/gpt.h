@@ -138,7 +138,7 @@ class Gpt : public Model {
   // grad mode) runs the blocks plainly either way. Off at construction. Each
   // forward reads it once, and its graph carries the choice to its backward,
   // so switching it between steps (as the micro-batch probe of
-  // --micro-batch-size auto will) is safe.
+  // --micro-batch-size auto does) is safe.
   void set_activation_checkpointing(bool on) { activation_checkpointing_ = on; }
   bool activation_checkpointing() const { return activation_checkpointing_; }
 

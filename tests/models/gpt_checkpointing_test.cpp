@@ -310,8 +310,10 @@ struct LinearRun {
   torch::Tensor weight_grad, input_grad, draw_after;
 };
 
-// y = function(linear(x)) summed, backward; then one draw from the global
-// generator, which must not depend on whether the backward recomputed.
+// y = function(linear(x)) summed, a draw from the global generator, backward,
+// and a second draw, which must not depend on whether the backward
+// recomputed: the generator must be put back where the first draw left it,
+// not where the recompute's replay of the forward's draws ends.
 LinearRun run_linear(const std::function<torch::Tensor(const torch::Tensor&)>& after_linear, bool checkpointing,
                      bool autocast) {
   torch::manual_seed(21);
@@ -325,6 +327,7 @@ LinearRun run_linear(const std::function<torch::Tensor(const torch::Tensor&)>& a
     output = checkpointing ? checkpointed_forward(function, input) : function(input);
   }
   EXPECT_FALSE(CpuAutocast::enabled());
+  torch::rand({4});
   // Weights that differ per element, so a different dropout mask shows.
   (output.to(torch::kFloat) * torch::arange(output.numel(), torch::kFloat).view(output.sizes())).sum().backward();
   return {linear->weight.grad().clone(), input.grad().clone(), torch::rand({4})};
