@@ -66,6 +66,18 @@ for case in "${SWEEP[@]}"; do
     pass "$optimizer over $ranks ranks: optimizer state per rank $whole -> $sharded bytes"
   }
 done
+# What reads the whole gradient reads the chunks, summed across ranks: the
+# norm for clipping, and the noise scale.
+MAX_STEPS=30 train 2 adamw noise-whole --noise-scale true --grad-clip-norm 0.5
+MAX_STEPS=30 train 2 adamw noise-sharded --noise-scale true --grad-clip-norm 0.5 --shard-optimizer-state true
+close_to "$WORK/noise-whole.pt" "$WORK/noise-sharded.pt" "clipped by the global norm, sharded"
+"$PYTHON" - "$WORK/noise-whole/summary.json" "$WORK/noise-sharded/summary.json" <<'PY' || fail "the noise scale, sharded"
+import json, sys
+whole, sharded = (json.load(open(path))["noise_scale"] for path in sys.argv[1:3])
+assert whole and abs(sharded - whole) <= 1e-4 * abs(whole), (whole, sharded)
+print(f"B_simple unsharded {whole:.2f}, sharded {sharded:.2f}")
+PY
+pass "the noise scale, sharded, is the unsharded one's"
 train 1 adamw one-whole
 train 1 adamw one-sharded --shard-optimizer-state true
 cmp -s "$WORK/one-whole.pt" "$WORK/one-sharded.pt" || fail "world 1: sharding changed the weights"
