@@ -70,5 +70,5 @@ if [ "$gpu_kit" = 1 ]; then
   "$ROOT/tests/gpu/kit.sh" rehearse
 fi
 if [ "$fuzz" = 1 ]; then
-  for harness in idx config option_values weights; do "$ROOT/launch/fuzz.sh" "$harness" 0.5; done
+  for harness in idx config option_values weights; do "$ROOT/launch/fuzz.sh" "$harness" 0.25; done
 fi
