@@ -105,13 +105,7 @@ class Lars : public torch::optim::Optimizer {
           const at::Tensor trust = ratio_or_one(norm_of(parameter) * options.trust_coefficient, norm_of(gradient));
           scaled_gradient = gradient * (trust * options.lr);
         }
-        auto& slot = state_[optimizer_state_key(state_, parameter)];
-        if (!slot) {
-          auto fresh = std::make_unique<torch::optim::SGDParamState>();
-          fresh->momentum_buffer(at::zeros_like(parameter, at::MemoryFormat::Preserve));
-          slot = std::move(fresh);
-        }
-        at::Tensor velocity = static_cast<torch::optim::SGDParamState&>(*slot).momentum_buffer();
+        at::Tensor& velocity = velocity_of(parameter);
         velocity.mul_(options.momentum).add_(scaled_gradient);
         parameter.sub_(velocity);
       }
@@ -181,24 +175,7 @@ class Lamb : public torch::optim::Optimizer {
       const LambOptions& options = static_cast<const LambGroupOptions&>(group.options()).values;
       for (auto& parameter : group.params()) {
         if (!parameter.grad().defined()) continue;
-        const at::Tensor& gradient = parameter.grad();
-        auto& slot = state_[optimizer_state_key(state_, parameter)];
-        if (!slot) {
-          auto fresh = std::make_unique<torch::optim::AdamWParamState>();
-          fresh->step(0);
-          fresh->exp_avg(at::zeros_like(parameter, at::MemoryFormat::Preserve));
-          fresh->exp_avg_sq(at::zeros_like(parameter, at::MemoryFormat::Preserve));
-          slot = std::move(fresh);
-        }
-        auto& state = static_cast<torch::optim::AdamWParamState&>(*slot);
-        state.step(state.step() + 1);
-        at::Tensor first_moment = state.exp_avg();
-        at::Tensor second_moment = state.exp_avg_sq();
-        first_moment.mul_(options.beta1).add_(gradient, 1 - options.beta1);
-        second_moment.mul_(options.beta2).addcmul_(gradient, gradient, 1 - options.beta2);
-        const double first_correction = 1 - std::pow(options.beta1, static_cast<double>(state.step()));
-        const double second_correction = 1 - std::pow(options.beta2, static_cast<double>(state.step()));
-        at::Tensor update = (first_moment / first_correction) / ((second_moment / second_correction).sqrt_().add_(options.eps));
+        at::Tensor update = adam_direction(parameter, options);
         if (excluded(parameter)) {
           parameter.sub_(update * options.lr);
         } else {
@@ -212,6 +189,29 @@ class Lamb : public torch::optim::Optimizer {
   }
 
  private:
+  // Counts this parameter's step and updates its moments; returns the
+  // bias-corrected Adam direction m̂ / (√v̂ + eps), before weight decay.
+  at::Tensor adam_direction(const at::Tensor& parameter, const LambOptions& options) {
+    const at::Tensor& gradient = parameter.grad();
+    auto& slot = state_[optimizer_state_key(state_, parameter)];
+    if (!slot) {
+      auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+      fresh->step(0);
+      fresh->exp_avg(at::zeros_like(parameter, at::MemoryFormat::Preserve));
+      fresh->exp_avg_sq(at::zeros_like(parameter, at::MemoryFormat::Preserve));
+      slot = std::move(fresh);
+    }
+    auto& state = static_cast<torch::optim::AdamWParamState&>(*slot);
+    state.step(state.step() + 1);
+    at::Tensor first_moment = state.exp_avg();
+    at::Tensor second_moment = state.exp_avg_sq();
+    first_moment.mul_(options.beta1).add_(gradient, 1 - options.beta1);
+    second_moment.mul_(options.beta2).addcmul_(gradient, gradient, 1 - options.beta2);
+    const double first_correction = 1 - std::pow(options.beta1, static_cast<double>(state.step()));
+    const double second_correction = 1 - std::pow(options.beta2, static_cast<double>(state.step()));
+    return (first_moment / first_correction) / ((second_moment / second_correction).sqrt_().add_(options.eps));
+  }
+
   // ZeRO-1: r of every piece first (moments updated), the tensors' norms
   // across ranks, then the update.
   void step_pieces() {
@@ -222,24 +222,7 @@ class Lamb : public torch::optim::Optimizer {
     std::vector<at::Tensor> updates(parameters.size());
     for (size_t i = 0; i < parameters.size(); ++i) {
       const at::Tensor& parameter = parameters[i];
-      const at::Tensor& gradient = parameter.grad();
-      auto& slot = state_[optimizer_state_key(state_, parameter)];
-      if (!slot) {
-        auto fresh = std::make_unique<torch::optim::AdamWParamState>();
-        fresh->step(0);
-        fresh->exp_avg(at::zeros_like(parameter, at::MemoryFormat::Preserve));
-        fresh->exp_avg_sq(at::zeros_like(parameter, at::MemoryFormat::Preserve));
-        slot = std::move(fresh);
-      }
-      auto& state = static_cast<torch::optim::AdamWParamState&>(*slot);
-      state.step(state.step() + 1);
-      at::Tensor first_moment = state.exp_avg();
-      at::Tensor second_moment = state.exp_avg_sq();
-      first_moment.mul_(options.beta1).add_(gradient, 1 - options.beta1);
-      second_moment.mul_(options.beta2).addcmul_(gradient, gradient, 1 - options.beta2);
-      const double first_correction = 1 - std::pow(options.beta1, static_cast<double>(state.step()));
-      const double second_correction = 1 - std::pow(options.beta2, static_cast<double>(state.step()));
-      updates[i] = (first_moment / first_correction) / ((second_moment / second_correction).sqrt_().add_(options.eps));
+      updates[i] = adam_direction(parameter, options);
       if (!norms.excluded(i) && options.weight_decay != 0) updates[i].add_(parameter, options.weight_decay);
       norms.add(i, parameter, updates[i]);
     }
