@@ -336,19 +336,22 @@ double GradientReducer::grad_norm() const {
   for (const auto& bucket : buckets_) norms.push_back(at::linalg_vector_norm(own_chunk(bucket, bucket.buffer), 2));
   at::Tensor norm = at::linalg_vector_norm(torch::stack(norms).to(at::kDouble), 2);
   if (sharded_) {
-    // A float norm that overflowed is recomputed in double here, locally,
-    // so every rank still makes exactly one all-reduce.
-    if (std::isinf(norm.item<double>())) {
-      norms.clear();
-      for (const auto& bucket : buckets_) {
-        norms.push_back(at::linalg_vector_norm(own_chunk(bucket, bucket.buffer), 2, c10::nullopt, false, at::kDouble));
-      }
-      norm = at::linalg_vector_norm(torch::stack(norms), 2);
+    // The chunks' squared norms summed across ranks: one read. A float norm
+    // that overflowed on any rank makes the sum inf on every rank, so all
+    // recompute in double and sum again together.
+    auto across_ranks = [&](const at::Tensor& chunk_norm) {
+      at::Tensor squared = chunk_norm.square().reshape({1});
+      CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient norm all-reduce");
+      comm_.all_reduce(squared);
+      return std::sqrt(squared.item<double>());
+    };
+    const double value = across_ranks(norm);
+    if (!std::isinf(value)) return value;
+    norms.clear();
+    for (const auto& bucket : buckets_) {
+      norms.push_back(at::linalg_vector_norm(own_chunk(bucket, bucket.buffer), 2, c10::nullopt, false, at::kDouble));
     }
-    at::Tensor squared = norm.square().reshape({1});
-    CollectiveWatchdog::Scope watched(comm_.watchdog(), "gradient norm all-reduce");
-    comm_.all_reduce(squared);
-    return std::sqrt(squared.item<double>());
+    return across_ranks(at::linalg_vector_norm(torch::stack(norms), 2));
   }
   const double value = norm.item<double>();
   if (!std::isinf(value)) return value;

@@ -58,9 +58,9 @@ at::Tensor evaluate(const torch::optim::Optimizer::LossClosure& closure) {
 // of its quantities to its tensor's row; then one all-reduce and a sqrt.
 class PieceNorms {
  public:
-  PieceNorms(const TensorPieces& pieces, const at::Tensor& like)
+  explicit PieceNorms(const TensorPieces& pieces)
       : pieces_(pieces),
-        squares_(at::zeros({static_cast<int64_t>(pieces.tensor_dims.size()), 2}, like.options().dtype(at::kDouble))) {}
+        squares_(at::zeros({static_cast<int64_t>(pieces.tensor_dims.size()), 2}, pieces.options.dtype(at::kDouble))) {}
   void add(size_t piece, const at::Tensor& first, const at::Tensor& second) {
     const at::Tensor row = squares_[pieces_.tensor_of.at(piece)];
     row[0] += first.to(at::kDouble).square().sum();
@@ -129,7 +129,7 @@ class Lars : public torch::optim::Optimizer {
     auto& group = param_groups_.at(0);
     const LarsOptions& options = static_cast<const LarsGroupOptions&>(group.options()).values;
     auto& parameters = group.params();
-    PieceNorms norms(*pieces_, parameters.empty() ? at::zeros({}) : parameters.front());
+    PieceNorms norms(*pieces_);
     std::vector<at::Tensor> gradients(parameters.size());
     for (size_t i = 0; i < parameters.size(); ++i) {
       gradients[i] = parameters[i].grad();
@@ -218,7 +218,7 @@ class Lamb : public torch::optim::Optimizer {
     auto& group = param_groups_.at(0);
     const LambOptions& options = static_cast<const LambGroupOptions&>(group.options()).values;
     auto& parameters = group.params();
-    PieceNorms norms(*pieces_, parameters.empty() ? at::zeros({}) : parameters.front());
+    PieceNorms norms(*pieces_);
     std::vector<at::Tensor> updates(parameters.size());
     for (size_t i = 0; i < parameters.size(); ++i) {
       const at::Tensor& parameter = parameters[i];

@@ -36,6 +36,7 @@
 // "excluded" is the whole tensor's dimension, not the piece's.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/core/TensorOptions.h>
 
 #include <functional>
 #include <memory>
@@ -67,6 +68,9 @@ struct TensorPieces {
   std::vector<int64_t> tensor_dims;  // per tensor: its number of dimensions
   // Sums a double [tensors, 2] tensor over the ranks, in place (collective).
   std::function<void(at::Tensor&)> sum_over_ranks;
+  // Where the parameters live: a rank may hold no piece at all, and still
+  // joins the sum with zeros there.
+  at::TensorOptions options;
 };
 
 // Throw Error if an option is out of range (a negative lr, momentum or

@@ -25,6 +25,7 @@ Updater::Updater(const OptimizerOptions& options, const NamedParameters& paramet
   }
   layout_ = std::make_unique<TensorPieces>();
   for (const auto& [name, parameter] : parameters_) layout_->tensor_dims.push_back(parameter.dim());
+  layout_->options = parameters_.front().second.options();
   layout_->sum_over_ranks = [this](at::Tensor& squares) {
     CollectiveWatchdog::Scope watched(comm_.watchdog(), "trust-ratio norms all-reduce");
     comm_.all_reduce(squares);
@@ -71,7 +72,7 @@ NamedTensors Updater::state() {
   const NamedTensors local = optimizer_state(*optimizer_, options_, pieces_);
   const std::map<std::string, at::Tensor> given(local.begin(), local.end());
   const auto& owned = reducer_.owned_pieces();
-  const auto device = owned.empty() ? parameters_.front().second.device() : owned.front().value.device();
+  const auto device = parameters_.front().second.device();
   // Which parameters have state, and their step counts: a rank may hold no
   // piece of a parameter, so both are agreed (max over the ranks).
   const int64_t count = static_cast<int64_t>(parameters_.size());
