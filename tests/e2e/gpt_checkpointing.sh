@@ -73,3 +73,13 @@ assert rate[picked] >= 0.9 * rate[faster], f"auto chose {picked}, {rate[picked]:
 assert auto["activation_checkpointing"] == (picked == "blocks") and auto["micro_batch_size"] == chosen["micro_batch_size"]
 PY
 pass "--micro-batch-size auto chose the faster lever"
+
+# The other way round: under a budget where both fit the whole share (micro
+# 32), checkpointing only adds a recompute (about 1.25x the time), and auto
+# must not take it. A choice that always took checkpointing, or the larger
+# micro-batch with ties going to checkpointing, fails here.
+"$DTRAIN" "${AUTO[@]}" --max-steps 1 --micro-batch-size auto --memory-budget 2GiB --activation-checkpointing auto \
+  --out-dir "$WORK/auto-roomy" >"$WORK/auto-roomy.log" 2>&1 || { tail -5 "$WORK/auto-roomy.log"; fail "auto (2 GiB) failed"; }
+grep -E "^micro-batch auto .*; chose 32 without checkpointing \(the most samples/s\)" "$WORK/auto-roomy.log" \
+  || { cat "$WORK/auto-roomy.log"; fail "with room for both, auto took checkpointing"; }
+pass "with room for micro 32 either way, auto left checkpointing off"
