@@ -10,6 +10,7 @@
 #include "data/dataset.h"
 #include "io/weights.h"
 #include "models/models.h"
+#include "models/precision.h"
 #include "data/batch_plan.h"
 #include "run/checkpoint.h"
 #include "run/metrics_log.h"
@@ -90,8 +91,19 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   const torch::Device device = placement.device == DeviceKind::Cuda
                                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(placement.device_index))
                                    : torch::Device(torch::kCPU);
+  // --precision auto: each rank resolves it for its device; all must agree.
+  resolved.run.precision = resolve_precision(parsed.config.run.precision, device);
+  const auto precisions = mpi.all_gather(static_cast<int64_t>(resolved.run.precision));
+  run_agreed(mpi, [&] {
+    const auto& choices = precisions;
+    if (*std::min_element(choices.begin(), choices.end()) != *std::max_element(choices.begin(), choices.end())) {
+      throw UsageError("--precision auto resolved differently across ranks (their GPUs differ in bf16 support); "
+                       "give --precision fp32, tf32 or bf16-mixed");
+    }
+  });
   if (root) {
     std::cout << "dtrain: " << comm.world_size() << " rank(s) on " << placement.describe() << "; " << threads_line
+              << "; precision " << to_string(config.run.precision)
               << "\nresolved configuration (trajectory hash " << hash_text(trajectory_hash(config)) << "):\n"
               << config_to_ini(config) << std::flush;
   }

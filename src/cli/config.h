@@ -24,6 +24,11 @@ enum class Switch { Auto, On, Off };
 // auto to choose, and means none wherever nothing has chosen.
 enum class ActivationCheckpointing { None, Blocks, Auto };
 enum class NonFinitePolicy { Stop, Skip, Ignore };
+// --precision (models/precision.h): fp32 (TF32 off), tf32 (TF32 on in cuBLAS
+// and cuDNN), bf16-mixed (forward and loss under autocast to bfloat16;
+// parameters, gradients and optimizer state stay fp32), or auto (bf16-mixed
+// on a GPU with bf16 tensor cores, else fp32; resolved at start-up).
+enum class Precision { Fp32, Tf32, Bf16Mixed, Auto };
 
 // --micro-batch-size auto: the largest that fits the memory budget.
 constexpr int64_t kAutoMicroBatch = -1;
@@ -70,6 +75,7 @@ struct RunOptions {
   int64_t log_every = 50;
   int64_t eval_every = 0;  // 0: evaluate at the end of each epoch only
   int threads = 0;  // intra-op threads per rank; 0: auto (comm/cpu_share.h)
+  Precision precision = Precision::Fp32;
 };
 
 struct DataOptions {
@@ -184,6 +190,8 @@ DTRAIN_ENUM_WORDS(ReduceDtype, {ReduceDtype::Fp32, "fp32"}, {ReduceDtype::Bf16, 
 DTRAIN_ENUM_WORDS(Switch, {Switch::Auto, "auto"}, {Switch::On, "true"}, {Switch::Off, "false"});
 DTRAIN_ENUM_WORDS(ActivationCheckpointing, {ActivationCheckpointing::None, "none"},
                   {ActivationCheckpointing::Blocks, "blocks"}, {ActivationCheckpointing::Auto, "auto"});
+DTRAIN_ENUM_WORDS(Precision, {Precision::Fp32, "fp32"}, {Precision::Tf32, "tf32"},
+                  {Precision::Bf16Mixed, "bf16-mixed"}, {Precision::Auto, "auto"});
 DTRAIN_ENUM_WORDS(NonFinitePolicy, {NonFinitePolicy::Stop, "stop"}, {NonFinitePolicy::Skip, "skip"},
                   {NonFinitePolicy::Ignore, "ignore"});
 #undef DTRAIN_ENUM_WORDS

@@ -515,6 +515,11 @@ std::vector<OptionSpec> build_table() {
       seed({"seed", "run", E::Exact, "7", "seed of the initial weights and the sample order"}, DTRAIN_FIELD(run.seed)),
       boolean({"shuffle", "run", E::Exact, "false", "reshuffle the training set each epoch"},
               DTRAIN_FIELD(run.shuffle)),
+      choice({"precision", "run", E::Exact, "bf16-mixed",
+              "fp32 (TF32 off), tf32 (TF32 matmuls and convolutions on a GPU), bf16-mixed (forward and loss under "
+              "bfloat16 autocast; weights, gradients and optimizer state stay fp32; slow on a CPU without bf16 "
+              "instructions), or auto (bf16-mixed on a GPU with bf16 tensor cores, else fp32)"},
+             DTRAIN_FIELD(run.precision)),
       text({"out-dir", "run", E::None, "runs/example",
             "where rank 0 writes config.json, metrics.jsonl and summary.json"},
            DTRAIN_FIELD(run.out_dir), /*optional=*/false),
@@ -533,8 +538,8 @@ std::vector<OptionSpec> build_table() {
       text({"data-file", "data", E::Exact, "corpus.txt", "--dataset text: a text file, one document per line"},
            DTRAIN_FIELD(data.data_file), /*optional=*/true),
       boolean({"pack", "data", E::Exact, "true",
-               "text datasets: concatenate documents into full --block-size rows (no padding) instead of one "
-               "document per row"},
+               "text datasets: concatenate the training documents into full --block-size rows (no padding) "
+               "instead of one document per row; validation stays whole documents"},
               DTRAIN_FIELD(data.pack)),
       text({"data-dir", "data", E::Exact, "/data/fashion-mnist", "folder with Fashion-MNIST's *-ubyte.gz files"},
            DTRAIN_FIELD(data.data_dir), /*optional=*/false),

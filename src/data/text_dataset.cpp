@@ -202,7 +202,9 @@ TextDataset make_text_dataset(const std::vector<std::string>& documents, int64_t
   dataset.train_documents = static_cast<int64_t>(train.size());
   dataset.validation_documents = static_cast<int64_t>(validation.size());
   dataset.train = token_split(train, block_size, pack);
-  dataset.validation = token_split(validation, block_size, pack);
+  // Always whole documents: the score of a packed run and an unpacked one
+  // is the same measurement (no context carried across documents).
+  dataset.validation = token_split(validation, block_size, /*pack=*/false);
   const std::string why = pack ? "fewer than block size + 1 = " + std::to_string(block_size + 1) + " bytes"
                                : "every document is shorter than 2 bytes";
   if (dataset.train.size() == 0) {
@@ -210,8 +212,8 @@ TextDataset make_text_dataset(const std::vector<std::string>& documents, int64_t
                      "); use more text or a smaller --block-size");
   }
   if (validation_documents > 0 && dataset.validation.size() == 0) {
-    throw UsageError("the " + std::to_string(validation_documents) + " validation documents give no rows (" + why +
-                     "); hold out more documents or use a smaller --block-size");
+    throw UsageError("the " + std::to_string(validation_documents) +
+                     " validation documents give no rows (every one is shorter than 2 bytes); hold out more documents");
   }
   return dataset;
 }

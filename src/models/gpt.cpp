@@ -3,8 +3,8 @@
 #include "models/gpt.h"
 
 #include "common/error.h"
+#include "models/precision.h"
 
-#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -32,69 +32,6 @@ void init_linear(const torch::nn::Linear& linear, double stddev) {
   torch::nn::init::normal_(linear->weight, 0.0, stddev);
   if (linear->bias.defined()) torch::nn::init::zeros_(linear->bias);
 }
-
-// The autocast state of this thread: whether CPU and CUDA autocast are on,
-// their lower-precision types, and whether casts of weights are cached.
-// LibTorch 2.4 replaced the per-device functions with ones taking the device
-// type (the old ones, kept deprecated, warn when called).
-struct AutocastState {
-  bool cpu_enabled = false, cuda_enabled = false;
-  at::ScalarType cpu_dtype = at::kBFloat16, cuda_dtype = at::kHalf;
-  bool cache_enabled = true;
-
-  static AutocastState current() {
-    AutocastState state;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    state.cpu_enabled = at::autocast::is_autocast_enabled(at::kCPU);
-    state.cuda_enabled = at::autocast::is_autocast_enabled(at::kCUDA);
-    state.cpu_dtype = at::autocast::get_autocast_dtype(at::kCPU);
-    state.cuda_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-#else
-    state.cpu_enabled = at::autocast::is_cpu_enabled();
-    state.cuda_enabled = at::autocast::is_enabled();
-    state.cpu_dtype = at::autocast::get_autocast_cpu_dtype();
-    state.cuda_dtype = at::autocast::get_autocast_gpu_dtype();
-#endif
-    state.cache_enabled = at::autocast::is_autocast_cache_enabled();
-    return state;
-  }
-
-  void make_current() const {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_enabled(at::kCPU, cpu_enabled);
-    at::autocast::set_autocast_enabled(at::kCUDA, cuda_enabled);
-    at::autocast::set_autocast_dtype(at::kCPU, cpu_dtype);
-    at::autocast::set_autocast_dtype(at::kCUDA, cuda_dtype);
-#else
-    at::autocast::set_cpu_enabled(cpu_enabled);
-    at::autocast::set_enabled(cuda_enabled);
-    at::autocast::set_autocast_cpu_dtype(cpu_dtype);
-    at::autocast::set_autocast_gpu_dtype(cuda_dtype);
-#endif
-    at::autocast::set_autocast_cache_enabled(cache_enabled);
-  }
-};
-
-// Enters an autocast state for a scope and puts the previous one back, as
-// Python's torch.autocast does, nesting included: the cache of casted
-// weights is cleared when the outermost autocast scope ends, so the
-// recompute's casts do not outlive the backward that made them.
-class AutocastScope {
- public:
-  explicit AutocastScope(const AutocastState& state) : previous_(AutocastState::current()) {
-    at::autocast::increment_nesting();
-    state.make_current();
-  }
-  ~AutocastScope() {
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    previous_.make_current();
-  }
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
-
- private:
-  AutocastState previous_;
-};
 
 // The state of a default generator, read under its lock.
 at::Tensor generator_state(const at::Generator& generator) {
@@ -235,18 +172,44 @@ CausalSelfAttention::CausalSelfAttention(int64_t n_embd, int64_t n_head) : n_hea
   c_proj = register_module("c_proj", torch::nn::Linear(n_embd, n_embd));
 }
 
+bool fused_attention_available() {
+#if TORCH_VERSION_MAJOR >= 2
+  return true;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               AttentionKernel kernel) {
+  if (kernel == AttentionKernel::Fused) {
+#if TORCH_VERSION_MAJOR >= 2
+    // Flash or memory-efficient kernels where the device has them: no T x T
+    // matrix is kept for backward.
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+#else
+    throw Error("fused attention needs LibTorch 2.0 or later (this build has 1.x)");
+#endif
+  }
+  const int64_t length = q.size(-2), head_size = q.size(-1);
+  auto scores = q.matmul(k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(head_size)));
+  // Position t attends to 0..t only: the strictly upper triangle is the future.
+  const auto future = torch::ones({length, length}, q.options().dtype(torch::kBool)).triu(1);
+  scores = scores.masked_fill(future, -std::numeric_limits<double>::infinity());
+  return scores.softmax(-1).matmul(v);
+}
+
 torch::Tensor CausalSelfAttention::forward(const torch::Tensor& x) {
   const int64_t batch = x.size(0), length = x.size(1), n_embd = x.size(2);
   const int64_t head_size = n_embd / n_head_;
   const auto qkv = c_attn->forward(x).split(n_embd, 2);
   // [N, T, C] -> [N, heads, T, head_size]
   auto heads = [&](const torch::Tensor& t) { return t.view({batch, length, n_head_, head_size}).transpose(1, 2); };
-  const auto q = heads(qkv[0]), k = heads(qkv[1]), v = heads(qkv[2]);
-  auto scores = q.matmul(k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(head_size)));
-  // Position t attends to 0..t only: the strictly upper triangle is the future.
-  const auto future = torch::ones({length, length}, x.options().dtype(torch::kBool)).triu(1);
-  scores = scores.masked_fill(future, -std::numeric_limits<double>::infinity());
-  const auto y = scores.softmax(-1).matmul(v).transpose(1, 2).contiguous().view({batch, length, n_embd});
+  const auto kernel = fused_attention_available() ? AttentionKernel::Fused : AttentionKernel::Explicit;
+  const auto y = causal_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), kernel)
+                     .transpose(1, 2)
+                     .contiguous()
+                     .view({batch, length, n_embd});
   return c_proj->forward(y);
 }
 

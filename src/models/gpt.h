@@ -65,9 +65,20 @@ void validate_gpt_options(const GptOptions& options);
 torch::Tensor checkpointed_forward(std::function<torch::Tensor(const torch::Tensor&)> function,
                                    const torch::Tensor& input);
 
+// Causal attention of q, k, v [N, heads, T, head size]: softmax(q k^T /
+// sqrt(head size)) with the future masked out, times v. Explicit builds the
+// T x T scores and keeps them for backward; Fused calls LibTorch 2.x's
+// scaled_dot_product_attention (flash or memory-efficient kernels where the
+// device has them, no T x T matrix kept). The GPT uses Fused wherever
+// fused_attention_available(); the two agree to float rounding.
+enum class AttentionKernel { Explicit, Fused };
+bool fused_attention_available();  // LibTorch 2.0 or later
+torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               AttentionKernel kernel);
+
 // Multi-head causal self-attention: one fused projection c_attn (n_embd ->
-// 3 n_embd: queries, keys, values), softmax(Q K^T / sqrt(head size)) with
-// the future masked out, then c_proj (n_embd -> n_embd).
+// 3 n_embd: queries, keys, values), causal_attention, then c_proj
+// (n_embd -> n_embd).
 class CausalSelfAttention : public torch::nn::Module {
  public:
   CausalSelfAttention(int64_t n_embd, int64_t n_head);

@@ -95,8 +95,12 @@ std::shared_ptr<Model> make_model(const ModelOptions& options, const std::vector
 }
 
 torch::Tensor summed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
+  // Under --precision bf16-mixed the logits come out bf16: the softmax and
+  // the sum are taken in fp32, as autocast does for PyTorch's cross_entropy.
+  const bool reduced = logits.scalar_type() == torch::kBFloat16 || logits.scalar_type() == torch::kHalf;
+  const auto wide = reduced ? logits.to(torch::kFloat) : logits;
   return torch::nn::functional::cross_entropy(
-      logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
+      wide.reshape({-1, wide.size(-1)}), targets.reshape({-1}),
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(-1));
 }
 

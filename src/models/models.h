@@ -58,7 +58,8 @@ std::vector<std::pair<std::string, torch::Tensor>> named_trainable_parameters(co
 
 // The loss every model trains and is evaluated on: the SUM of per-item
 // cross-entropies, per sample ([N, C] logits) or per target token ([N, T, V]
-// logits; -1 targets, the padding, never count).
+// logits; -1 targets, the padding, never count), in fp32 for bf16 or fp16
+// logits.
 torch::Tensor summed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets);
 
 // `input_shape` is one sample's shape, e.g. {1, 28, 28}.

@@ -3,6 +3,7 @@
 #include "optim/optimizer.h"
 
 #include "common/error.h"
+#include "optim/fused_adamw.h"
 #include "optim/large_batch_optimizers.h"
 
 #include <torch/torch.h>
@@ -56,7 +57,7 @@ void check_optimizer_state(const OptimizerOptions& options, const NamedParameter
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
                                                         const NamedParameters& named, double lr,
-                                                        const TensorPieces* pieces) {
+                                                        const TensorPieces* pieces, bool fused) {
   std::vector<torch::Tensor> parameters;
   for (const auto& item : named) parameters.push_back(item.second);
   const double eps = options.eps > 0 ? options.eps : default_eps(options.kind);  // --eps auto
@@ -66,11 +67,14 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
                                                                  .momentum(options.momentum)
                                                                  .nesterov(options.nesterov)
                                                                  .weight_decay(options.weight_decay));
-    case OptimizerKind::AdamW:
-      return std::make_unique<torch::optim::AdamW>(parameters, torch::optim::AdamWOptions(lr)
-                                                                   .betas({options.betas.at(0), options.betas.at(1)})
-                                                                   .eps(eps)
-                                                                   .weight_decay(options.weight_decay));
+    case OptimizerKind::AdamW: {
+      const auto adamw = torch::optim::AdamWOptions(lr)
+                             .betas({options.betas.at(0), options.betas.at(1)})
+                             .eps(eps)
+                             .weight_decay(options.weight_decay);
+      if (fused && fused_adamw_available()) return make_fused_adamw(parameters, adamw);
+      return std::make_unique<torch::optim::AdamW>(parameters, adamw);
+    }
     case OptimizerKind::Lars:
       return make_lars(parameters, {lr, options.momentum, options.weight_decay, options.trust_coefficient}, pieces);
     case OptimizerKind::Lamb:

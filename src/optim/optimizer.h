@@ -42,10 +42,16 @@ struct TensorPieces;  // optim/large_batch_optimizers.h
 
 // `pieces`: null, or (ZeRO-1) which tensor each of `parameters` is a piece
 // of, for LARS and LAMB's per-tensor norms; SGD and AdamW act element by
-// element and need nothing.
+// element and need nothing. `fused`: AdamW steps with LibTorch's fused
+// kernel (when fused_adamw_available(); others ignore it), with the same
+// state and checkpoint entries as torch::optim::AdamW.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
                                                         const NamedParameters& parameters, double lr,
-                                                        const TensorPieces* pieces = nullptr);
+                                                        const TensorPieces* pieces = nullptr, bool fused = false);
+
+// Whether this LibTorch has the fused AdamW kernel for CUDA and the CPU
+// (at::_fused_adamw_, LibTorch 2.4 or later).
+bool fused_adamw_available();
 
 // Whether the optimizer keeps state (momentum, moments): what a sharded
 // optimizer state would shard.

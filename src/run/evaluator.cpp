@@ -4,6 +4,7 @@
 
 #include "comm/watchdog.h"
 #include "common/error.h"
+#include "models/precision.h"
 #include "run/report.h"
 
 #include <torch/torch.h>
@@ -61,9 +62,14 @@ EvalResult Evaluator::evaluate(Model& model, const Split& split, const std::vect
     const int64_t count = std::min<int64_t>(chunk, static_cast<int64_t>(indices.size() - start));
     const auto index_tensor =
         torch::from_blob(const_cast<int64_t*>(indices.data() + start), {count}, torch::kLong);
-    const auto logits = model.forward(split.inputs.index_select(0, index_tensor).to(device_));
     const auto targets = split.targets.index_select(0, index_tensor).to(device_);
-    loss_sum += summed_cross_entropy(logits, targets).item<double>();
+    torch::Tensor logits, loss;
+    {
+      const PrecisionScope precision(config_.run.precision, device_.type());  // as in training
+      logits = model.forward(split.inputs.index_select(0, index_tensor).to(device_));
+      loss = summed_cross_entropy(logits, targets);
+    }
+    loss_sum += loss.item<double>();
     correct += logits.argmax(-1).eq(targets).sum().item<int64_t>();  // a -1 target is never a class
     items += split.target_counts.defined() ? split.target_counts.index_select(0, index_tensor).sum().item<int64_t>()
                                            : count;

@@ -17,10 +17,14 @@
 namespace dtrain {
 
 Updater::Updater(const OptimizerOptions& options, const NamedParameters& parameters, GradientReducer& reducer,
-                 Communicator& comm, double lr)
-    : options_(options), parameters_(parameters), reducer_(reducer), comm_(comm) {
+                 Communicator& comm, double lr, bool fused)
+    : options_(options),
+      parameters_(parameters),
+      reducer_(reducer),
+      comm_(comm),
+      fused_(fused && options.kind == OptimizerKind::AdamW) {
   if (!reducer_.sharded()) {
-    optimizer_ = make_optimizer(options_, parameters_, lr);
+    optimizer_ = make_optimizer(options_, parameters_, lr, nullptr, fused_);
     return;
   }
   layout_ = std::make_unique<TensorPieces>();
@@ -36,7 +40,7 @@ Updater::Updater(const OptimizerOptions& options, const NamedParameters& paramet
     pieces_.emplace_back(parameters_.at(piece.parameter).first + "@" + std::to_string(piece.offset_in_tensor), value);
     layout_->tensor_of.push_back(static_cast<int64_t>(piece.parameter));
   }
-  optimizer_ = make_optimizer(options_, pieces_, lr, layout_.get());
+  optimizer_ = make_optimizer(options_, pieces_, lr, layout_.get(), fused_);
 }
 
 Updater::~Updater() = default;

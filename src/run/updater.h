@@ -30,8 +30,9 @@ class Updater {
  public:
   // `parameters`: the model's trainable parameters, in the reducer's order
   // (models/models.h named_trainable_parameters). Sharded when the reducer is.
+  // `fused`: AdamW takes LibTorch's fused step (optim/optimizer.h).
   Updater(const OptimizerOptions& options, const NamedParameters& parameters, GradientReducer& reducer,
-          Communicator& comm, double lr);
+          Communicator& comm, double lr, bool fused = false);
   ~Updater();
 
   void set_lr(double lr);
@@ -47,6 +48,8 @@ class Updater {
   void load(const NamedTensors& state, const std::string& source);
 
   bool sharded() const;
+  // Whether the step is LibTorch's fused AdamW kernel.
+  bool fused() const { return fused_; }
   // Whether the optimizer made state yet (after a first step or a load).
   bool has_state() const;
   // Bytes of this rank's state tensors (sharded: its pieces' only).
@@ -64,6 +67,7 @@ class Updater {
   std::unique_ptr<TensorPieces> layout_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   double gather_seconds_ = 0;
+  bool fused_ = false;
   FaultHook fault_exit_{"DTRAIN_FAULT_EXIT", "allgather"};  // tests: die just before the all-gather
 };
 

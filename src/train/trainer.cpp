@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "ddp/reducer.h"
 #include "memory/out_of_memory.h"
+#include "models/precision.h"
 #include "optim/optimizer.h"
 #include "run/checkpoint.h"
 #include "run/evaluator.h"
@@ -62,6 +63,7 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   std::vector<torch::Tensor> parameters;
   for (const auto& item : named) parameters.push_back(item.second);
   device_ = parameters.front().device();
+  set_tf32(config_.run.precision);
   loss_.since_logged = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
   loss_.step = torch::zeros_like(loss_.since_logged);
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_, comm_.world_size()));
@@ -72,7 +74,10 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
                      "DTRAIN_MEMORY_ACCOUNTING=0 turned off: unset it, or leave out --memory-budget");
   }
   apply_memory_budget(device_, config_.batch.memory_budget);
-  updater_ = std::make_unique<Updater>(config_.optimizer, named, *reducer_, comm_, schedule_.at(0));
+  // The fused AdamW step where LibTorch has it, except in fp32 (the
+  // equivalence tests' mode keeps the loop).
+  const bool fused = config_.run.precision != Precision::Fp32 && fused_adamw_available();
+  updater_ = std::make_unique<Updater>(config_.optimizer, named, *reducer_, comm_, schedule_.at(0), fused);
   evaluator_ = std::make_unique<Evaluator>(config_, data_, comm_, device_);
   if (config_.study.noise_scale || config_.study.measure_noise_scale > 0) {
     // With --micro-batch-size auto, checked once the split is chosen.
@@ -149,6 +154,8 @@ at::Tensor Trainer::summed_train_loss(const std::vector<int64_t>& indices) {
   const auto index_tensor = as_index_tensor(indices);
   const auto inputs = data_.train.inputs.index_select(0, index_tensor).to(device_);
   const auto targets = data_.train.targets.index_select(0, index_tensor).to(device_);
+  // Forward and loss under --precision; the caller's backward runs outside.
+  const PrecisionScope precision(config_.run.precision, device_.type());
   return summed_cross_entropy(model_->forward(inputs), targets);
 }
 
@@ -307,6 +314,8 @@ nlohmann::json Trainer::summary(RunStatus status, int64_t steps_done) const {
              plan_.micro_batch_size,
              config_.batch.memory_budget, device_);
   evaluator_->target().describe(summary);
+  summary["precision"] = to_string(config_.run.precision);
+  summary["fused_adamw"] = updater_->fused();
   summary["activation_checkpointing"] = activation_checkpointing();
   if (auto_.size() > 1) {
     nlohmann::json levers = nlohmann::json::array();

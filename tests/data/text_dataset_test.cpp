@@ -213,11 +213,15 @@ TEST(TextDataset, PackingMakesFullRowsOfTheNewlineSeparatedStream) {
 
   const auto documents = numbered_documents(30);
   const TextDataset data = make_text_dataset(documents, 8, 6, 3, true);
-  for (const TokenSplit* packed : {&data.train, &data.validation}) {
-    expect_well_formed(*packed, 8);
-    EXPECT_FALSE(packed->targets.eq(-1).any().item<bool>()) << "a packed row is never padded";
-    EXPECT_TRUE(torch::equal(packed->target_counts, torch::full({packed->size()}, 8, torch::kLong)));
-  }
+  expect_well_formed(data.train, 8);
+  EXPECT_FALSE(data.train.targets.eq(-1).any().item<bool>()) << "a packed row is never padded";
+  EXPECT_TRUE(torch::equal(data.train.target_counts, torch::full({data.train.size()}, 8, torch::kLong)));
+  // The validation split stays whole documents, one per row, as unpacked:
+  // packing changes what is trained on, not what is scored.
+  const TextDataset unpacked = make_text_dataset(documents, 8, 6, 3, false);
+  EXPECT_TRUE(torch::equal(data.validation.inputs, unpacked.validation.inputs));
+  EXPECT_TRUE(torch::equal(data.validation.targets, unpacked.validation.targets));
+  EXPECT_TRUE(data.validation.targets.eq(-1).any().item<bool>()) << "short documents are padded";
   // The rows chain into the stream of the training documents, each ended by '\n'.
   std::string stream, rebuilt;
   const std::vector<int64_t> held_out = validation_indices(30, 6, 3);

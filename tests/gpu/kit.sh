@@ -253,7 +253,31 @@ rehearse_inside() {
   # The memory levers' e2e tests too, as the sanitized build runs them
   # (DTRAIN_E2E_SUBSET: the same code, fewer numbers).
   DTRAIN_E2E_SUBSET=1 ctest --test-dir "$build" --output-on-failure \
-    -R '^(unit|mpi_np[124]|e2e_train_synthetic|e2e_train_fashion|e2e_sharded|e2e_gpt_checkpointing)$'
+    -R '^(unit|mpi_np[124]|e2e_train_synthetic|e2e_train_fashion|e2e_train_precision|e2e_sharded|e2e_gpt_checkpointing)$'
+  # The gpt_speed check's plumbing on the CPU (a 2-layer model; no speed is
+  # judged): dtrain in each precision, the peer under this LibTorch 2.x's
+  # torch, and every field of the figures filled.
+  local speed=$build/gpt-speed-rehearsal
+  rm -rf "$speed"
+  python3 "$ROOT/tests/gpu/gpt_speed.py" --cpu --dtrain "$build/dtrain" --config "$ROOT/configs/gpt2_small.ini" \
+    --data-file "$KIT/kjv.txt" --out "$speed" --python "$python" >"$speed.log" 2>&1 ||
+    { tail -30 "$speed.log" >&2; die "the gpt_speed check failed on the CPU"; }
+  python3 - "$speed.log" <<'PY' || die "the gpt_speed check's figures are incomplete"
+import json, sys
+line = [l for l in open(sys.argv[1]) if l.startswith("figures: ")][-1]
+figures = json.loads(line[len("figures: "):])
+for precision in ("bf16-mixed", "tf32", "fp32"):
+    run = figures["dtrain"][precision]
+    assert run["precision"] == precision and run["tokens_per_sec"] > 0, (precision, run)
+    assert run["fused_adamw"] == (precision != "fp32"), ("fused AdamW outside fp32 on LibTorch 2.x", precision, run)
+assert figures["peer"]["tokens_per_sec"] > 0 and figures["peer"]["sdpa"] and figures["peer"]["fused_adamw"], figures["peer"]
+assert figures["ratio_to_peer"] > 0 and figures["flops_per_token"] > 0, figures
+assert set(figures["goals"]) == {"tokens_per_sec_ge_1.05x_peer", "mfu_ge_40pct", "bf16_ge_5x_fp32", "largest_micro_ge_peer"}
+# bf16-mixed keeps fewer activation bytes than fp32 at the same micro-batch.
+assert figures["dtrain"]["bf16-mixed"]["activations_bytes"] < figures["dtrain"]["fp32"]["activations_bytes"], figures["dtrain"]
+print(f"kit: gpt_speed on the CPU: dtrain bf16-mixed {figures['dtrain']['bf16-mixed']['tokens_per_sec']:.0f} tokens/s, "
+      f"peer {figures['peer']['tokens_per_sec']:.0f}, fp32 {figures['dtrain']['fp32']['tokens_per_sec']:.0f}")
+PY
   say "rehearsal passed"
 }
 
@@ -476,12 +500,60 @@ sys.exit(1 if problems else 0)
 PY
 }
 
+# GPU speed (issue 19): dtrain at world 1 on configs/gpt2_small.ini (GPT-2
+# small's shape, bytes, bf16-mixed) against a PyTorch eager loop of the same
+# model on the same GPU (tests/gpu/peer_gpt.py: bf16 autocast, SDPA, fused
+# AdamW), at the same micro-batch; dtrain in tf32 and fp32 too; MFU; the
+# largest micro-batch of each under 16 GiB. tests/gpu/gpt_speed.py holds the
+# figures and the pass line (0.97x the peer's tokens/s).
+gpt_speed_check() {
+  local build=$1
+  rm -rf "$PREFIX/gpt-speed"
+  python3 "$ROOT/tests/gpu/gpt_speed.py" --dtrain "$build/dtrain" --config "$ROOT/configs/gpt2_small.ini" \
+    --data-file "$KIT/kjv.txt" --out "$PREFIX/gpt-speed" --python "${DTRAIN_KIT_PYTHON:-python3}" --budget-s 220
+}
+
+# bf16-mixed on configs/kjv_gpt.ini against its fp32 run (gpt_job's, or its
+# own when gpt_job did not run): validation bits per byte within 2%, and
+# fewer activation bytes at the same micro-batch.
+precision_check() {
+  local build=$1 out=$PREFIX/precision
+  rm -rf "$out"
+  local job=(--config "$ROOT/configs/kjv_gpt.ini" --dataset text --data-file "$KIT/kjv.txt" --device cuda
+             --backend nccl --global-batch-size 64)
+  local fp32=$PREFIX/gpt-job
+  if [ ! -f "$fp32/summary.json" ]; then
+    fp32=$out/fp32
+    mpirun -np 1 "$build/dtrain" "${job[@]}" --precision fp32 --out-dir "$fp32" || return 1
+  fi
+  mpirun -np 1 "$build/dtrain" "${job[@]}" --precision bf16-mixed --out-dir "$out/bf16" || return 1
+  python3 - "$fp32/summary.json" "$out/bf16/summary.json" <<'PY'
+import json, sys
+fp32, bf16 = (json.load(open(path)) for path in sys.argv[1:3])
+pick = lambda s: {"precision": s.get("precision"), "val_bits_per_byte": s.get("val_bits_per_byte"),
+                  "tokens_per_sec": s.get("tokens_per_sec"), "activations_bytes": s["memory"]["activations_bytes"],
+                  "micro_batch_size": s.get("micro_batch_size")}
+figures = {"fp32": pick(fp32), "bf16-mixed": pick(bf16)}
+print("figures: " + json.dumps(figures))
+problems = []
+a, b = fp32.get("val_bits_per_byte"), bf16.get("val_bits_per_byte")
+if not (isinstance(a, float) and isinstance(b, float) and abs(b - a) <= 0.02 * a):
+    problems.append(f"bf16-mixed reached {b} bits/byte against fp32's {a} (2% allowed)")
+if bf16.get("precision") != "bf16-mixed": problems.append("the bf16 run did not record bf16-mixed")
+if fp32.get("micro_batch_size") != bf16.get("micro_batch_size"): problems.append("the micro-batches differ")
+if not figures["bf16-mixed"]["activations_bytes"] < figures["fp32"]["activations_bytes"]:
+    problems.append("bf16-mixed did not hold fewer activation bytes than fp32")
+for problem in problems: print("kit-check: " + problem)
+sys.exit(1 if problems else 0)
+PY
+}
+
 run_kit() {
   local report=${1:?usage: tests/gpu/kit.sh run REPORT_DIR}
   mkdir -p "$report"
   report=$(cd "$report" && pwd)
   exec > >(tee "$report/kit.log") 2>&1
-  DEADLINE=$((SECONDS + ${DTRAIN_KIT_BUDGET_S:-600}))
+  DEADLINE=$((SECONDS + ${DTRAIN_KIT_BUDGET_S:-780}))
   CHECKS=$PREFIX/checks.tsv
   mkdir -p "$PREFIX"
   : >"$CHECKS"
@@ -513,6 +585,13 @@ run_kit() {
     check gpt_job 150 gpt_check "$build"
   else
     printf 'gpt_job\tskip\t0\tthe kit has no kjv.txt (prepare found no bible command)\n' >>"$CHECKS"
+  fi
+  if [ -f "$KIT/kjv.txt" ]; then
+    check gpt_speed 240 gpt_speed_check "$build"
+    check precision 120 precision_check "$build"
+  else
+    printf 'gpt_speed\tskip\t0\tthe kit has no kjv.txt (prepare found no bible command)\n' >>"$CHECKS"
+    printf 'precision\tskip\t0\tthe kit has no kjv.txt (prepare found no bible command)\n' >>"$CHECKS"
   fi
   if [ -f "$KIT/kjv.txt" ]; then
     check memory_limits 150 memory_check "$build"
