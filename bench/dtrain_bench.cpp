@@ -20,6 +20,8 @@
 #include "common/error.h"
 #include "comm/mpi_communicator.h"
 #include "data/dataset.h"
+#include "data/sampler.h"
+#include "data/text_dataset.h"
 #include "models/models.h"
 #include "io/files.h"
 #include "run/checkpoint.h"
@@ -277,11 +279,31 @@ nlohmann::json bench_checkpoint(const std::map<std::string, std::string>& f) {
           {"write_samples", write},    {"cp_samples", copy},                 {"cp_sync_samples", copy_sync}};
 }
 
+// The KJV's training and held-out verses as dtrain splits them (the
+// documents of --dataset kjv; validation_indices of --validation-size and
+// --seed), written as JSON to --out for the PyTorch peer of
+// bench/lm_two_cores.py to train and score on the same verses.
+nlohmann::json bench_kjv_split(const std::map<std::string, std::string>& f) {
+  const auto documents = dtrain::kjv_documents();
+  const int64_t total = static_cast<int64_t>(documents.size());
+  const auto held_out = dtrain::validation_indices(total, std::stoll(get(f, "validation-size", "1000")),
+                                                   std::stoull(get(f, "seed", "0")));
+  nlohmann::json split = {{"train", nlohmann::json::array()}, {"validation", nlohmann::json::array()}};
+  size_t next = 0;
+  for (int64_t i = 0; i < total; ++i) {
+    const bool validation = next < held_out.size() && held_out[next] == i;
+    if (validation) ++next;
+    split[validation ? "validation" : "train"].push_back(documents[static_cast<size_t>(i)]);
+  }
+  dtrain::write_file_atomically(get(f, "out", "kjv_split.json"), split.dump());
+  return {{"documents", total}, {"validation", held_out.size()}, {"out", get(f, "out", "kjv_split.json")}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: dtrain_bench allreduce|loop|traffic|checkpoint [--name value ...]\n";
+    std::cerr << "usage: dtrain_bench allreduce|loop|gpt_loop|traffic|checkpoint|kjv_split [--name value ...]\n";
     return 2;
   }
   const std::string mode = argv[1];
@@ -295,7 +317,8 @@ int main(int argc, char** argv) {
     else if (mode == "gpt_loop") result = bench_gpt_loop(f);
     else if (mode == "traffic") result = bench_traffic(comm, f);
     else if (mode == "checkpoint") result = bench_checkpoint(f);
-    else throw dtrain::UsageError("unknown mode " + mode + " (allreduce|loop|traffic|checkpoint)");
+    else if (mode == "kjv_split") result = bench_kjv_split(f);
+    else throw dtrain::UsageError("unknown mode " + mode + " (allreduce|loop|gpt_loop|traffic|checkpoint|kjv_split)");
     if (comm.rank() == 0) std::cout << result.dump() << std::endl;
   } catch (const std::exception& e) {
     std::cerr << "dtrain_bench: error: " << e.what() << "\n";

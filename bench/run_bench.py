@@ -17,14 +17,18 @@ the repetitions. Prints tables and writes everything to a JSON file.
  14. ZeRO-1 (--shard-optimizer-state) against unsharded, KJV GPT, 2 ranks
  15. --activation-checkpointing blocks against none, GPTs of 2 to 16 layers:
      activation bytes per sample (measured and by formula), step time
+ 16. the language model on two cores: configs/kjv_gpt.ini against a plain
+     PyTorch loop of the same recipe (validation bits per byte, wall time)
+ 17. --precision on the CPU: fp32 against bf16-mixed (step time, activations)
 
 --only overhead,threads runs just those sections (names: allreduce, e2e,
 overhead, traffic, big, threads, checkpoint, guards, noise, gpt, memory,
-memtable, zero1, checkpointing).
+memtable, zero1, checkpointing; lm and precision run only when named).
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,7 +106,7 @@ def main():
     parser.add_argument("--json", default=os.path.join(ROOT, "runs", "bench", "bench.json"))
     parser.add_argument("--only", default="allreduce,e2e,overhead,traffic,big,threads,checkpoint,guards,noise,gpt,"
                         "memory,memtable,zero1,checkpointing",
-                        help="comma-separated sections to run")
+                        help="comma-separated sections to run (lm and precision only when named: lm takes 10 minutes)")
     args = parser.parse_args()
     sections = set(args.only.split(","))
     dtrain = os.path.join(args.build, "dtrain")
@@ -138,6 +142,10 @@ def main():
         sharded_step(args, dtrain, results)
     if "checkpointing" in sections:
         activation_checkpointing(args, dtrain, results)
+    if "lm" in sections:
+        language_model(args, dtrain, bench, results)
+    if "precision" in sections:
+        precision_cpu(args, dtrain, results)
 
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
@@ -513,3 +521,77 @@ def activation_checkpointing(args, dtrain, results):
 if __name__ == "__main__":
     main()
 
+
+
+def ini_values(path):
+    """configs/*.ini as a dict (no sections; comments dropped)."""
+    values = {}
+    for line in open(path):
+        line = line.split("#", 1)[0].strip()
+        if "=" in line:
+            key, value = (part.strip() for part in line.split("=", 1))
+            values[key] = value
+    return values
+
+
+def language_model(args, dtrain, bench, results):
+    """Section 16: the default language-model job (configs/kjv_gpt.ini, mpirun -np 2) against a plain
+    PyTorch loop of the same model and recipe (bench/lm_peer.py, Debian's torch 1.13, one process of 2
+    threads), trained on the same packed verses and scored on the same whole held-out verses; one run each,
+    one after the other (each takes the 2 cores)."""
+    print("\n16. the language model on two cores: configs/kjv_gpt.ini against a plain PyTorch loop "
+          "(validation bits per byte within 300 s of wall time, goal <= 2.0)")
+    config = os.path.join(ROOT, "configs", "kjv_gpt.ini")
+    c = ini_values(config)
+    out = os.path.join(ROOT, "runs", "bench", "lm")
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.time()
+    run(["mpirun", "--allow-run-as-root", "-np", "2", dtrain, "--config", config, "--out-dir", out])
+    wall = time.time() - start
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    split = os.path.join(ROOT, "runs", "bench", "kjv_split.json")
+    run([bench, "kjv_split", "--out", split, "--seed", c.get("seed", "0"),
+         "--validation-size", c.get("validation-size", "1000")])
+    start = time.time()
+    peer = last_json(run(["/usr/bin/python3", os.path.join(ROOT, "bench", "lm_peer.py"), "--split", split,
+                          "--n-layer", c["n-layer"], "--n-head", c["n-head"], "--n-embd", c["n-embd"],
+                          "--block-size", c["block-size"], "--batch", c["global-batch-size"],
+                          "--base-batch", c["base-batch-size"], "--warmup", c.get("warmup-steps", "0"),
+                          "--epochs", c.get("epochs", "1"), "--lr", c["lr"], "--min-lr", c.get("min-lr", "0"),
+                          "--weight-decay", c.get("weight-decay", "0"), "--clip", c.get("grad-clip-norm", "0"),
+                          "--seed", c.get("seed", "0"), "--threads", "2"]).stdout)
+    peer_wall = time.time() - start
+    rows = [["dtrain (mpirun -np 2)", f"{summary['val_bits_per_byte']:.3f}", f"{summary['train_seconds']:.0f}",
+             f"{wall:.0f}", f"{summary['tokens_per_sec']:,.0f}"],
+            ["PyTorch loop (1 process, 2 threads)", f"{peer['val_bits_per_byte']:.3f}",
+             f"{peer['train_seconds']:.0f}", f"{peer_wall:.0f}", f"{peer['tokens_per_sec']:,.0f}"]]
+    table("validation bits per byte on the held-out verses", ["", "val bits/byte", "train s", "wall s", "tokens/s"],
+          rows)
+    results["lm"] = {"dtrain": {"val_bits_per_byte": summary["val_bits_per_byte"], "wall_seconds": wall,
+                                "train_seconds": summary["train_seconds"], "tokens_per_sec": summary["tokens_per_sec"]},
+                     "peer": dict(peer, wall_seconds=peer_wall)}
+
+
+def precision_cpu(args, dtrain, results):
+    """Section 17: --precision on the CPU: a GPT of configs/kjv_gpt.ini's shape at world size 1, fp32
+    against bf16-mixed, interleaved, medians: steady ms per step and activation bytes."""
+    print("\n17. --precision on the CPU (configs/kjv_gpt.ini's GPT, world 1, micro 32, 1 thread): fp32 against "
+          "bf16-mixed")
+    samples = {"fp32": [], "bf16-mixed": []}
+    acts = {}
+    for _ in range(args.repeats):
+        for precision in samples:
+            out = os.path.join(ROOT, "runs", "bench", "precision-" + precision)
+            shutil.rmtree(out, ignore_errors=True)
+            run([dtrain, "--config", os.path.join(ROOT, "configs", "kjv_gpt.ini"), "--precision", precision,
+                 "--global-batch-size", "32", "--micro-batch-size", "32", "--threads", "1", "--max-steps", "60",
+                 "--eval-every", "0", "--validation-size", "100", "--log-every", "60", "--out-dir", out])
+            summary = json.load(open(os.path.join(out, "summary.json")))
+            samples[precision].append(summary["steady_ms_per_step"])
+            acts[precision] = summary["memory"]["activations_bytes"]
+    fp32, bf16 = statistics.median(samples["fp32"]), statistics.median(samples["bf16-mixed"])
+    table("steady ms per step (medians)", ["", "fp32", "bf16-mixed", "bf16 / fp32"],
+          [["ms per step", f"{fp32:.1f}", f"{bf16:.1f}", f"{bf16 / fp32:.2f}"],
+           ["activation bytes", f"{acts['fp32']:,}", f"{acts['bf16-mixed']:,}",
+            f"{acts['bf16-mixed'] / acts['fp32']:.2f}"]])
+    results["precision"] = {"ms_per_step": samples, "activations_bytes": acts}

@@ -55,6 +55,7 @@ class FusedAdamW final : public torch::optim::AdamW {
         auto& adam = static_cast<torch::optim::AdamWParamState&>(*slot);
         // The kernel's float32 step, refilled where the int64 one moved
         // without it (a fresh state, a load): no read back from the device.
+        // Both advance by one below.
         Counter& counter = counters_[p.unsafeGetTensorImpl()];
         if (!counter.value.defined() || counter.mirrors != adam.step()) {
           counter.value = torch::full({}, static_cast<double>(adam.step()), p.options().dtype(torch::kFloat));
@@ -70,6 +71,9 @@ class FusedAdamW final : public torch::optim::AdamW {
       }
       if (params.empty()) continue;
       TORCH_CHECK(!options.amsgrad(), "dtrain's fused AdamW has no amsgrad");
+      // The kernel reads the step counts and does not advance them (PyTorch's
+      // _fused_adamw advances them first, in one op, as here).
+      at::_foreach_add_(steps, 1);
       at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, options.lr(),
                         std::get<0>(options.betas()), std::get<1>(options.betas()), options.weight_decay(),
                         options.eps(), /*amsgrad=*/false, /*maximize=*/false);
@@ -79,7 +83,7 @@ class FusedAdamW final : public torch::optim::AdamW {
 
  private:
   struct Counter {
-    at::Tensor value;      // float32, on the parameter's device; the kernel adds 1 each step
+    at::Tensor value;      // float32, on the parameter's device; advanced by one before each kernel call
     int64_t mirrors = -1;  // the int64 step it equals
   };
   std::unordered_map<const void*, Counter> counters_;

@@ -44,7 +44,12 @@ if HAS_SDPA:
 
 def build(args, device):
     torch.manual_seed(0)
-    model = gpt_reference.Gpt(256, args.block_size, args.n_layer, args.n_head, args.n_embd).to(device)
+    model = gpt_reference.Gpt(256, args.block_size, args.n_layer, args.n_head, args.n_embd)
+    with torch.no_grad():  # GPT-2's initialization, as dtrain's (the speed does not depend on it)
+        for name, parameter in model.named_parameters():
+            if parameter.dim() >= 2:
+                parameter.normal_(0.0, 0.02)
+    model = model.to(device)
     fused = {"fused": True} if "fused" in torch.optim.AdamW.__init__.__code__.co_varnames else {}
     try:
         optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, **fused)
