@@ -162,7 +162,7 @@ nlohmann::json bench_gpt_loop(const std::map<std::string, std::string>& f) {
   const int64_t micro = std::stoll(get(f, "micro", "64"));
   const int steps = std::stoi(get(f, "steps", "150"));
   const dtrain::Config config =
-      dtrain::parse_options({"--config", get(f, "config", "configs/kjv_gpt.ini")}).config;
+      dtrain::parse_options({"--config", get(f, "config", "configs/kjv_gpt.ini"), "--pack", get(f, "pack", "false")}).config;
   const auto data = dtrain::load_dataset(config);
   torch::manual_seed(0);
   auto model = dtrain::make_model(config.model, data.input_shape, data.num_classes);

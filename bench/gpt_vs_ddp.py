@@ -1,4 +1,4 @@
-"""The GPT of configs/kjv_gpt.ini, docs/performance.md section 11:
+"""The GPT of configs/kjv_gpt.ini (unpacked, one verse a row, as bench/ddp_gpt.py cuts them), docs/performance.md section 11:
 1. tokens/s at 2 ranks: dtrain against PyTorch DDP training the same model on
    the same rows (bench/ddp_gpt.py);
 2. world size 1: dtrain's steady ms/step against a bare LibTorch loop of the
@@ -21,14 +21,15 @@ MPIRUN = ["mpirun", "--oversubscribe", "-np", "2"]
 
 def dtrain_world1_ms(binary, steps):
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([binary, "--config", os.path.join(ROOT, "configs", "kjv_gpt.ini"), "--micro-batch-size", "64",
+        subprocess.run([binary, "--config", os.path.join(ROOT, "configs", "kjv_gpt.ini"), "--pack", "false",
+                        "--micro-batch-size", "64",
                         "--grad-accum-steps", "1", "--threads", "1", "--max-steps", str(steps + 20), "--eval-every", "0",
                         "--log-every", str(steps + 20), "--out-dir", out], env=ENV, check=True, capture_output=True)
         return json.load(open(os.path.join(out, "summary.json")))["steady_ms_per_step"]
 
 
 def bare_loop_ms(bench, steps):
-    out = subprocess.run([bench, "gpt_loop", "--config", os.path.join(ROOT, "configs", "kjv_gpt.ini"),
+    out = subprocess.run([bench, "gpt_loop", "--config", os.path.join(ROOT, "configs", "kjv_gpt.ini"), "--pack", "false",
                           "--micro", "64", "--steps", str(steps)], env=ENV, check=True, capture_output=True,
                          text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["ms_per_step"]
@@ -36,7 +37,7 @@ def bare_loop_ms(bench, steps):
 
 def dtrain_rate(binary, steps):
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run(MPIRUN + [binary, "--config", os.path.join(ROOT, "configs", "kjv_gpt.ini"),
+        subprocess.run(MPIRUN + [binary, "--config", os.path.join(ROOT, "configs", "kjv_gpt.ini"), "--pack", "false",
                                  "--max-steps", str(steps), "--eval-every", "0", "--log-every", str(steps),
                                  "--out-dir", out], env=ENV, check=True, capture_output=True)
         summary = json.load(open(os.path.join(out, "summary.json")))

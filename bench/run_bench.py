@@ -518,9 +518,6 @@ def activation_checkpointing(args, dtrain, results):
     results["activation_checkpointing"] = record
 
 
-if __name__ == "__main__":
-    main()
-
 
 
 def ini_values(path):
@@ -595,3 +592,7 @@ def precision_cpu(args, dtrain, results):
            ["activation bytes", f"{acts['fp32']:,}", f"{acts['bf16-mixed']:,}",
             f"{acts['bf16-mixed'] / acts['fp32']:.2f}"]])
     results["precision"] = {"ms_per_step": samples, "activations_bytes": acts}
+
+
+if __name__ == "__main__":
+    main()

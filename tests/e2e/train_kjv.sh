@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The language-model job (configs/kjv_gpt.ini) on 2 ranks, cut to 600 steps (half its epoch):
+# The language-model job (configs/kjv_gpt.ini) on 2 ranks, cut to 600 of its 977 steps:
 # its validation bits per byte must beat a bigram model fitted on the same
-# training split (computed here, by dtrain_bigram) by a clear margin, and the
+# training split (computed here, by dtrain_bigram) by a clear margin, and be
+# at most 2.05 already (the whole job reaches 1.80, and its evaluation at
+# step 600 measured 1.977), and the
 # export loads strictly into the PyTorch definition of docs/models.md. (Logits
 # in both directions, and --init-from of a torch.save state_dict, are
 # GptInterop.* in tests/models/gpt_test.cpp. --activation-checkpointing is
@@ -29,6 +31,7 @@ assert summary["tokens_per_sec"] > 0
 margin = 0.25
 print(f"val {bpb:.3f} bits/byte against the bigram's {bigram:.3f}; {summary['tokens_per_sec']:.0f} tokens/s")
 assert bpb < bigram - margin, f"{bpb:.3f} is not {margin} below {bigram:.3f}"
+assert bpb <= 2.05, f"{bpb:.3f} bits/byte at step 600: the recipe (packing, warmup, LR) regressed"
 PY
 pass "the GPT beats the bigram by a clear margin"
 

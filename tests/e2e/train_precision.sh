@@ -22,7 +22,9 @@ start=$SECONDS
   { tail -20 "$WORK/bf16.log"; fail "bf16-mixed training failed"; }
 bf16_seconds=$((SECONDS - start))
 pass "100 steps: fp32 (auto) in ${fp32_seconds} s, bf16-mixed in ${bf16_seconds} s"
-[ "$bf16_seconds" -le 60 ] || fail "bf16-mixed took ${bf16_seconds} s (60 s allowed)"
+# The time limit holds in the plain builds; under the sanitizers
+# (ASAN_OPTIONS set by launch/test.sh) every kernel is several times slower.
+[ -n "${ASAN_OPTIONS:-}" ] || [ "$bf16_seconds" -le 60 ] || fail "bf16-mixed took ${bf16_seconds} s (60 s allowed)"
 
 "$PYTHON" - "$WORK" <<'PY' || fail "bf16-mixed against fp32"
 import json, sys, torch

@@ -12,7 +12,9 @@ the GPU's dense bf16 peak), the largest micro-batch of each under one memory
 budget, and which of issue 19's goals were met. Fails below the pass line:
 dtrain's bf16-mixed tokens/s under 0.97x the peer's. --cpu: the rehearsal's
 run on a 2-layer model, which checks that every field is filled, and judges
-no speed.
+no speed. --step-split BIN adds dtrain_gpu_step_split's phases of the same
+bf16-mixed step (data, forward+backward, all-reduce, non-finite check,
+optimizer), each between device synchronizations: where the time goes.
 """
 import argparse
 import json
@@ -65,6 +67,7 @@ def main():
     parser.add_argument("--mpirun", default="mpirun -np 1")
     parser.add_argument("--cpu", action="store_true", help="the rehearsal: a 2-layer model on the CPU")
     parser.add_argument("--budget-s", type=float, default=230)
+    parser.add_argument("--step-split", help="dtrain_gpu_step_split: where dtrain's bf16-mixed step goes (GPU only)")
     args = parser.parse_args()
     start = time.time()
     args.mpirun = args.mpirun.split()
@@ -123,6 +126,13 @@ def main():
     else:
         figures["largest_micro_batch"] = {"budget_gib": None, "dtrain": None, "peer": None,
                                           "why": "the CPU peer has no memory budget"}
+    # Where dtrain's step goes: each phase between device synchronizations.
+    if args.step_split and device == "cuda":
+        split = subprocess.run([args.step_split, "--config", args.config, "--data-file", args.data_file,
+                                "--micro", str(micro), "--accum", "1", "--steps", "20", "--warmup", "5"],
+                               capture_output=True, text=True, timeout=args.timeout)
+        figures["step_split"] = json.loads(split.stdout.splitlines()[-1]) if split.returncode == 0 \
+            else {"error": (split.stderr.strip().splitlines() or ["exit %d" % split.returncode])[-1]}
     # torch.compile, for information, when the time left allows.
     left = args.budget_s - (time.time() - start)
     if device == "cuda" and left > 90:

@@ -19,6 +19,10 @@
 // same shape; the split is micro 128 x accum 2 on GPU 0 through
 // NcclCommunicator at world size 1 (bootstrapped without MPI). The phases are
 // Trainer::train_step's (train/trainer.h steps 1-5), laid out one by one.
+// With --config configs/gpt2_small.ini --data-file kjv.txt the same split is
+// of the GPT (the kit's gpt_speed check), under the config's --precision:
+// forward and loss in its autocast scope, the loss summed over target tokens,
+// AdamW fused outside fp32 where LibTorch has it, as the trainer does.
 // Without a GPU or NCCL in the build: prints {"skipped":"..."} and exits 77.
 #include "cli/options.h"
 #include "comm/communicator.h"
@@ -27,6 +31,7 @@
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "models/models.h"
+#include "models/precision.h"
 #include "data/batch_plan.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
@@ -58,7 +63,8 @@ using Clock = std::chrono::steady_clock;
 
 struct Settings {
   std::string config;
-  std::string data_dir;  // "": synthetic
+  std::string data_dir;   // "": synthetic
+  std::string data_file;  // a text file: --dataset text (the GPT configs)
   int64_t micro = 128;
   int64_t accum = 2;
   int64_t steps = 200;
@@ -106,13 +112,18 @@ nlohmann::ordered_json measure(const Settings& settings) {
   std::vector<std::string> args = {"--config", settings.config, "--device", "cuda", "--backend", "nccl",
                                    "--micro-batch-size", std::to_string(settings.micro),
                                    "--grad-accum-steps", std::to_string(settings.accum)};
-  if (settings.data_dir.empty()) {
+  if (!settings.data_file.empty()) {
+    args.insert(args.end(), {"--dataset", "text", "--data-file", settings.data_file});
+  } else if (settings.data_dir.empty()) {
     args.insert(args.end(), {"--dataset", "synthetic"});
   } else {
     args.insert(args.end(), {"--dataset", "fashion-mnist", "--data-dir", settings.data_dir});
   }
   Config config = parse_options(args).config;
   if (config.optimizer.eps == 0) config.optimizer.eps = default_eps(config.optimizer.kind);
+  config.run.precision = resolve_precision(config.run.precision, device);
+  set_tf32(config.run.precision);
+  const bool fused = config.run.precision != Precision::Fp32 && fused_adamw_available();
   const Dataset data = load_dataset(config);
 
   LocalCommunicator bootstrap;  // a world of one needs no MPI
@@ -131,9 +142,8 @@ nlohmann::ordered_json measure(const Settings& settings) {
   std::vector<torch::Tensor> parameters;
   for (const auto& item : named) parameters.push_back(item.second);
   GradientReducer reducer(parameters, nccl, reducer_options(config.distributed));
-  auto optimizer = make_optimizer(config.optimizer, named, schedule.at(0));
+  auto optimizer = make_optimizer(config.optimizer, named, schedule.at(0), nullptr, fused);
   const bool check_finite = config.failure.on_nonfinite != NonFinitePolicy::Ignore;
-  const double loss_items_per_step = static_cast<double>(plan.global_batch_size);
   auto step_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device));
 
   auto sync = [&] { torch::cuda::synchronize(kGpu); };
@@ -156,9 +166,15 @@ nlohmann::ordered_json measure(const Settings& settings) {
       permutation_epoch = epoch;
     }
     std::vector<std::pair<torch::Tensor, torch::Tensor>> micro_batches;
+    double loss_items_per_step = 0;  // samples, or a text batch's target tokens
     for (int64_t micro_step = 0; micro_step < plan.grad_accum_steps; ++micro_step) {
       const auto indices = micro_batch_indices(permutation, plan, step % steps_per_epoch, micro_step, 0);
       const auto index_tensor = torch::tensor(indices, torch::kLong);
+      loss_items_per_step += data.train.target_counts.defined()
+                                 ? static_cast<double>(data.train.target_counts.index_select(0, index_tensor)
+                                                           .sum()
+                                                           .item<int64_t>())
+                                 : static_cast<double>(indices.size());
       micro_batches.emplace_back(data.train.inputs.index_select(0, index_tensor).to(device),
                                  data.train.targets.index_select(0, index_tensor).to(device));
     }
@@ -172,10 +188,11 @@ nlohmann::ordered_json measure(const Settings& settings) {
     for (int64_t micro_step = 0; micro_step < plan.grad_accum_steps; ++micro_step) {
       reducer.begin_micro_step(micro_step == plan.grad_accum_steps - 1);
       const auto& [inputs, targets] = micro_batches[micro_step];
-      namespace F = torch::nn::functional;
-      auto loss = F::cross_entropy(model->forward(inputs), targets,
-                                   F::CrossEntropyFuncOptions().reduction(torch::kSum)) /
-                  loss_items_per_step;
+      torch::Tensor loss;
+      {
+        const PrecisionScope precision(config.run.precision, device.type());
+        loss = summed_cross_entropy(model->forward(inputs), targets) / loss_items_per_step;
+      }
       loss.backward();
       step_loss += loss.detach().to(torch::kDouble);
     }
@@ -240,6 +257,13 @@ nlohmann::ordered_json measure(const Settings& settings) {
           {"dataset", data.name},
           {"hidden", config.model.hidden},
           {"optimizer", to_string(config.optimizer.kind)},
+          {"model", to_string(config.model.kind)},
+          {"precision", to_string(config.run.precision)},
+          {"fused_adamw", fused},
+          {"tokens_per_sec", data.train.target_counts.defined()
+                                 ? nlohmann::json(steps * static_cast<double>(plan.global_batch_size) *
+                                                  static_cast<double>(data.train.inputs.size(1)) / loop_s)
+                                 : nlohmann::json(nullptr)},
           {"steps", settings.steps},
           {"warmup_steps", settings.warmup},
           {"ms_per_step", 1000 * loop_s / steps},
@@ -267,6 +291,7 @@ int main(int argc, char** argv) {
   options.add_options()("help", "this text")(
       "config", po::value(&settings.config)->default_value(default_config()), "the job's INI file")(
       "data-dir", po::value(&settings.data_dir), "Fashion-MNIST's folder (default: synthetic data of its shape)")(
+      "data-file", po::value(&settings.data_file), "a text file, one document a line (--dataset text: the GPT)")(
       "micro", po::value(&settings.micro)->default_value(settings.micro), "micro-batch size")(
       "accum", po::value(&settings.accum)->default_value(settings.accum), "gradient accumulation steps")(
       "steps", po::value(&settings.steps)->default_value(settings.steps), "timed optimizer steps")(
