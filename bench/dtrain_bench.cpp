@@ -282,7 +282,7 @@ nlohmann::json bench_checkpoint(const std::map<std::string, std::string>& f) {
 // The KJV's training and held-out verses as dtrain splits them (the
 // documents of --dataset kjv; validation_indices of --validation-size and
 // --seed), written as JSON to --out for the PyTorch peer of
-// bench/lm_two_cores.py to train and score on the same verses.
+// bench/lm_peer.py (run_bench.py --only lm) to train and score on the same verses.
 nlohmann::json bench_kjv_split(const std::map<std::string, std::string>& f) {
   const auto documents = dtrain::kjv_documents();
   const int64_t total = static_cast<int64_t>(documents.size());

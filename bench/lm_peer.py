@@ -1,4 +1,4 @@
-"""A plain PyTorch loop of dtrain's language-model job, for bench/lm_two_cores.py:
+"""A plain PyTorch loop of dtrain's language-model job, for bench/run_bench.py --only lm:
 the GPT of docs/models.md (tests/models/gpt_reference.py) trained one
 process, --threads intra-op threads, on the same training verses packed as
 dtrain's --pack packs them (the verses each ended by '\\n', cut into rows of

@@ -205,7 +205,6 @@ torch::Tensor CausalSelfAttention::forward(const torch::Tensor& x) {
   const auto qkv = c_attn->forward(x).split(n_embd, 2);
   // [N, T, C] -> [N, heads, T, head_size]
   auto heads = [&](const torch::Tensor& t) { return t.view({batch, length, n_head_, head_size}).transpose(1, 2); };
-  const auto kernel = fused_attention_available() ? AttentionKernel::Fused : AttentionKernel::Explicit;
   const auto y = causal_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), kernel)
                      .transpose(1, 2)
                      .contiguous()
@@ -299,6 +298,13 @@ torch::Tensor Gpt::forward(const torch::Tensor& tokens) {
                    : block->forward(x);
   }
   return lm_head_->forward(ln_f_->forward(x));
+}
+
+void Gpt::set_attention_kernel(AttentionKernel kernel) {
+  if (kernel == AttentionKernel::Fused && !fused_attention_available()) {
+    throw Error("fused attention needs LibTorch 2.0 or later (this build has 1.x)");
+  }
+  for (const auto& block : blocks_) block->attn->kernel = kernel;
 }
 
 std::shared_ptr<Gpt> make_gpt(const GptOptions& options) {

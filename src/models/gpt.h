@@ -85,6 +85,7 @@ class CausalSelfAttention : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);  // [N, T, n_embd] -> [N, T, n_embd]
 
   torch::nn::Linear c_attn{nullptr}, c_proj{nullptr};
+  AttentionKernel kernel = fused_attention_available() ? AttentionKernel::Fused : AttentionKernel::Explicit;
 
  private:
   int64_t n_head_;
@@ -151,6 +152,9 @@ class Gpt : public Model {
   // so switching it between steps (as the micro-batch probe of
   // --micro-batch-size auto does) is safe.
   void set_activation_checkpointing(bool on) { activation_checkpointing_ = on; }
+  // The attention of every block: Fused (the default where
+  // fused_attention_available()) or Explicit.
+  void set_attention_kernel(AttentionKernel kernel);
   bool activation_checkpointing() const { return activation_checkpointing_; }
 
  private:

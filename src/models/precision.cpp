@@ -3,8 +3,11 @@
 
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
-#include <cuda_runtime_api.h>
 #include <torch/version.h>
+
+#ifdef DTRAIN_TORCH_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 namespace dtrain {
 
@@ -14,13 +17,18 @@ namespace dtrain {
 
 Precision resolve_precision(Precision requested, const c10::Device& device) {
   if (requested != Precision::Auto) return requested;
+#ifdef DTRAIN_TORCH_CUDA
   if (!device.is_cuda()) return Precision::Fp32;
   int major = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index()) != cudaSuccess) {
-    cudaGetLastError();  // clear it: the run goes on in fp32
+    (void)cudaGetLastError();  // clear it: the run goes on in fp32
     return Precision::Fp32;
   }
   return major >= 8 ? Precision::Bf16Mixed : Precision::Fp32;
+#else
+  (void)device;  // a LibTorch without CUDA has no GPU to choose bf16 for
+  return Precision::Fp32;
+#endif
 }
 
 void set_tf32(Precision precision) {

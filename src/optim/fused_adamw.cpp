@@ -40,6 +40,7 @@ class FusedAdamW final : public torch::optim::AdamW {
     }
     for (auto& group : param_groups()) {
       const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
+      TORCH_CHECK(!options.amsgrad(), "dtrain's fused AdamW has no amsgrad");
       std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
       for (auto& p : group.params()) {
         if (!p.grad().defined()) continue;
@@ -70,7 +71,6 @@ class FusedAdamW final : public torch::optim::AdamW {
         steps.push_back(counter.value);
       }
       if (params.empty()) continue;
-      TORCH_CHECK(!options.amsgrad(), "dtrain's fused AdamW has no amsgrad");
       // The kernel reads the step counts and does not advance them (PyTorch's
       // _fused_adamw advances them first, in one op, as here).
       at::_foreach_add_(steps, 1);

@@ -70,7 +70,9 @@ EvalResult Evaluator::evaluate(Model& model, const Split& split, const std::vect
       loss = summed_cross_entropy(logits, targets);
     }
     loss_sum += loss.item<double>();
-    correct += logits.argmax(-1).eq(targets).sum().item<int64_t>();  // a -1 target is never a class
+    // In fp32 for the argmax: bf16 logits would tie more often.
+    const bool reduced = logits.scalar_type() == torch::kBFloat16 || logits.scalar_type() == torch::kHalf;
+    correct += (reduced ? logits.to(torch::kFloat) : logits).argmax(-1).eq(targets).sum().item<int64_t>();  // a -1 target is never a class
     items += split.target_counts.defined() ? split.target_counts.index_select(0, index_tensor).sum().item<int64_t>()
                                            : count;
   }

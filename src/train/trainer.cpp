@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "ddp/reducer.h"
 #include "memory/out_of_memory.h"
+#include "models/gpt.h"
 #include "models/precision.h"
 #include "optim/optimizer.h"
 #include "run/checkpoint.h"
@@ -64,6 +65,13 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   for (const auto& item : named) parameters.push_back(item.second);
   device_ = parameters.front().device();
   set_tf32(config_.run.precision);
+  // SDPA where LibTorch has it, except fp32 on a GPU: its CUDA backward
+  // kernels (memory-efficient attention) are not bitwise reproducible, and
+  // fp32 is the mode whose runs repeat to the last bit.
+  if (auto* gpt = dynamic_cast<Gpt*>(model_.get())) {
+    const bool fused = fused_attention_available() && !(device_.is_cuda() && config_.run.precision == Precision::Fp32);
+    gpt->set_attention_kernel(fused ? AttentionKernel::Fused : AttentionKernel::Explicit);
+  }
   loss_.since_logged = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
   loss_.step = torch::zeros_like(loss_.since_logged);
   reducer_ = std::make_unique<GradientReducer>(parameters, comm_, reducer_options(config_, comm_.world_size()));
@@ -76,7 +84,8 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   apply_memory_budget(device_, config_.batch.memory_budget);
   // The fused AdamW step where LibTorch has it, except in fp32 (the
   // equivalence tests' mode keeps the loop).
-  const bool fused = config_.run.precision != Precision::Fp32 && fused_adamw_available();
+  const Precision precision = config_.run.precision;
+  const bool fused = (precision == Precision::Tf32 || precision == Precision::Bf16Mixed) && fused_adamw_available();
   updater_ = std::make_unique<Updater>(config_.optimizer, named, *reducer_, comm_, schedule_.at(0), fused);
   evaluator_ = std::make_unique<Evaluator>(config_, data_, comm_, device_);
   if (config_.study.noise_scale || config_.study.measure_noise_scale > 0) {

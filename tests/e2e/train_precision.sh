@@ -7,7 +7,7 @@
 # --precision auto is fp32 on a CPU. On LibTorch 2.x the bf16-mixed run takes
 # the fused AdamW step, and fp32 the loop (summary.json "fused_adamw").
 source "$(dirname "$0")/common.sh"
-GPT=(--dataset kjv --model gpt --n-layer 2 --n-head 2 --n-embd 64 --block-size 32 --pack true
+GPT=(--device cpu --dataset kjv --model gpt --n-layer 2 --n-head 2 --n-embd 64 --block-size 32 --pack true
      --global-batch-size 32 --micro-batch-size 16 --optimizer adamw --lr 0.003 --base-batch-size 32
      --weight-decay 0.1 --warmup-steps 10 --grad-clip-norm 1 --epochs 1
      --validation-size 200 --eval-every 0 --log-every 25 --seed 3)

@@ -24,12 +24,19 @@ import sys
 import time
 
 # Dense bf16 tensor-core peaks (FLOP/s), by a substring of the device name.
-BF16_PEAK = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12), ("A10", 125e12)]
+BF16_PEAK = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12)]
 
 
-def run(cmd, timeout):
+DEADLINE = None  # set in main: each stage gets the time left, not a fixed share
+
+
+def left():
+    return max(10.0, DEADLINE - time.time())
+
+
+def run(cmd, timeout=None):
     print("gpt_speed: " + " ".join(cmd), flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or left())
     if done.returncode != 0:
         sys.stdout.write(done.stdout[-3000:] + done.stderr[-3000:])
         raise SystemExit(f"kit-check: {cmd[0]} exited {done.returncode}")
@@ -43,7 +50,7 @@ def dtrain_speed(args, shape, precision, micro, steps, out):
                          "--precision", precision, "--global-batch-size", str(micro), "--micro-batch-size", str(micro),
                          "--max-steps", str(steps), "--log-every", "20", "--eval-every", "0",
                          "--validation-size", "50", "--out-dir", out] + shape + args.device_flags
-    run(cmd, args.timeout)
+    run(cmd)
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     train = [r for r in records if r.get("event") == "train"]
     first, last = train[0], train[-1]
@@ -55,6 +62,14 @@ def dtrain_speed(args, shape, precision, micro, steps, out):
             "fused_adamw": summary.get("fused_adamw"),
             "activations_bytes": summary.get("memory", {}).get("activations_bytes"),
             "peak_bytes": summary.get("memory", {}).get("peak_bytes"), "train_loss": last.get("train_loss")}
+
+
+def last_json(text):
+    """The last line of a tool's stdout that is a JSON object."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise ValueError("no JSON line in: " + text[-300:])
 
 
 def main():
@@ -70,6 +85,21 @@ def main():
     parser.add_argument("--step-split", help="dtrain_gpu_step_split: where dtrain's bf16-mixed step goes (GPU only)")
     args = parser.parse_args()
     start = time.time()
+    global DEADLINE
+    DEADLINE = start + args.budget_s
+    figures = {}
+    try:
+        code = measure(args, figures, start)
+    except (SystemExit, subprocess.TimeoutExpired, ValueError, KeyError, OSError) as error:
+        # What was measured before the failure still reaches the report.
+        figures["error"] = str(error)
+        print("figures: " + json.dumps(figures))
+        print(f"kit-check: gpt_speed stopped: {error}")
+        sys.exit(1)
+    sys.exit(code)
+
+
+def measure(args, figures, start):
     args.mpirun = args.mpirun.split()
     here = os.path.dirname(os.path.abspath(__file__))
     if args.cpu:
@@ -80,21 +110,18 @@ def main():
         n_layer, n_head, n_embd, args.block_size, micro, steps = 12, 12, 768, 1024, 32, 60
         args.device_flags = ["--device", "cuda", "--backend", "nccl"]
         device, budget_gib = "cuda", 16
-    args.timeout = max(30, args.budget_s)
     shape = ["--n-layer", str(n_layer), "--n-head", str(n_head), "--n-embd", str(n_embd),
              "--block-size", str(args.block_size)]
     peer_shape = ["--n-layer", str(n_layer), "--n-head", str(n_head), "--n-embd", str(n_embd),
                   "--block-size", str(args.block_size), "--device", device]
-    figures = {"model": {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": args.block_size,
-                         "vocab_size": 256}, "micro_batch": micro}
+    figures.update({"model": {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": args.block_size,
+                              "vocab_size": 256}, "micro_batch": micro})
     # dtrain: bf16-mixed, then what each step of precision buys.
-    dtrain = {}
-    for precision, count in (("bf16-mixed", steps), ("tf32", 26), ("fp32", 26)):
+    dtrain = figures["dtrain"] = {}
+    for precision, count in (("bf16-mixed", steps), ("tf32", 30), ("fp32", 30)):
         dtrain[precision] = dtrain_speed(args, shape, precision, micro, count, os.path.join(args.out, precision))
-    figures["dtrain"] = dtrain
     peer_cmd = [args.python, os.path.join(here, "peer_gpt.py")] + peer_shape + ["--micro-batch", str(micro)]
-    peer = json.loads(run(peer_cmd + ["--steps", str(steps - 20), "--warmup", "10"], args.timeout).splitlines()[-1])
-    figures["peer"] = peer
+    peer = figures["peer"] = last_json(run(peer_cmd + ["--steps", str(steps - 20), "--warmup", "10"]))
     # N counts every parameter (the tied embedding once): 12 L d^2 + 13 L d
     # for the blocks, (V + T) d for the embeddings, 2 d for ln_f.
     n = 12 * n_layer * n_embd**2 + 13 * n_layer * n_embd + (256 + args.block_size) * n_embd + 2 * n_embd
@@ -117,9 +144,8 @@ def main():
         run(args.mpirun + [args.dtrain, "--config", args.config, "--dataset", "text", "--data-file", args.data_file,
                            "--global-batch-size", "512", "--micro-batch-size", "auto", "--memory-budget",
                            f"{budget_gib}GiB", "--max-steps", "1", "--eval-every", "0", "--validation-size", "50",
-                           "--out-dir", fit] + shape + args.device_flags, args.timeout)
-        peer_fit = json.loads(run(peer_cmd + ["--largest-fit", "--budget-gib", str(budget_gib)],
-                                  args.timeout).splitlines()[-1])
+                           "--out-dir", fit] + shape + args.device_flags)
+        peer_fit = last_json(run(peer_cmd + ["--largest-fit", "--budget-gib", str(budget_gib)]))
         figures["largest_micro_batch"] = {"budget_gib": budget_gib,
                                           "dtrain": json.load(open(os.path.join(fit, "summary.json")))["micro_batch_size"],
                                           "peer": peer_fit["largest_micro_batch"]}
@@ -130,21 +156,25 @@ def main():
     if args.step_split and device == "cuda":
         split = subprocess.run([args.step_split, "--config", args.config, "--data-file", args.data_file,
                                 "--micro", str(micro), "--accum", "1", "--steps", "20", "--warmup", "5"],
-                               capture_output=True, text=True, timeout=args.timeout)
-        figures["step_split"] = json.loads(split.stdout.splitlines()[-1]) if split.returncode == 0 \
-            else {"error": (split.stderr.strip().splitlines() or ["exit %d" % split.returncode])[-1]}
+                               capture_output=True, text=True, timeout=left())
+        try:
+            figures["step_split"] = last_json(split.stdout)
+        except ValueError:
+            figures["step_split"] = {"error": (split.stderr.strip().splitlines() or ["exit %d" % split.returncode])[-1]}
     # torch.compile, for information, when the time left allows.
-    left = args.budget_s - (time.time() - start)
-    if device == "cuda" and left > 90:
+    remaining = DEADLINE - time.time()
+    if device == "cuda" and remaining > 90:
         try:
             compiled = subprocess.run(peer_cmd + ["--compile", "--steps", str(steps - 20), "--warmup", "10"],
-                                      capture_output=True, text=True, timeout=left - 10)
-            figures["peer_compiled"] = json.loads(compiled.stdout.splitlines()[-1]) if compiled.returncode == 0 \
+                                      capture_output=True, text=True, timeout=remaining - 10)
+            figures["peer_compiled"] = last_json(compiled.stdout) if compiled.returncode == 0 \
                 else {"error": compiled.stderr.strip().splitlines()[-1:]}
+        except ValueError as error:
+            figures["peer_compiled"] = {"error": str(error)}
         except subprocess.TimeoutExpired:
-            figures["peer_compiled"] = {"error": f"did not finish in the {left:.0f} s left"}
+            figures["peer_compiled"] = {"error": f"did not finish in the {remaining:.0f} s left"}
     else:
-        figures["peer_compiled"] = {"error": "no GPU" if device != "cuda" else f"only {left:.0f} s left"}
+        figures["peer_compiled"] = {"error": "no GPU" if device != "cuda" else f"only {remaining:.0f} s left"}
     largest = figures["largest_micro_batch"]
     figures["goals"] = {
         "tokens_per_sec_ge_1.05x_peer": ratio >= 1.05,
@@ -154,13 +184,15 @@ def main():
     }
     figures["seconds"] = round(time.time() - start, 1)
     print("figures: " + json.dumps(figures))
+    code = 0
     if not args.cpu and ratio < 0.97:
         print(f"kit-check: dtrain's bf16-mixed tokens/s is {ratio:.3f}x the PyTorch peer's (the pass line is 0.97x)")
-        sys.exit(1)
+        code = 1
     for precision, result in dtrain.items():
         if result["precision"] != precision:
             print(f"kit-check: the {precision} run recorded precision {result['precision']}")
-            sys.exit(1)
+            code = 1
+    return code
 
 
 if __name__ == "__main__":
