@@ -45,15 +45,7 @@ class FusedAdamW final : public torch::optim::AdamW {
       for (auto& p : group.params()) {
         if (!p.grad().defined()) continue;
         TORCH_CHECK(!p.grad().is_sparse(), "AdamW does not support sparse gradients");
-        auto& slot = state()[optimizer_state_key(state(), p)];
-        if (!slot) {
-          auto fresh = std::make_unique<torch::optim::AdamWParamState>();
-          fresh->step(0);
-          fresh->exp_avg(torch::zeros_like(p, at::MemoryFormat::Preserve));
-          fresh->exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
-          slot = std::move(fresh);
-        }
-        auto& adam = static_cast<torch::optim::AdamWParamState&>(*slot);
+        auto& adam = adam_state_of(*this, p);
         // The kernel's float32 step, refilled where the int64 one moved
         // without it (a fresh state, a load): no read back from the device.
         // Both advance by one below.

@@ -193,15 +193,7 @@ class Lamb : public torch::optim::Optimizer {
   // bias-corrected Adam direction m̂ / (√v̂ + eps), before weight decay.
   at::Tensor adam_direction(const at::Tensor& parameter, const LambOptions& options) {
     const at::Tensor& gradient = parameter.grad();
-    auto& slot = state_[optimizer_state_key(state_, parameter)];
-    if (!slot) {
-      auto fresh = std::make_unique<torch::optim::AdamWParamState>();
-      fresh->step(0);
-      fresh->exp_avg(at::zeros_like(parameter, at::MemoryFormat::Preserve));
-      fresh->exp_avg_sq(at::zeros_like(parameter, at::MemoryFormat::Preserve));
-      slot = std::move(fresh);
-    }
-    auto& state = static_cast<torch::optim::AdamWParamState&>(*slot);
+    auto& state = adam_state_of(*this, parameter);
     state.step(state.step() + 1);
     at::Tensor first_moment = state.exp_avg();
     at::Tensor second_moment = state.exp_avg_sq();

@@ -32,6 +32,18 @@ std::vector<std::string> optimizer_state_fields(const OptimizerOptions& options)
   return {};
 }
 
+torch::optim::AdamWParamState& adam_state_of(torch::optim::Optimizer& optimizer, const at::Tensor& parameter) {
+  auto& slot = optimizer.state()[optimizer_state_key(optimizer.state(), parameter)];
+  if (!slot) {
+    auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+    fresh->step(0);
+    fresh->exp_avg(at::zeros_like(parameter, at::MemoryFormat::Preserve));
+    fresh->exp_avg_sq(at::zeros_like(parameter, at::MemoryFormat::Preserve));
+    slot = std::move(fresh);
+  }
+  return static_cast<torch::optim::AdamWParamState&>(*slot);
+}
+
 bool keeps_state(const OptimizerOptions& options) {
   return options.kind != OptimizerKind::Sgd || options.momentum > 0;
 }

@@ -17,6 +17,7 @@
 
 namespace torch::optim {
 class Optimizer;
+struct AdamWParamState;
 }
 
 namespace dtrain {
@@ -52,6 +53,10 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
 // Whether this LibTorch has the fused AdamW kernel for CUDA and the CPU
 // (at::_fused_adamw_, LibTorch 2.4 or later).
 bool fused_adamw_available();
+
+// `parameter`'s Adam state in `optimizer` (AdamW, LAMB, the fused AdamW),
+// made at step 0 with zero moments the first time.
+torch::optim::AdamWParamState& adam_state_of(torch::optim::Optimizer& optimizer, const at::Tensor& parameter);
 
 // Whether the optimizer keeps state (momentum, moments): what a sharded
 // optimizer state would shard.
