@@ -33,6 +33,24 @@ enum class Precision { Fp32, Tf32, Bf16Mixed, Auto };
 // --micro-batch-size auto: the largest that fits the memory budget.
 constexpr int64_t kAutoMicroBatch = -1;
 
+// --batch-schedule (data/batch_schedule.h): the global batch over the run.
+// constant: --global-batch-size throughout; rampup:START:INCREMENT:SAMPLES
+// (Megatron's --rampup-batch-size): START, plus INCREMENT each time another
+// SAMPLES / ((G - START) / INCREMENT) samples are consumed, up to G;
+// adaptive[:START]: from START (default the smallest allowed batch), grown at
+// evaluations toward --adaptive-batch-factor x the online B_simple, capped
+// by G, never shrunk.
+enum class BatchScheduleKind { Constant, Rampup, Adaptive };
+struct BatchSchedulePlan {
+  BatchScheduleKind kind = BatchScheduleKind::Constant;
+  int64_t start = 0;      // rampup, adaptive (0: the smallest allowed)
+  int64_t increment = 0;  // rampup
+  int64_t samples = 0;    // rampup: samples over which the batch reaches G
+};
+// --batch-schedule-lr: scale (the LR follows --lr-scaling at each batch) or
+// fixed (the LR scheduled for the final batch throughout, as Megatron does).
+enum class BatchScheduleLr { Scale, Fixed };
+
 struct BatchOptions {
   // 0 means "not given": derive it from the other two (data/batch_plan.h).
   int64_t micro_batch_size = 0;  // or kAutoMicroBatch
@@ -41,6 +59,9 @@ struct BatchOptions {
   // Bytes one rank's training step may use (memory/memory.h); 0 = not given:
   // on CUDA the free device memory less a margin, on CPU no limit.
   int64_t memory_budget = 0;
+  BatchSchedulePlan schedule;
+  BatchScheduleLr schedule_lr = BatchScheduleLr::Scale;
+  double adaptive_factor = 1.0;  // --adaptive-batch-factor
 };
 
 struct LrOptions {
@@ -192,6 +213,7 @@ DTRAIN_ENUM_WORDS(ActivationCheckpointing, {ActivationCheckpointing::None, "none
                   {ActivationCheckpointing::Blocks, "blocks"}, {ActivationCheckpointing::Auto, "auto"});
 DTRAIN_ENUM_WORDS(Precision, {Precision::Fp32, "fp32"}, {Precision::Tf32, "tf32"},
                   {Precision::Bf16Mixed, "bf16-mixed"}, {Precision::Auto, "auto"});
+DTRAIN_ENUM_WORDS(BatchScheduleLr, {BatchScheduleLr::Scale, "scale"}, {BatchScheduleLr::Fixed, "fixed"});
 DTRAIN_ENUM_WORDS(NonFinitePolicy, {NonFinitePolicy::Stop, "stop"}, {NonFinitePolicy::Skip, "skip"},
                   {NonFinitePolicy::Ignore, "ignore"});
 #undef DTRAIN_ENUM_WORDS

@@ -430,6 +430,58 @@ OptionSpec eval_schedule(const Row& row, Access access) {
   return make_spec(row, "fixed|geometric:K", access, parse, format, [format](int64_t k) { return nlohmann::json(format(k)); });
 }
 
+// --batch-schedule constant|rampup:START:INCREMENT:SAMPLES|adaptive[:START].
+// The arithmetic against the global batch and the split is checked where the
+// split is known (data/batch_schedule.h).
+template <typename Access>
+OptionSpec batch_schedule(const Row& row, Access access) {
+  auto parse = [](const std::string& name, const std::string& text) {
+    const std::string usage = "constant, rampup:START:INCREMENT:SAMPLES (e.g. rampup:32:32:200000) or adaptive[:START]";
+    BatchSchedulePlan plan;
+    std::vector<std::string> parts;
+    size_t begin = 0;
+    while (true) {
+      const size_t colon = text.find(':', begin);
+      parts.push_back(text.substr(begin, colon == std::string::npos ? std::string::npos : colon - begin));
+      if (colon == std::string::npos) break;
+      begin = colon + 1;
+    }
+    auto count = [&](const std::string& part, const char* what) {
+      int64_t value = 0;
+      const auto [stop, error] = std::from_chars(part.data(), part.data() + part.size(), value);
+      if (error != std::errc() || stop != part.data() + part.size() || part.empty() || value < 1) {
+        throw UsageError("--" + name + " '" + printable_excerpt(text) + "': " + what + " must be a positive integer; write " + usage);
+      }
+      return value;
+    };
+    if (parts[0] == "constant" && parts.size() == 1) return plan;
+    if (parts[0] == "rampup" && parts.size() == 4) {
+      plan.kind = BatchScheduleKind::Rampup;
+      plan.start = count(parts[1], "START");
+      plan.increment = count(parts[2], "INCREMENT");
+      plan.samples = count(parts[3], "SAMPLES");
+      return plan;
+    }
+    if (parts[0] == "adaptive" && parts.size() <= 2) {
+      plan.kind = BatchScheduleKind::Adaptive;
+      if (parts.size() == 2) plan.start = count(parts[1], "START");
+      return plan;
+    }
+    bad_value(name, text, usage);
+  };
+  auto format = [](const BatchSchedulePlan& p) {
+    switch (p.kind) {
+      case BatchScheduleKind::Constant: return std::string("constant");
+      case BatchScheduleKind::Rampup:
+        return "rampup:" + std::to_string(p.start) + ":" + std::to_string(p.increment) + ":" + std::to_string(p.samples);
+      case BatchScheduleKind::Adaptive: return p.start > 0 ? "adaptive:" + std::to_string(p.start) : std::string("adaptive");
+    }
+    return std::string("?");
+  };
+  return make_spec(row, "constant|rampup:START:INCREMENT:SAMPLES|adaptive[:START]", access, parse, format,
+                   [format](const BatchSchedulePlan& p) { return nlohmann::json(format(p)); });
+}
+
 #define DTRAIN_FIELD(path) [](Config & c) -> auto& { return c.path; }
 
 std::vector<OptionSpec> build_table() {
@@ -451,6 +503,20 @@ std::vector<OptionSpec> build_table() {
                    "memory and is redone with half the micro-batch (on CUDA: the caching allocator's memory "
                    "fraction). Default: none on CPU; on CUDA the whole device, and for auto its free memory less 10%"},
                   DTRAIN_FIELD(batch.memory_budget)),
+      batch_schedule({"batch-schedule", "batch", E::Exact, "rampup:32:32:200000",
+                      "the global batch over the run: constant (--global-batch-size), rampup:START:INCREMENT:SAMPLES "
+                      "(Megatron's ramp: START, plus INCREMENT each SAMPLES / ((G - START) / INCREMENT) samples, up to "
+                      "G) or adaptive[:START] (grown at each evaluation toward --adaptive-batch-factor x the online "
+                      "B_simple, never shrunk, capped by G; needs --noise-scale). Positions, warmup and decay then "
+                      "count samples"},
+                     DTRAIN_FIELD(batch.schedule)),
+      choice({"batch-schedule-lr", "batch", E::Exact, "fixed",
+              "under a changing batch: scale (the LR follows --lr-scaling at each batch) or fixed (the LR "
+              "scheduled for the final batch throughout, as Megatron does)"},
+             DTRAIN_FIELD(batch.schedule_lr)),
+      number({"adaptive-batch-factor", "batch", E::Exact, "2",
+              "--batch-schedule adaptive: the batch grows to the largest allowed <= this x B_simple"},
+             DTRAIN_FIELD(batch.adaptive_factor), kPositive),
 
       // Learning rate.
       number({"lr", "lr", E::Exact, "0.2", "learning rate at the reference batch --base-batch-size"},

@@ -58,9 +58,13 @@ std::vector<int64_t> epoch_permutation(int64_t num_samples, uint64_t seed, int64
 
 std::vector<int64_t> micro_batch_indices(const std::vector<int64_t>& permutation, const BatchPlan& plan,
                                          int64_t step_in_epoch, int64_t micro_step, int rank) {
-  const int64_t window_start = step_in_epoch * plan.global_batch_size;
+  return micro_batch_indices_at(permutation, plan, step_in_epoch * plan.global_batch_size, micro_step, rank);
+}
+
+std::vector<int64_t> micro_batch_indices_at(const std::vector<int64_t>& permutation, const BatchPlan& plan,
+                                            int64_t window_start, int64_t micro_step, int rank) {
   if (window_start + plan.global_batch_size > static_cast<int64_t>(permutation.size())) {
-    throw Error("step " + std::to_string(step_in_epoch) + " is past the end of the epoch");
+    throw Error("the window at sample " + std::to_string(window_start) + " is past the end of the epoch");
   }
   std::vector<int64_t> indices(plan.micro_batch_size);
   for (int64_t j = 0; j < plan.micro_batch_size; ++j) {

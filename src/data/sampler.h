@@ -24,6 +24,10 @@ std::vector<int64_t> epoch_permutation(int64_t num_samples, uint64_t seed, int64
 // optimizer step `step_in_epoch`. `permutation` is the epoch's P_e.
 std::vector<int64_t> micro_batch_indices(const std::vector<int64_t>& permutation, const BatchPlan& plan,
                                          int64_t step_in_epoch, int64_t micro_step, int rank);
+// The same for the window P_e[window_start, window_start + G): under a
+// changing batch (data/batch_schedule.h) windows start at any sample.
+std::vector<int64_t> micro_batch_indices_at(const std::vector<int64_t>& permutation, const BatchPlan& plan,
+                                            int64_t window_start, int64_t micro_step, int rank);
 
 inline int64_t steps_per_epoch(int64_t num_samples, const BatchPlan& plan) {
   return num_samples / plan.global_batch_size;

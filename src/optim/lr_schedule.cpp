@@ -17,13 +17,18 @@ double scaled_peak_lr(double lr, int64_t global_batch_size, int64_t base_batch_s
   return lr;
 }
 
-double LrSchedule::at(int64_t step) const {
-  if (step < warmup_steps) {
-    return base_lr + (peak_lr - base_lr) * static_cast<double>(step) / static_cast<double>(warmup_steps);
+double LrSchedule::at(int64_t step) const { return at_position(static_cast<double>(step)); }
+
+double LrSchedule::at_position(double step) const {
+  // Integers below 2^53 convert exactly, so at(int) gives what the integer
+  // arithmetic gave.
+  if (step < static_cast<double>(warmup_steps)) {
+    return base_lr + (peak_lr - base_lr) * step / static_cast<double>(warmup_steps);
   }
   const int64_t decay_steps = total_steps - warmup_steps;
   const double progress =
-      decay_steps > 0 ? std::clamp(static_cast<double>(step - warmup_steps) / decay_steps, 0.0, 1.0) : 1.0;
+      decay_steps > 0 ? std::clamp((step - static_cast<double>(warmup_steps)) / static_cast<double>(decay_steps), 0.0, 1.0)
+                      : 1.0;
   switch (kind) {
     case LrScheduleKind::Constant:
       return peak_lr;

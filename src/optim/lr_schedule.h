@@ -26,6 +26,9 @@ struct LrSchedule {
 
   // The LR used by optimizer step `step` (0-based).
   double at(int64_t step) const;
+  // The same at a fractional step: under a changing batch, the samples
+  // consumed over the final batch (data/batch_schedule.h).
+  double at_position(double step) const;
 };
 
 // Builds the schedule from the options, converting epochs to steps with

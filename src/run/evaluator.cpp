@@ -97,14 +97,13 @@ Evaluation Evaluator::evaluate_all(Model& model) {
   return evaluation;
 }
 
-nlohmann::json Evaluator::event(const Evaluation& evaluation, int64_t steps_done, const RunLength& length,
-                                int64_t global_batch) const {
+nlohmann::json Evaluator::event(const Evaluation& evaluation, const RunPosition& position) const {
   const EvalResult& train = evaluation.train;
   nlohmann::json event = {
       {"event", "eval"},
-      {"step", steps_done},
-      {"epoch", length.epochs(steps_done)},
-      {"samples_seen", steps_done * global_batch},
+      {"step", position.steps_done},
+      {"epoch", position.epochs},
+      {"samples_seen", position.samples_seen},
       {"train_eval_loss", train.loss},
       {"train_eval_accuracy", train.accuracy},
       {"train_eval_samples", train.samples},
@@ -132,22 +131,23 @@ nlohmann::json Evaluator::event(const Evaluation& evaluation, int64_t steps_done
   return event;
 }
 
-bool Evaluator::due(int64_t steps_done, const RunLength& length) const {
-  return evaluation_due(steps_done, length.steps_per_epoch, config_.run.eval_every, config_.study.eval_per_doubling);
+bool Evaluator::due(const RunPosition& position) const {
+  return evaluation_due(position.steps_done, position.epoch_ended, config_.run.eval_every,
+                        config_.study.eval_per_doubling);
 }
 
-void Evaluator::evaluate_unlogged(Model& model, int64_t steps_done, const RunLength& length, int64_t global_batch) {
+void Evaluator::evaluate_unlogged(Model& model, const RunPosition& position) {
   const Evaluation evaluation = evaluate_all(model);
-  last_ = event(evaluation, steps_done, length, global_batch);
-  if (comm_.rank() == 0) print_eval_line(evaluation, steps_done, length.epochs(steps_done), data_.tokens);
+  last_ = event(evaluation, position);
+  if (comm_.rank() == 0) print_eval_line(evaluation, position.steps_done, position.epochs, data_.tokens);
 }
 
-void Evaluator::evaluate_and_log(Model& model, int64_t steps_done, const RunLength& length, int64_t global_batch,
-                                 double elapsed_seconds, MetricsLog& log) {
-  evaluate_unlogged(model, steps_done, length, global_batch);
+void Evaluator::evaluate_and_log(Model& model, const RunPosition& position, double elapsed_seconds, MetricsLog& log) {
+  evaluate_unlogged(model, position);
   last_["elapsed_sec"] = elapsed_seconds;
   log.record(last_);
-  const int64_t samples_seen = steps_done * global_batch;
+  const int64_t steps_done = position.steps_done;
+  const int64_t samples_seen = position.samples_seen;
   if (!target_.observe(last_, steps_done, samples_seen)) return;
   nlohmann::json reached = {{"event", "target"}, {"step", steps_done}};
   target_.describe(reached);

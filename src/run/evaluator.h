@@ -6,6 +6,7 @@
 #pragma once
 #include "cli/config.h"
 #include "comm/communicator.h"
+#include "data/batch_schedule.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "models/models.h"
@@ -50,14 +51,13 @@ class Evaluator {
 
   // Whether the run evaluates after `steps_done` steps (not counting the
   // last step, which always evaluates).
-  bool due(int64_t steps_done, const RunLength& length) const;
+  bool due(const RunPosition& position) const;
   // Evaluates, prints the line (rank 0), records the "eval" event and, the
   // first time the --target is met, the "target" event (collective).
-  void evaluate_and_log(Model& model, int64_t steps_done, const RunLength& length, int64_t global_batch,
-                        double elapsed_seconds, MetricsLog& log);
+  void evaluate_and_log(Model& model, const RunPosition& position, double elapsed_seconds, MetricsLog& log);
   // The same without a record (a run that trained no step evaluates its
   // given weights for its summary).
-  void evaluate_unlogged(Model& model, int64_t steps_done, const RunLength& length, int64_t global_batch);
+  void evaluate_unlogged(Model& model, const RunPosition& position);
 
   // The last "eval" event (null before the first).
   const nlohmann::json& last() const { return last_; }
@@ -72,8 +72,7 @@ class Evaluator {
                const std::function<void(const std::string& other_target)>& warn);
 
  private:
-  nlohmann::json event(const Evaluation& evaluation, int64_t steps_done, const RunLength& length,
-                       int64_t global_batch) const;
+  nlohmann::json event(const Evaluation& evaluation, const RunPosition& position) const;
   // Element-wise SUM across ranks (collective).
   std::vector<double> all_reduce_sums(const std::vector<double>& values);
 

@@ -75,19 +75,31 @@ void print_plan(const BatchPlan& plan, const LrSchedule& schedule, const LrOptio
   std::fflush(stdout);
 }
 
-void report_progress(bool root, int64_t steps_done, int64_t start_step, double mean_loss, double lr, double grad_norm,
+void print_batch_schedule(const BatchOptions& options, const BatchSchedule& schedule) {
+  const char* kind = schedule.adaptive() ? "adaptive" : "rampup";
+  std::fprintf(stdout, "batch schedule %s: global batch %lld now, up to %lld; positions, warmup and decay count "
+               "samples; the LR %s\n", kind, static_cast<long long>(schedule.global_batch()),
+               static_cast<long long>(schedule.final_batch()),
+               options.schedule_lr == BatchScheduleLr::Scale ? "follows the batch by its scaling rule"
+                                                             : "is the final batch's throughout");
+  std::fflush(stdout);
+}
+
+void report_progress(bool root, const RunPosition& position, int64_t start_step, double mean_loss, double lr, double grad_norm,
                      const NoiseScaleAverage* noise, const RunLength& length, const BatchPlan& plan, bool tokens,
                      Throughput& time, MetricsLog& log) {
   const double samples_per_second =
       static_cast<double>(time.interval_steps * plan.global_batch_size) / time.interval_seconds;
+  const int64_t steps_done = position.steps_done;
   const int64_t steps_this_run = steps_done - start_step;
   const double eta = time.train_seconds / static_cast<double>(std::max<int64_t>(steps_this_run, 1)) *
                      static_cast<double>(length.steps_to_run - steps_done);
-  const double epoch = length.epochs(steps_done);
+  const double epoch = position.epochs;
   nlohmann::json event = {{"event", "train"},
                           {"step", steps_done},
                           {"epoch", epoch},
-                          {"samples_seen", steps_done * plan.global_batch_size},
+                          {"samples_seen", position.samples_seen},
+                          {"global_batch_size", plan.global_batch_size},
                           {"lr", lr},
                           {"train_loss", mean_loss},
                           {"grad_norm", grad_norm},
@@ -196,14 +208,13 @@ nlohmann::json run_summary(const SummaryInputs& inputs, const RunLength& length,
                            const Throughput& time, const nlohmann::json& last_eval) {
   const int64_t steps_done = inputs.steps_done;
   const int64_t steps_this_run = steps_done - inputs.start_step;
-  const int64_t global_batch = plan.global_batch_size;
   nlohmann::json summary = {
       {"status", to_string(inputs.status)},
       {"steps", steps_done},
       {"resumed_from_step", inputs.start_step},
       {"schedule_steps", length.total_steps},
-      {"epochs", length.epochs(steps_done)},
-      {"samples_seen", steps_done * global_batch},
+      {"epochs", inputs.epochs},
+      {"samples_seen", inputs.samples_seen},
       {"peak_lr", inputs.peak_lr},
       {"train_seconds", time.train_seconds},
       {"steady_ms_per_step", per_step_ms(time.steady_seconds, steps_this_run - Throughput::kWarmupSteps)},
@@ -212,7 +223,7 @@ nlohmann::json run_summary(const SummaryInputs& inputs, const RunLength& length,
       {"skipped_steps", inputs.skipped_steps},
       {"wall_seconds", time.elapsed()},
       {"samples_per_sec",
-       time.train_seconds > 0 ? static_cast<double>(steps_done * global_batch) / time.train_seconds : 0.0},
+       time.train_seconds > 0 ? static_cast<double>(inputs.samples_seen) / time.train_seconds : 0.0},
       {"stopped_at_target", inputs.stopped_at_target},
   };
   plan.add_to(summary);

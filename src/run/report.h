@@ -56,9 +56,12 @@ double seconds_since(Throughput::Clock::time_point start);
 void print_plan(const BatchPlan& plan, const LrSchedule& schedule, const LrOptions& lr, const RunLength& length,
                 int64_t epochs, int64_t dropped_per_epoch);
 
+// Under a changing batch: where it starts and ends, and that positions count samples.
+void print_batch_schedule(const BatchOptions& options, const BatchSchedule& schedule);
+
 // The "train" event, and on rank 0 the progress line (stderr); starts a new
 // interval of `time`. `noise` may be null (no --noise-scale).
-void report_progress(bool root, int64_t steps_done, int64_t start_step, double mean_loss, double lr, double grad_norm,
+void report_progress(bool root, const RunPosition& position, int64_t start_step, double mean_loss, double lr, double grad_norm,
                      const NoiseScaleAverage* noise, const RunLength& length, const BatchPlan& plan, bool tokens,
                      Throughput& time, MetricsLog& log);
 
@@ -79,6 +82,8 @@ void report_memory(bool root, const MemoryBreakdown& memory, int64_t step, int64
 struct SummaryInputs {
   RunStatus status = RunStatus::Completed;
   int64_t steps_done = 0;
+  int64_t samples_seen = 0;
+  double epochs = 0;
   int64_t start_step = 0;  // a resumed run's first
   double peak_lr = 0;
   int64_t skipped_steps = 0;

@@ -24,9 +24,9 @@ std::string event_key(const std::string& metric) {
 
 }  // namespace
 
-bool evaluation_due(int64_t steps_done, int64_t steps_per_epoch, int64_t eval_every, int64_t per_doubling) {
+bool evaluation_due(int64_t steps_done, bool epoch_ended, int64_t eval_every, int64_t per_doubling) {
   if (steps_done <= 0) return false;
-  if (steps_done % steps_per_epoch == 0) return true;
+  if (epoch_ended) return true;
   if (eval_every > 0 && steps_done % eval_every == 0) return true;
   // A grid point in (steps_done - 1, steps_done]: step 1 holds 2^0.
   return per_doubling > 0 &&

@@ -19,7 +19,7 @@ namespace dtrain {
 // every `eval_every` steps (0: never) and on the geometric grid (0: none).
 // (The trainer also evaluates its last step.) Pure: a resumed run evaluates
 // at the same steps.
-bool evaluation_due(int64_t steps_done, int64_t steps_per_epoch, int64_t eval_every, int64_t per_doubling);
+bool evaluation_due(int64_t steps_done, bool epoch_ended, int64_t eval_every, int64_t per_doubling);
 
 // The first evaluation that meets the target. Lower is better for losses,
 // higher for accuracies.

@@ -41,6 +41,16 @@ ReducerOptions reducer_options(const Config& config, int world_size) {
   return reducer;
 }
 
+// The schedule as it runs: adaptive's default START is the smallest allowed
+// batch that still has two micro-batches for the noise scale to compare.
+BatchSchedulePlan schedule_plan(const Config& config, const BatchPlan& plan) {
+  BatchSchedulePlan schedule = config.batch.schedule;
+  if (schedule.kind == BatchScheduleKind::Adaptive && schedule.start == 0) {
+    schedule.start = plan.world_size * plan.micro_batch_size * (plan.world_size >= 2 ? 1 : 2);
+  }
+  return schedule;
+}
+
 torch::Tensor as_index_tensor(const std::vector<int64_t>& indices) {
   return torch::from_blob(const_cast<int64_t*>(indices.data()), {static_cast<int64_t>(indices.size())},
                           torch::kLong);
@@ -59,6 +69,8 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
       length_(run_length(data.train.size(), plan, config.run.epochs, config.run.max_steps)),
       schedule_(make_lr_schedule(config.lr, plan.global_batch_size, length_.steps_per_epoch, length_.total_steps)),
       order_(data.train.size(), config.run.seed, config.run.shuffle),
+      batch_(schedule_plan(config, plan), config.batch.adaptive_factor, data.train.size(), config.run.epochs,
+             plan.global_batch_size, plan.world_size * std::max<int64_t>(plan.micro_batch_size, 1)),
       nonfinite_(config.failure.on_nonfinite) {
   const NamedParameters named = named_trainable_parameters(*model_);
   std::vector<torch::Tensor> parameters;
@@ -88,6 +100,22 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
   const bool fused = (precision == Precision::Tf32 || precision == Precision::Bf16Mixed) && fused_adamw_available();
   updater_ = std::make_unique<Updater>(config_.optimizer, named, *reducer_, comm_, schedule_.at(0), fused);
   evaluator_ = std::make_unique<Evaluator>(config_, data_, comm_, device_);
+  if (!batch_.constant()) {
+    if (config_.batch.micro_batch_size == kAutoMicroBatch) {
+      throw UsageError("--batch-schedule " + std::string(batch_.adaptive() ? "adaptive" : "rampup") +
+                       " needs a fixed micro-batch (each batch on it must split into whole micro-batches): give "
+                       "--micro-batch-size instead of auto");
+    }
+    if (config_.study.measure_noise_scale > 0) {
+      throw UsageError("--measure-noise-scale measures at one batch: leave out --batch-schedule");
+    }
+    if (batch_.adaptive() && !config_.study.noise_scale) {
+      throw UsageError("--batch-schedule adaptive grows the batch toward the online noise scale: add --noise-scale true");
+    }
+    check_batch_schedule(schedule_plan(config_, plan_), plan_.global_batch_size, plan_.world_size,
+                         plan_.micro_batch_size);
+    use_global_batch(batch_.global_batch());
+  }
   if (config_.study.noise_scale || config_.study.measure_noise_scale > 0) {
     // With --micro-batch-size auto, checked once the split is chosen.
     if (config_.batch.micro_batch_size != kAutoMicroBatch) check_noise_scale_split(plan_, /*chosen_by_auto=*/false);
@@ -114,26 +142,82 @@ void Trainer::broadcast_initial_state() {
   }
 }
 
-double Trainer::global_batch_items(const std::vector<int64_t>& permutation, int64_t step_in_epoch) const {
+double Trainer::global_batch_items(const std::vector<int64_t>& permutation, int64_t window_start) const {
   if (!data_.train.target_counts.defined()) return static_cast<double>(plan_.global_batch_size);
-  const auto window = torch::from_blob(const_cast<int64_t*>(permutation.data()) +
-                                           step_in_epoch * plan_.global_batch_size,
+  const auto window = torch::from_blob(const_cast<int64_t*>(permutation.data()) + window_start,
                                        {plan_.global_batch_size}, torch::kLong);
   return static_cast<double>(data_.train.target_counts.index_select(0, window).sum().item<int64_t>());
 }
 
 StepResult Trainer::train_step(int64_t step, bool compute_grad_norm, bool update) {
+  // A constant batch's windows follow from the step alone (tests address
+  // any step); a changing batch's only from the steps before it.
+  if (batch_.position().steps_done != step) {
+    if (!batch_.constant()) {
+      throw Error("internal: step " + std::to_string(step) + " asked at position " +
+                  std::to_string(batch_.position().steps_done));
+    }
+    batch_.restore_steps(step);
+  }
+  const StepResult result = step_on_window(step, compute_grad_norm, update);
+  batch_.advance();
+  return result;
+}
+
+double Trainer::lr_now(int64_t step) const {
+  if (batch_.constant()) return schedule_.at(step);
+  const double position = static_cast<double>(batch_.position().samples_seen) /
+                          static_cast<double>(batch_.final_batch());
+  if (config_.batch.schedule_lr == BatchScheduleLr::Fixed) return schedule_.at_position(position);
+  LrSchedule at_batch = schedule_;
+  at_batch.peak_lr = scaled_peak_lr(config_.lr.lr, plan_.global_batch_size, config_.lr.base_batch_size,
+                                    config_.lr.scaling);
+  return at_batch.at_position(position);
+}
+
+void Trainer::use_global_batch(int64_t global) {
+  plan_ = derive_batch_plan(plan_.micro_batch_size, 0, global, plan_.world_size);
+  length_.steps_per_epoch = data_.train.size() / global;
+  length_.total_steps = batch_.position().steps_done + batch_.steps_left();
+  const int64_t max_steps = config_.run.max_steps;
+  length_.steps_to_run = max_steps > 0 ? std::min(length_.total_steps, max_steps) : length_.total_steps;
+}
+
+void Trainer::follow_batch_schedule(bool evaluated, MetricsLog& log) {
+  if (batch_.constant()) return;
+  std::optional<double> b_simple;
+  if (noise_) b_simple = noise_->valid_b_simple();
+  const std::optional<BatchChange> change = batch_.update(evaluated, b_simple);
+  if (!change) return;
+  use_global_batch(change->to);
+  const double lr = lr_now(change->step);
+  log.record({{"event", "batch_change"},
+              {"step", change->step},
+              {"samples_seen", batch_.position().samples_seen},
+              {"from_global_batch_size", change->from},
+              {"global_batch_size", change->to},
+              {"grad_accum_steps", plan_.grad_accum_steps},
+              {"lr", lr},
+              {"reason", change->reason}});
+  if (is_root()) {
+    std::fprintf(stdout, "batch change after step %lld (%s): %s; lr %.4g\n", static_cast<long long>(change->step),
+                 change->reason.c_str(), plan_.describe().c_str(), lr);
+    std::fflush(stdout);
+  }
+}
+
+StepResult Trainer::step_on_window(int64_t step, bool compute_grad_norm, bool update) {
   if (CollectiveWatchdog* watchdog = comm_.watchdog()) watchdog->set_step(step + 1);
-  const int64_t step_in_epoch = step % length_.steps_per_epoch;
-  const std::vector<int64_t>& permutation = order_.of_epoch(step / length_.steps_per_epoch);
+  const int64_t window_start = batch_.position().offset;
+  const std::vector<int64_t>& permutation = order_.of_epoch(batch_.position().epoch);
   StepResult result;
-  result.lr = schedule_.at(step);
+  result.lr = lr_now(step);
   updater_->set_lr(result.lr);
 
   // Steps 1-3; redone with half the micro-batch while a rank runs out of memory.
   model_->train();
-  result.loss_items = global_batch_items(permutation, step_in_epoch);
-  while (!accumulate_gradients(permutation, step, step_in_epoch, result.loss_items)) {
+  result.loss_items = global_batch_items(permutation, window_start);
+  while (!accumulate_gradients(permutation, step, window_start, result.loss_items)) {
     plan_ = out_of_memory_->smaller_split(plan_, step);
   }
   // 4. Judge the all-reduced gradient: the same on every rank.
@@ -168,7 +252,7 @@ at::Tensor Trainer::summed_train_loss(const std::vector<int64_t>& indices) {
   return summed_cross_entropy(model_->forward(inputs), targets);
 }
 
-bool Trainer::accumulate_gradients(const std::vector<int64_t>& permutation, int64_t step, int64_t step_in_epoch,
+bool Trainer::accumulate_gradients(const std::vector<int64_t>& permutation, int64_t step, int64_t window_start,
                                    double loss_items) {
   // 1. Zero the gradient buckets.
   reducer_->zero_grad();
@@ -183,8 +267,9 @@ bool Trainer::accumulate_gradients(const std::vector<int64_t>& permutation, int6
     const BudgetScope budget;  // a CPU --memory-budget holds here
     for (int64_t micro_step = 0; micro_step < plan_.grad_accum_steps; ++micro_step) {
       reducer_->begin_micro_step(micro_step == plan_.grad_accum_steps - 1);
-      auto loss = summed_train_loss(micro_batch_indices(permutation, plan_, step_in_epoch, micro_step, comm_.rank())) /
-                  loss_items;
+      auto loss =
+          summed_train_loss(micro_batch_indices_at(permutation, plan_, window_start, micro_step, comm_.rank())) /
+          loss_items;
       if (fault_nan_.fires(step, comm_.rank())) loss = loss * std::numeric_limits<double>::quiet_NaN();
       loss.backward();
       loss_.step += loss.detach().to(torch::kDouble);
@@ -245,24 +330,24 @@ RunOutcome Trainer::run(MetricsLog& log) {
   time_.start = Throughput::Clock::now();
   if (is_root()) {
     print_plan(plan_, schedule_, config_.lr, length_, config_.run.epochs, dropped_per_epoch(data_.train.size(), plan_));
+    if (!batch_.constant()) print_batch_schedule(config_.batch, batch_);
   }
   StopAgreement agreement(control_, config_.checkpoint.every_minutes);
   RunStatus status = RunStatus::Completed;
   int64_t steps_done = start_step_;
   auto progress = [&](const StepResult& result) {
-    report_progress(is_root(), steps_done, start_step_, take_mean_train_loss(), result.lr, result.grad_norm,
+    report_progress(is_root(), batch_.position(), start_step_, take_mean_train_loss(), result.lr, result.grad_norm,
                     noise_.get(), length_, plan_, data_.tokens, time_, log);
   };
   auto evaluate = [&] {
-    evaluator_->evaluate_and_log(*model_, steps_done, length_, plan_.global_batch_size, time_.elapsed(), log);
+    evaluator_->evaluate_and_log(*model_, batch_.position(), time_.elapsed(), log);
   };
   // A run resumed from the checkpoint of the step that met --target with
   // --stop-at-target is already done.
   for (int64_t step = start_step_; step < length_.steps_to_run && !evaluator_->stop_at_target(); ++step) {
     // Steps 1-5.
     const auto step_start = Throughput::Clock::now();
-    const bool last = step + 1 == length_.steps_to_run;
-    const StepResult result = train_step(step, (step + 1) % config_.run.log_every == 0 || last);
+    const StepResult result = train_step(step, (step + 1) % config_.run.log_every == 0 || step + 1 == length_.steps_to_run);
     time_.add_step(seconds_since(step_start), result.loss_items, step - start_step_);
     steps_done = step + 1;
     for (const auto& event : out_of_memory_->take_events()) log.record(event);
@@ -276,9 +361,13 @@ RunOutcome Trainer::run(MetricsLog& log) {
     }
     // Progress, metrics and evaluation on their schedules.
     const bool log_now = steps_done % config_.run.log_every == 0;
-    const bool eval_now = evaluator_->due(steps_done, length_);
+    const bool eval_now = evaluator_->due(batch_.position());
     if (log_now) progress(result);
     if (eval_now) evaluate();
+    // A changing batch moves on (it may end the run sooner: the epoch's rest
+    // no longer fits).
+    follow_batch_schedule(eval_now, log);
+    const bool last = steps_done == length_.steps_to_run;
     // The target ends the run: its last progress line goes before the
     // checkpoint, so that a resume from it logs nothing more.
     const bool stop_at_target = evaluator_->stop_at_target();
@@ -304,7 +393,7 @@ RunOutcome Trainer::run(MetricsLog& log) {
   }
   // E.g. --epochs 0 evaluates the given weights.
   if (evaluator_->last().is_null() && status == RunStatus::Completed) {
-    evaluator_->evaluate_unlogged(*model_, steps_done, length_, plan_.global_batch_size);
+    evaluator_->evaluate_unlogged(*model_, batch_.position());
   }
   return {status, summary(status, steps_done)};
 }
@@ -313,6 +402,8 @@ nlohmann::json Trainer::summary(RunStatus status, int64_t steps_done) const {
   SummaryInputs inputs;
   inputs.status = status;
   inputs.steps_done = steps_done;
+  inputs.samples_seen = batch_.position().samples_seen;
+  inputs.epochs = batch_.position().epochs;
   inputs.start_step = start_step_;
   inputs.peak_lr = schedule_.peak_lr;
   inputs.skipped_steps = nonfinite_.skipped_total();

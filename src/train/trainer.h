@@ -19,7 +19,8 @@
 //      all-gathered).
 // Then, between steps, each service decides whether it is due: the progress
 // line and metrics (run/report.h), evaluation and the --target check
-// (run/evaluator.h), and
+// (run/evaluator.h), a change of the global batch under --batch-schedule
+// (data/batch_schedule.h: the split and the LR follow it), and
 //   6. the ranks agree whether any was signalled or a timed checkpoint is due
 //      (run/preemption.h);
 //   7. a checkpoint when one is due (run/checkpoint.h), and a stop when
@@ -28,6 +29,7 @@
 #include "cli/config.h"
 #include "comm/communicator.h"
 #include "common/fault.h"
+#include "data/batch_schedule.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "memory/memory.h"
@@ -124,7 +126,11 @@ class Trainer {
   // The gradient norm is computed when asked (for the log) or for clipping.
   // Without `update`, steps 1-4 only: the gradient is measured, the weights
   // and optimizer stay as they are (--measure-noise-scale).
+  // Every call consumes the step's window of samples (data/batch_schedule.h);
+  // under a changing batch, steps come in order.
   StepResult train_step(int64_t step, bool compute_grad_norm = false, bool update = true);
+  // The batch schedule and the run's position in its data.
+  const BatchSchedule& batch_schedule() const { return batch_; }
 
   // Continue from `checkpoint` (read on every rank): weights, optimizer
   // state, position, loss accumulators, skip counters, RNG states. Throws
@@ -167,11 +173,22 @@ class Trainer {
   // datasets the target tokens of all its rows. Every rank holds the epoch's
   // permutation and the whole training set's target counts, so each sums the
   // same window of the permutation itself: no communication.
-  double global_batch_items(const std::vector<int64_t>& permutation, int64_t step_in_epoch) const;
+  double global_batch_items(const std::vector<int64_t>& permutation, int64_t window_start) const;
+  // Steps 1-5 on the current window; train_step moves the position on.
+  StepResult step_on_window(int64_t step, bool compute_grad_norm, bool update);
   // Steps 1-3: false when a rank ran out of memory (all ranks agree; the
   // gradients are to be discarded).
-  bool accumulate_gradients(const std::vector<int64_t>& permutation, int64_t step, int64_t step_in_epoch,
+  bool accumulate_gradients(const std::vector<int64_t>& permutation, int64_t step, int64_t window_start,
                             double loss_items);
+  // The LR of the next step: the schedule at the step, or under a changing
+  // batch at the samples consumed over the final batch, peaked for the
+  // current batch (--batch-schedule-lr scale) or the final one (fixed).
+  double lr_now(int64_t step) const;
+  // Between steps: a change of the global batch when the schedule wants one
+  // (the split, the run's length and the log follow).
+  void follow_batch_schedule(bool evaluated, MetricsLog& log);
+  // The split and the run's length for global batch `global`.
+  void use_global_batch(int64_t global);
   // Forward of training samples `indices`: the SUM of their losses.
   at::Tensor summed_train_loss(const std::vector<int64_t>& indices);
   // --micro-batch-size auto: the peak (bytes, resident included) of one
@@ -202,6 +219,7 @@ class Trainer {
   RunLength length_;
   LrSchedule schedule_;
   EpochOrder order_;
+  BatchSchedule batch_;
   LossSums loss_;
   int64_t start_step_ = 0;  // steps done before this process (a resume)
   Throughput time_;

@@ -102,10 +102,11 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
     checkpoint.trainer = {
         {"format", kCheckpointFormat},
         {"step", steps_done},
-        {"epoch", steps_done / length_.steps_per_epoch},
-        {"step_in_epoch", steps_done % length_.steps_per_epoch},
-        {"samples_seen", steps_done * plan_.global_batch_size},
-        {"next_lr", schedule_.at(steps_done)},
+        {"epoch", batch_.position().epoch},
+        {"samples_in_epoch", batch_.position().offset},
+        {"samples_seen", batch_.position().samples_seen},
+        {"batch_schedule", batch_.state()},
+        {"next_lr", lr_now(steps_done)},
         {"trajectory_hash", hash_text(trajectory_hash(config_))},
         {"options", options},
         {"loss_sums", loss_sums},
@@ -180,6 +181,14 @@ void Trainer::restore(const Checkpoint& checkpoint, const std::string& source) {
       generator.set_state(hex_to_bytes(rng.at(name).get<std::string>()));
     }
     start_step_ = step;
+    // The position and the batch: stored under a changing batch, else the
+    // step's (checkpoints from before --batch-schedule hold only the step).
+    if (batch_.constant()) {
+      batch_.restore_steps(step);
+    } else {
+      batch_.restore(saved.at("batch_schedule"), step);
+      use_global_batch(batch_.global_batch());
+    }
     // A split narrowed by out-of-memory on this world size stays narrowed:
     // the options' split would only run out again.
     const nlohmann::json oom = saved.value("out_of_memory", nlohmann::json::array());

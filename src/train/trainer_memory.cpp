@@ -55,8 +55,8 @@ MemoryBreakdown Trainer::memory_breakdown() const {
 std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
   const BatchPlan probe = plan_.with_micro_batch(micro);
   // The first step's epoch order, made once for every probe and kept for it.
-  const std::vector<int64_t>& permutation = order_.of_epoch(start_step_ / length_.steps_per_epoch);
-  const auto indices = micro_batch_indices(permutation, probe, start_step_ % length_.steps_per_epoch, 0, comm_.rank());
+  const std::vector<int64_t>& permutation = order_.of_epoch(batch_.position().epoch);
+  const auto indices = micro_batch_indices_at(permutation, probe, batch_.position().offset, 0, comm_.rank());
   // Nothing the probe does may reach the trajectory: the RNG states go back,
   // the gradients are zeroed, and there is no update.
   std::vector<std::pair<at::Generator, at::Tensor>> generators;

@@ -89,5 +89,20 @@ TEST(LrSchedule, NoWarmupStartsAtThePeak) {
   EXPECT_DOUBLE_EQ(s.at(0), 1.6);
 }
 
+// A changing batch reads the schedule at fractional steps: at whole steps the
+// same LR, bit for bit, and between them in between.
+TEST(LrSchedule, AtPositionAgreesWithWholeSteps) {
+  LrOptions options;
+  options.lr = 0.1;
+  options.base_batch_size = 64;
+  options.warmup_steps = 7;
+  options.schedule = LrScheduleKind::Cosine;
+  options.min_lr = 0.001;
+  const LrSchedule s = make_lr_schedule(options, 256, 10, 50);
+  for (int64_t step = 0; step <= 55; ++step) ASSERT_EQ(s.at(step), s.at_position(static_cast<double>(step))) << step;
+  EXPECT_GT(s.at_position(3.5), s.at(3));
+  EXPECT_LT(s.at_position(3.5), s.at(4));
+}
+
 }  // namespace
 }  // namespace dtrain

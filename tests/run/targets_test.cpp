@@ -15,7 +15,7 @@ namespace {
 std::vector<int64_t> due_steps(int64_t last, int64_t per_epoch, int64_t every, int64_t per_doubling) {
   std::vector<int64_t> steps;
   for (int64_t s = 0; s <= last; ++s) {
-    if (evaluation_due(s, per_epoch, every, per_doubling)) steps.push_back(s);
+    if (evaluation_due(s, s % per_epoch == 0, every, per_doubling)) steps.push_back(s);
   }
   return steps;
 }
