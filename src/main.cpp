@@ -16,6 +16,7 @@
 #include "run/metrics_log.h"
 #include "run/preemption.h"
 #include "comm/agreement.h"
+#include "plan/plan_command.h"
 #include "train/trainer.h"
 
 #include <torch/torch.h>
@@ -46,6 +47,7 @@ std::string describe_threads(dtrain::Communicator& comm, const dtrain::ThreadPla
 // `mpi` carries start-up agreement; training uses it too, or NCCL over it.
 int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   using namespace dtrain;
+  if (!args.empty() && args.front() == "plan") return run_plan(mpi, std::vector<std::string>(args.begin() + 1, args.end()));
   const bool root = mpi.rank() == 0;
 
   ParsedOptions parsed;
