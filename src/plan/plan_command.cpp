@@ -37,7 +37,25 @@ constexpr const char* kUsage =
     "                   [--network ALPHA_S,BETA_S_PER_BYTE | --measure-network] [--deadline SECONDS] [--out DIR]\n"
     "Predicts steps, step time and time to target for global batches (powers of two) on 1 to N ranks, and\n"
     "recommends the fastest split and the cheapest in rank-seconds (within --deadline). Run it under mpirun\n"
-    "to measure the network (docs/studies.md, \"Planning the batch\")";
+    "to measure the network (docs/studies.md, \"Planning the batch\").\n"
+    "  --fit FILE                a study's fit.json: S = S_min (1 + B_crit/B), bootstrap intervals from its residuals\n"
+    "  --fit-optimizer NAME      which fit in it (default: the config's optimizer, else the first)\n"
+    "  --fit-batches LO:HI       fit only the study's points with LO <= B <= HI\n"
+    "  --noise-scale-json FILE   summary.json of a --measure-noise-scale run: steps relative to its batch\n"
+    "  --steps S_MIN:B_CRIT      a stated curve (no interval)\n"
+    "  --network A,B             all-reduce cost per ring phase: A seconds + B seconds per byte\n"
+    "  --network-inter A,B       the same across nodes (default: --network's)\n"
+    "  --measure-network         time all-reduces over the ranks started (4 KiB to 64 MiB) and fit A and B\n"
+    "  --ranks-per-node R        ranks per node of the hierarchical ring (default 8)\n"
+    "  --max-ranks N             plan 1, 2, 4, ... N ranks\n"
+    "  --batches LO:HI           global batches to plan (powers of two, default 16:16384)\n"
+    "  --max-micro M             the largest micro-batch probed (default 1024; fewer if memory runs out)\n"
+    "  --compute-per-sample S[,C] no probe: a micro-step of m samples takes C + S x m seconds\n"
+    "  --update-seconds U        the optimizer update (default: probed, 0 with --compute-per-sample)\n"
+    "  --overlap F               share of a micro-step that communication hides behind (default: measured)\n"
+    "  --deadline SECONDS        the cheapest plan must reach the target within it\n"
+    "  --bootstrap N             bootstrap refits for the intervals (default 2000)\n"
+    "  --out DIR                 where plan.json goes (default runs/plan)";
 
 struct PlanFlags {
   std::string fit, fit_optimizer, noise_scale_json, steps, network, network_inter, batches = "16:16384",
@@ -142,12 +160,16 @@ std::vector<std::pair<double, double>> points_of_fit(const std::string& path, co
     if (!fits.contains(chosen)) throw UsageError("--fit " + path + " has no fit for optimizer '" + chosen + "'");
     std::vector<std::pair<double, double>> points;
     for (const auto& point : fits.at(chosen).at("points")) {
+      if (point.at("steps_to_target").is_null()) continue;  // a batch that missed the target
       points.emplace_back(point.at("global_batch_size").get<double>(), point.at("steps_to_target").get<double>());
     }
     return points;
-  } catch (const nlohmann::json::exception& error) {
-    throw UsageError("--fit " + path + " is not a study's fit.json (" + std::string(error.what()).substr(0, 80) +
+  } catch (const nlohmann::json::parse_error& error) {
+    throw UsageError("--fit " + path + " is not a study's fit.json (not JSON, at byte " + std::to_string(error.byte) +
                      "); give the fit.json that launch/study.sh wrote");
+  } catch (const nlohmann::json::exception&) {
+    throw UsageError("--fit " + path + " is not a study's fit.json (no fits.OPTIMIZER.points with global_batch_size "
+                     "and steps_to_target); give the fit.json that launch/study.sh wrote");
   }
 }
 
@@ -193,9 +215,9 @@ StepsModel steps_model(const PlanFlags& flags, const Config& config, int64_t cur
                   b_simple, batch, flags.noise_scale_json.c_str(), batch);
     model.describe = text;
     return model;
-  } catch (const nlohmann::json::exception& error) {
-    throw UsageError("--noise-scale-json " + flags.noise_scale_json + " is not what --measure-noise-scale writes (" +
-                     std::string(error.what()).substr(0, 80) + ")");
+  } catch (const nlohmann::json::exception&) {
+    throw UsageError("--noise-scale-json " + flags.noise_scale_json + " is not the summary.json of a "
+                     "--measure-noise-scale run (no noise_scale.b_simple and ci95); give that file");
   }
 }
 
