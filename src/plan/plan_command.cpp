@@ -51,7 +51,7 @@ constexpr const char* kUsage =
     "  --batches LO:HI           global batches to plan (powers of two, default 16:16384)\n"
     "  --max-micro M             the largest micro-batch probed (default 1024; fewer if memory runs out)\n"
     "  --compute-per-sample S[,C] no probe: a micro-step of m samples takes C + S x m seconds\n"
-    "  --update-seconds U        the optimizer update (default: probed, 0 with --compute-per-sample)\n"
+    "  --update-seconds U        a step's fixed part, the update with it (default: probed; 0 with --compute-per-sample)\n"
     "  --overlap F               share of a micro-step that communication hides behind (default: measured)\n"
     "  --deadline SECONDS        the cheapest plan must reach the target within it\n"
     "  --bootstrap N             bootstrap refits for the intervals (default 2000)\n"
@@ -239,6 +239,21 @@ double time_all_reduce(Communicator& comm, int64_t bytes, int repeats, torch::De
   return 1e-9 * static_cast<double>(*std::max_element(all.begin(), all.end()));
 }
 
+// A step's fixed part (zeroing, the non-finite check, the update, the
+// loop's bookkeeping): the median world-1 step of one sample less its
+// micro-step. World 1: no communication, so nothing data-parallel is timed.
+double step_overhead(const Config& config, Communicator& local, const Dataset& data, const std::shared_ptr<Model>& model) {
+  Trainer one(config, derive_batch_plan(1, 1, 0, 1), local, data, model);
+  std::vector<double> times;
+  for (int64_t step = 0; step < 30; ++step) {
+    const auto start = std::chrono::steady_clock::now();
+    one.train_step(step);
+    if (step >= 5) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return std::max(0.0, times[times.size() / 2] - one.time_micro_step(1, 9).value_or(0));
+}
+
 }  // namespace
 
 int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args) {
@@ -317,15 +332,15 @@ int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args) {
     const BatchPlan plan = derive_batch_plan(largest, 1, 0, 1);
     probe = std::make_unique<Trainer>(config, plan, local, data, model);
     for (int64_t m = 1; m <= largest; m *= 2) {
-      const std::optional<double> seconds = probe->time_micro_step(m, 3);
+      const std::optional<double> seconds = probe->time_micro_step(m, 5);
       if (!seconds) break;  // past --memory-budget (or the device's memory)
       compute.micro_seconds.emplace_back(m, *seconds);
     }
     if (compute.micro_seconds.empty()) throw Error("not even a micro-batch of 1 fits the memory budget");
-    compute.update_seconds = flags.update_seconds >= 0 ? flags.update_seconds : probe->time_update(3);
+    compute.update_seconds = flags.update_seconds >= 0 ? flags.update_seconds : step_overhead(config, local, data, model);
     char text[200];
     std::snprintf(text, sizeof text, "probed at world 1 with %d thread(s): micro-batches 1 to %lld (%.3g s at %lld), "
-                  "update %.3g s", threads.threads, static_cast<long long>(compute.micro_seconds.back().first),
+                  "fixed part of a step %.3g s", threads.threads, static_cast<long long>(compute.micro_seconds.back().first),
                   compute.micro_seconds.back().second, static_cast<long long>(compute.micro_seconds.back().first),
                   compute.update_seconds);
     compute.describe = text;

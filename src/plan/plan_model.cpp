@@ -105,6 +105,15 @@ StepsModel steps_model_from_points(const std::vector<std::pair<double, double>>&
                      "; widen --fit-batches or give a study's fit.json with more points");
   }
   model.fit = fit_steps_to_target(model.points);
+  if (batches.back() < model.fit.b_crit) {
+    char text[320];
+    std::snprintf(text, sizeof text,
+                  "the fit's largest batch (%.0f) lies below its B_crit (%.0f): S_min is extrapolated, and the "
+                  "intervals, from the residuals given the model, understate that (docs/studies.md: such a fit of the "
+                  "shipped study was 42-70%% optimistic at 1024-8192); add points above B_crit",
+                  batches.back(), model.fit.b_crit);
+    model.warning = text;
+  }
   // The bootstrap: each point's steps times a relative residual drawn with
   // replacement from the fit's, then refitted.
   std::vector<double> ratios;
@@ -191,7 +200,8 @@ std::optional<PlanRow> plan_row(const StepsModel& steps, const ComputeModel& com
     row.compute_seconds = static_cast<double>(row.accum) * seconds + compute.update_seconds;
     row.exposed_comm_seconds = comm - std::min(comm, network.overlap * seconds);
     row.step_seconds = row.compute_seconds + row.exposed_comm_seconds;
-    if (!best || row.step_seconds < best->step_seconds) best = row;
+    // Ties (a compute model linear in the micro-batch) go to the larger micro-batch: fewer micro-steps.
+    if (!best || row.step_seconds <= best->step_seconds * (1 + 1e-9)) best = row;
   }
   if (!best) return std::nullopt;
   const double b = static_cast<double>(global_batch);
@@ -269,6 +279,7 @@ nlohmann::json make_plan(const StepsModel& steps, const ComputeModel& compute, c
                          {"b_crit", finite_or_null(steps.fit.b_crit)},
                          {"relative", steps.relative()},
                          {"draws", steps.draws.size()}};
+  if (!steps.warning.empty()) plan["steps_model"]["warning"] = steps.warning;
   if (!steps.relative() && !steps.draws.empty()) {
     std::vector<double> s_min, b_crit;
     for (const auto& draw : steps.draws) {
@@ -330,8 +341,11 @@ nlohmann::json make_plan(const StepsModel& steps, const ComputeModel& compute, c
 std::string describe_plan(const nlohmann::json& plan) {
   std::ostringstream out;
   const bool relative = plan.at("steps_model").at("relative").get<bool>();
-  out << "steps to target: " << plan.at("steps_model").at("describe").get<std::string>() << "\n"
-      << "compute: " << plan.at("compute").at("describe").get<std::string>() << "\n"
+  out << "steps to target: " << plan.at("steps_model").at("describe").get<std::string>() << "\n";
+  if (plan.at("steps_model").contains("warning")) {
+    out << "warning: " << plan.at("steps_model").at("warning").get<std::string>() << "\n";
+  }
+  out << "compute: " << plan.at("compute").at("describe").get<std::string>() << "\n"
       << "network: " << plan.at("network").at("describe").get<std::string>() << "\n"
       << (relative ? "time to target relative to the current batch's steps (x step seconds)"
                    : "time to target")

@@ -32,6 +32,9 @@ struct StepsModel {
   StepsFit fit;          // Fit: the central fit; NoiseScale: b_crit = B_simple, s_min = 1/(1 + B_crit/B0)
   std::vector<StepsFit> draws;  // Fit: the bootstrap's refits; NoiseScale: B_simple's interval ends
   std::vector<std::pair<double, double>> points;  // Fit: the (B, S) it was fitted on
+  // Set where the fit's largest batch lies below its B_crit: S_min is then
+  // extrapolated, and intervals from the residuals (given the model) miss it.
+  std::string warning;
   // Relative: steps in units of the current batch's (NoiseScale); absolute otherwise.
   bool relative() const { return source == Source::NoiseScale; }
   double steps(double batch) const;
@@ -73,7 +76,7 @@ double all_reduce_seconds(const NetworkModel& network, int64_t world, double byt
 LinkCost fit_ring(const std::vector<std::pair<double, double>>& bytes_seconds, int64_t world);
 
 // Compute: one micro-step (forward and backward) of each probed size, and
-// one optimizer update.
+// a step's fixed part (the update, zeroing, the non-finite check, the loop).
 struct ComputeModel {
   std::vector<std::pair<int64_t, double>> micro_seconds;  // ascending sizes; the largest is the largest that fits
   double update_seconds = 0;

@@ -118,13 +118,10 @@ class Trainer {
   //    and why it chose; throws Error when nothing fits.
   void use_micro_batch(const std::vector<std::vector<int64_t>>& choices,
                        const std::vector<std::vector<int64_t>>& nanoseconds);
-  // dtrain plan's compute probe: the best of `repeats` timed micro-steps of
-  // `micro` samples (forward and backward, no communication, nothing
+  // dtrain plan's compute probe: the median of `repeats` timed micro-steps
+  // of `micro` samples (forward and backward, no communication, nothing
   // changed, as the auto probe); nullopt where it runs out of memory.
   std::optional<double> time_micro_step(int64_t micro, int repeats);
-  // dtrain plan: the best of `repeats` timed optimizer updates (they change
-  // the weights: a probe's trainer only).
-  double time_update(int repeats);
   // Whether the model recomputes its blocks in backward (the GPT's activation checkpointing).
   bool activation_checkpointing() const;
   const BatchPlan& plan() const { return plan_; }

@@ -97,24 +97,15 @@ std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
 std::optional<double> Trainer::time_micro_step(int64_t micro, int repeats) {
   // One untimed probe first: it grows the allocator's pools.
   if (!probe_micro_step(micro)) return std::nullopt;
-  double best = std::numeric_limits<double>::infinity();
+  std::vector<double> times;
   for (int repeat = 0; repeat < repeats; ++repeat) {
     const auto start = std::chrono::steady_clock::now();
     if (!probe_micro_step(micro)) return std::nullopt;
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
-  return best;
-}
-
-double Trainer::time_update(int repeats) {
-  double best = std::numeric_limits<double>::infinity();
-  for (int repeat = 0; repeat < repeats + 1; ++repeat) {
-    const auto start = std::chrono::steady_clock::now();
-    updater_->step(repeat);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (repeat > 0) best = std::min(best, seconds);  // the first allocates the optimizer's state
-  }
-  return best;
+  // The median: what a steady run sees on a shared machine, not its best.
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
 }
 
 bool Trainer::activation_checkpointing() const {

@@ -52,6 +52,9 @@ TEST(PlanModel, BootstrapIntervalsHoldTheFitAndWidenBeyondThePoints) {
   const auto [all_low, all_high] = all.interval(8192);
   EXPECT_GT((small_high - small_low) / small.steps(8192), (all_high - all_low) / all.steps(8192));
   EXPECT_THROW(steps_model_from_points(shipped_points(), 16, 20, 10, 3), UsageError);
+  // Only the small fit's points all lie below its B_crit: it says so.
+  EXPECT_NE(small.warning.find("below its B_crit"), std::string::npos);
+  EXPECT_TRUE(all.warning.empty());
 }
 
 TEST(PlanModel, NoiseScaleGivesStepsRelativeToTheCurrentBatch) {
