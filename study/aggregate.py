@@ -13,7 +13,7 @@ import numpy as np
 from executors import read_json, run_dir, slurm_status
 
 COLUMNS = [
-    "run_id", "optimizer", "seed", "global_batch_size", "micro_batch_size", "grad_accum_steps",
+    "run_id", "optimizer", "seed", "global_batch_size", "batch_schedule", "micro_batch_size", "grad_accum_steps",
     "lr_rule", "lr_multiplier", "lr", "peak_lr", "status", "exit_code", "steps", "samples_seen",
     "reached_target", "steps_to_target", "samples_to_target",
     "val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_accuracy", "train_loss",
@@ -101,11 +101,12 @@ def run_row(out, run, target):
 
 def collect(study, out):
     """One row per run of the study, in grid order; marks the best LR of each
-    (optimizer, global batch)."""
+    (optimizer, global batch, batch schedule)."""
     rows = [run_row(out, run, study.target) for run in study.runs]
-    for best in choose_best_lrs(rows, study.target).values():
-        for row in best["rows"]:
-            row["best_lr"] = True
+    for schedule in dict.fromkeys(row["batch_schedule"] for row in rows):
+        for best in choose_best_lrs(rows, study.target, schedule).values():
+            for row in best["rows"]:
+                row["best_lr"] = True
     for row in rows:
         row.setdefault("best_lr", False)
     return rows
@@ -116,13 +117,13 @@ def validation_key(target):
     return "val_loss" if target.lower_is_better else "val_accuracy"
 
 
-def lr_cells(rows, target):
-    """Rows grouped over seeds by (optimizer, batch, LR point): each cell's
-    mean steps-to-target (None unless every seed reached it) and mean final
-    metrics."""
+def lr_cells(rows, target, schedule="constant"):
+    """Rows of one batch schedule grouped over seeds by (optimizer, batch, LR
+    point): each cell's mean steps-to-target (None unless every seed reached
+    it) and mean final metrics."""
     groups = defaultdict(list)
     for row in rows:
-        if row["status"] in ("completed", "diverged"):
+        if row["status"] in ("completed", "diverged") and row.get("batch_schedule", "constant") == schedule:
             groups[(row["optimizer"], row["global_batch_size"], row["lr_rule"], row["lr_multiplier"],
                     row["lr"])].append(row)
     cells = []
@@ -136,20 +137,22 @@ def lr_cells(rows, target):
                       "diverged": any(row["status"] == "diverged" for row in members),
                       "steps_to_target": mean("steps_to_target") if reached else None,
                       "samples_to_target": mean("samples_to_target") if reached else None,
+                      "wall_seconds_to_target": mean("wall_seconds") if reached else None,
                       **{key: mean(key) for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss",
                                                      "train_accuracy", "train_loss", "generalization_gap",
                                                      "b_simple", "b_simple_at_target")}})
     return cells
 
 
-def choose_best_lrs(rows, target):
+def choose_best_lrs(rows, target, schedule="constant"):
     """{(optimizer, batch): cell}: the LR that reaches the target in the fewest
     steps (Shallue et al. 2018); where none does, the best final validation
-    metric. Ties in steps go to the better validation metric."""
+    metric. Ties in steps go to the better validation metric. Constant
+    batches only unless `schedule` names another."""
     key = validation_key(target)
     sign = 1 if target.lower_is_better else -1
     by_batch = defaultdict(list)
-    for cell in lr_cells(rows, target):
+    for cell in lr_cells(rows, target, schedule):
         by_batch[(cell["optimizer"], cell["global_batch_size"])].append(cell)
     best = {}
     for group, cells in sorted(by_batch.items()):
@@ -239,7 +242,26 @@ def fit_study(rows, target):
             point["fitted_steps"] = predicted
             point["regime"] = regime(point["global_batch_size"], fit["b_crit"])
         fits[optimizer] = entry
-    return {"target": str(target), "fits": fits}
+    result = {"target": str(target), "fits": fits}
+    arms = schedule_arms(rows, target)
+    if arms:
+        result["batch_schedules"] = arms
+    return result
+
+
+def schedule_arms(rows, target):
+    """Where the grid ran batch schedules: for each (optimizer, final global
+    batch), each schedule's best LR cell (the constant batch's too), in the
+    order of the grid. With --stop-at-target a run's wall time ends at the
+    target."""
+    schedules = list(dict.fromkeys(row["batch_schedule"] for row in rows))
+    arms = defaultdict(list)
+    for schedule in schedules:
+        for group, cell in choose_best_lrs(rows, target, schedule).items():
+            arms[group].append({"batch_schedule": schedule, **{k: v for k, v in cell.items() if k != "rows"},
+                                "runs": [row["run_id"] for row in cell["rows"]]})
+    return [{"optimizer": optimizer, "global_batch_size": batch, "arms": cells}
+            for (optimizer, batch), cells in sorted(arms.items()) if len(cells) > 1]
 
 
 def write_csv(rows, path):

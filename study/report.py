@@ -259,6 +259,22 @@ def write_report(study, out, rows, fit, wall_seconds=None):
                      f"{number(cell['generalization_gap'], 3)} | {number(cell['b_simple'])} | "
                      f"{number(cell['b_simple_at_target'])} | "
                      f"{regimes.get((optimizer, batch), 'target not reached')} |")
+    for entry in fit.get("batch_schedules", []):
+        arms = entry["arms"]
+        constant = next((arm for arm in arms if arm["batch_schedule"] == "constant"), None)
+        lines += ["", f"## Batch-size schedules to global batch {entry['global_batch_size']} ({entry['optimizer']})", "",
+                  "Each schedule at its own best LR (`--batch-schedule-lr scale`: the LR follows the batch by the "
+                  "run's rule); samples count what was trained on, wall seconds the run's (it stops at the target).",
+                  "", "| schedule | best LR | steps to target | samples to target | wall seconds | samples vs constant | "
+                  "wall vs constant |", "|---|---|---|---|---|---|---|"]
+        for arm in arms:
+            def versus(key):
+                if constant is None or arm[key] is None or not constant[key]:
+                    return "–"
+                return f"{arm[key] / constant[key]:.2f}×"
+            lines.append(f"| `{arm['batch_schedule']}` | {lr_label(arm)} | {number(arm['steps_to_target'], 6)} | "
+                         f"{number(arm['samples_to_target'], 8)} | {number(arm['wall_seconds_to_target'], 3)} | "
+                         f"{versus('samples_to_target')} | {versus('wall_seconds_to_target')} |")
     lines += ["", "## Plots", ""]
     for (name, _, sentence), path in zip(figures, written):
         lines += [f"![{name}](plots/{name})", "", sentence, ""]

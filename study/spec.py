@@ -4,7 +4,8 @@ A study file has three sections (docs/studies.md has a full example):
 
     [study]  base-config, ranks, target, budget, options, ...
     [grid]   global-batch-sizes, lr, lr-rules, lr-multipliers (or lr-values),
-             optimizers, seeds
+             optimizers, seeds, batch-schedules (batch-schedules-B for
+             global batch B only)
     [quick]  any key of the two above, replacing it in the --quick variant
              (a budget there replaces the per-batch budget-B keys too)
 
@@ -43,13 +44,14 @@ GRID_KEYS = {
     "lr-values": "",               # absolute peak LRs instead (--lr-scaling none)
     "optimizers": "sgd",           # lr-OPTIMIZER and options-OPTIMIZER for one optimizer
     "seeds": "0",
+    "batch-schedules": "constant",  # dtrain's --batch-schedule: constant, rampup:START:INCREMENT:SAMPLES, adaptive:START
 }
 LR_RULES = ("linear", "sqrt", "none")
 TARGET_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_accuracy", "train_loss")
 # Options the grid sets; a study's options may not set them again.
 GRID_OPTIONS = {"--global-batch-size", "--micro-batch-size", "--grad-accum-steps", "--optimizer", "--seed",
                 "--lr", "--lr-scaling", "--epochs", "--max-steps", "--target", "--out-dir", "--resume",
-                "--checkpoint-every", "--config"}
+                "--checkpoint-every", "--config", "--batch-schedule"}
 # Options that do not change what a run computes: left out of its hash.
 UNHASHED_OPTIONS = {"--out-dir", "--resume", "--checkpoint-every"}
 
@@ -91,12 +93,13 @@ class Run:
     peak_lr: float               # lr x f(global / base)
     args: list = field(default_factory=list)  # dtrain arguments, without --config/--out-dir/--resume
     spec_hash: str = ""
+    batch_schedule: str = "constant"  # dtrain's --batch-schedule; the global batch is its final batch
 
     def axes(self):
         return {"optimizer": self.optimizer, "seed": self.seed, "global_batch_size": self.global_batch_size,
                 "micro_batch_size": self.micro_batch_size, "grad_accum_steps": self.grad_accum_steps,
                 "lr_rule": self.lr_rule, "lr_multiplier": self.lr_multiplier, "lr": self.lr,
-                "peak_lr": self.peak_lr}
+                "peak_lr": self.peak_lr, "batch_schedule": self.batch_schedule}
 
 
 @dataclass
@@ -221,6 +224,43 @@ def is_per_batch(key):
     return key.startswith("budget-") and key[len("budget-"):].isdigit()
 
 
+def is_per_batch_schedule(key):
+    """batch-schedules-B: the schedules of global batch B."""
+    return key.startswith("batch-schedules-") and key[len("batch-schedules-"):].isdigit()
+
+
+def schedule_batches(text, batch, key):
+    """The global batches a schedule trains with, ending at `batch` (its
+    smallest and the steps between), checked as far as the study can;
+    dtrain checks the rest."""
+    kind, *numbers = text.split(":")
+    try:
+        numbers = [int(number) for number in numbers]
+    except ValueError:
+        numbers = None
+    if kind == "constant" and not numbers:
+        return [batch]
+    if kind == "rampup" and numbers and len(numbers) == 3 and all(n > 0 for n in numbers):
+        start, increment, _ = numbers
+        if start >= batch or (batch - start) % increment:
+            raise SpecError(f"{key}: '{text}' does not ramp to global batch {batch}: START must be below it and "
+                            "the difference a multiple of INCREMENT")
+        return [start, increment, batch]
+    if kind == "adaptive" and numbers and len(numbers) == 1 and 0 < numbers[0] <= batch:
+        return [numbers[0], batch]
+    raise SpecError(f"{key}: '{text}' is not constant, rampup:START:INCREMENT:SAMPLES or adaptive:START "
+                    f"(START at most the global batch {batch}; the study names the adaptive start)")
+
+
+def schedule_split(batches, ranks, max_micro, min_micro_batches):
+    """(micro, accum at the final batch) for a schedule: the largest
+    micro-batch that divides every batch on it across the ranks and leaves
+    min_micro_batches micro-batches at its smallest."""
+    unit = math.gcd(*batches)
+    micro, _ = batch_split(unit, ranks, max_micro, min_micro_batches)
+    return micro, batches[-1] // ranks // micro
+
+
 def read_values(path, quick):
     """The study file's keys with defaults filled in, [quick]'s applied when quick."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))
@@ -240,7 +280,7 @@ def read_values(path, quick):
         values.update({key: default for key, default in keys.items()})
         if parser.has_section(section):
             for key, value in parser.items(section):
-                if key not in keys and not (section == "grid" and is_per_name(key)) \
+                if key not in keys and not (section == "grid" and (is_per_name(key) or is_per_batch_schedule(key))) \
                         and not (section == "study" and is_per_batch(key)):
                     raise SpecError(f"{path}: [{section}] has no key '{key}' (known: {', '.join(keys)})")
                 values[key] = value
@@ -251,7 +291,8 @@ def read_values(path, quick):
         if "budget" in quick_values:  # a new budget replaces the per-batch ones too
             values = {key: value for key, value in values.items() if not is_per_batch(key)}
         for key, value in quick_values.items():
-            if key not in values and not is_per_name(key) and not is_per_batch(key):
+            if key not in values and not is_per_name(key) and not is_per_batch(key) \
+                    and not is_per_batch_schedule(key):
                 raise SpecError(f"{path}: [quick] overrides '{key}', which is no key of [study] or [grid]")
             values[key] = value
     missing = [key for key, value in values.items() if value is None]
@@ -308,6 +349,8 @@ def load(path, root, quick=False):
             lr_points += [(rule, multiplier, None) for multiplier in multipliers]
 
     for key in values:
+        if is_per_batch_schedule(key) and int(key[len("batch-schedules-"):]) not in batches:
+            raise SpecError(f"{path}: '{key}' names no global batch of the grid ({', '.join(map(str, batches))})")
         if is_per_name(key):
             prefix, name = ("lr-multipliers", key[len("lr-multipliers-"):]) if key.startswith("lr-multipliers-") \
                 else key.split("-", 1)
@@ -321,22 +364,29 @@ def load(path, root, quick=False):
         base_lr = float(values.get(f"lr-{optimizer}", values["lr"]))
         optimizer_options = shlex.split(values.get(f"options-{optimizer}", ""))
         for seed in seeds:
-            for batch in batches:
-                micro, accum = batch_split(batch, ranks, max_micro, min_micro_batches)
+            for batch, schedule in [(batch, schedule) for batch in batches for schedule in parse_list(
+                    values.get(f"batch-schedules-{batch}", values["batch-schedules"]), str, "batch-schedules")]:
+                key = f"batch-schedules-{batch}" if f"batch-schedules-{batch}" in values else "batch-schedules"
+                on_schedule = schedule_batches(schedule, batch, key)
+                micro, accum = schedule_split(on_schedule, ranks, max_micro, min_micro_batches)
                 kind, length = budgets.get(batch, budget)
                 for rule, multiplier, absolute in lr_points:
                     lr = float(f"{absolute if multiplier is None else base_lr * multiplier:.12g}")
                     peak = lr * lr_factor(rule, batch, base_batch)
                     lr_label = f"lr{format_number(lr)}" if multiplier is None else f"{rule}-x{format_number(multiplier)}"
                     run_id = f"b{batch:05d}-{lr_label}-{optimizer}-s{seed}"
+                    schedule_args = []
+                    if schedule != "constant":
+                        run_id += "-" + schedule.replace(":", "-")
+                        schedule_args = ["--batch-schedule", schedule]
                     args = ["--global-batch-size", str(batch), "--micro-batch-size", str(micro),
                             "--grad-accum-steps", str(accum), "--optimizer", optimizer, "--seed", str(seed),
                             "--lr-scaling", rule, "--lr", format_number(lr),
                             "--epochs" if kind == "epochs" else "--max-steps", str(length),
-                            "--target", str(target), *options, *optimizer_options,
+                            "--target", str(target), *schedule_args, *options, *optimizer_options,
                             "--checkpoint-every", str(checkpoint_every)]
                     runs.append(Run(run_id, optimizer, seed, batch, micro, accum, rule, multiplier, lr, peak,
-                                    args, run_hash(args, base_values, ranks)))
+                                    args, run_hash(args, base_values, ranks), schedule))
     ids = [run.run_id for run in runs]
     duplicates = sorted({run_id for run_id in ids if ids.count(run_id) > 1})
     if duplicates:

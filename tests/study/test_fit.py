@@ -60,11 +60,13 @@ class FitTest(unittest.TestCase):
         self.assertEqual(aggregate.regime(8000, 1000), "maximal data parallelism")
 
 
-def row(batch, rule, multiplier, steps, val, status="completed", seed=0, optimizer="sgd"):
-    return {"run_id": f"b{batch}-{rule}-x{multiplier}-s{seed}", "optimizer": optimizer, "seed": seed,
+def row(batch, rule, multiplier, steps, val, status="completed", seed=0, optimizer="sgd", schedule="constant",
+        samples=None):
+    return {"run_id": f"b{batch}-{rule}-x{multiplier}-s{seed}-{schedule}", "optimizer": optimizer, "seed": seed,
+            "batch_schedule": schedule, "wall_seconds": None if steps is None else steps / 100,
             "global_batch_size": batch, "lr_rule": rule, "lr_multiplier": multiplier, "lr": 0.1 * multiplier,
             "peak_lr": 0.1 * multiplier * batch / 256, "status": status, "reached_target": steps is not None,
-            "steps_to_target": steps, "samples_to_target": None if steps is None else steps * batch,
+            "steps_to_target": steps, "samples_to_target": None if steps is None else samples or steps * batch,
             "val_accuracy": val, "val_loss": None if val is None else 1 - val, "test_accuracy": val,
             "test_loss": None, "train_accuracy": val, "train_loss": None, "generalization_gap": 0.0,
             "b_simple": 100.0, "b_simple_at_target": 150.0}
@@ -97,6 +99,22 @@ class BestLrTest(unittest.TestCase):
                 row(64, "linear", 2, 800, 0.9, seed=0), row(64, "linear", 2, 1000, 0.9, seed=1)]
         best = aggregate.choose_best_lrs(rows, self.target)[("sgd", 64)]
         self.assertEqual((best["lr_multiplier"], best["steps_to_target"]), (2, 900))
+
+    def test_schedule_arms_are_compared_apart_from_the_fit(self):
+        rows = [row(64, "linear", 1, 600, 0.9), row(256, "linear", 1, 200, 0.9), row(256, "linear", 2, 180, 0.9),
+                row(256, "linear", 1, 260, 0.9, schedule="rampup:64:64:4096", samples=40000),
+                row(256, "linear", 2, 240, 0.9, schedule="rampup:64:64:4096", samples=38000),
+                row(256, "linear", 1, 400, 0.9, schedule="adaptive:64", samples=30000)]
+        # The constant batch's best LR and the fit see only constant runs.
+        self.assertEqual(self.best(rows), {64: ("linear", 1), 256: ("linear", 2)})
+        fit = aggregate.fit_study(rows, self.target)
+        self.assertEqual([p["steps_to_target"] for p in fit["fits"]["sgd"]["points"]], [600, 180])
+        [entry] = fit["batch_schedules"]
+        self.assertEqual(entry["global_batch_size"], 256)
+        arms = {arm["batch_schedule"]: (arm["lr_multiplier"], arm["steps_to_target"], arm["samples_to_target"])
+                for arm in entry["arms"]}
+        self.assertEqual(arms, {"constant": (2, 180, 180 * 256), "rampup:64:64:4096": (2, 240, 38000),
+                                "adaptive:64": (1, 400, 30000)})
 
     def test_failed_and_pending_runs_are_not_candidates(self):
         rows = [row(64, "linear", 1, 100, 0.9, status="failed"), row(64, "linear", 2, 800, 0.9)]
@@ -167,6 +185,30 @@ class SpecTest(unittest.TestCase):
         self.assertEqual([r.spec_hash for r in other.runs], [r.spec_hash for r in study.runs])
         other = spec.load(self.study_file(text.replace("steps:100", "steps:101")), ROOT)
         self.assertFalse(set(r.spec_hash for r in other.runs) & set(r.spec_hash for r in study.runs))
+
+    def test_batch_schedules_on_the_grid(self):
+        text = ("[study]\nbase-config = BASE\ntarget = val_accuracy:0.8\nbudget = steps:100\nmax-micro-batch = 128\n"
+                "[grid]\nglobal-batch-sizes = 64, 256\n")
+        plain = spec.load(self.study_file(text), ROOT)
+        study = spec.load(self.study_file(text + "batch-schedules-256 = constant, rampup:64:64:1024, adaptive:32\n"), ROOT)
+        self.assertEqual([r.run_id for r in study.runs],
+                         [r.run_id for r in plain.runs] + ["b00256-linear-x1-sgd-s0-rampup-64-64-1024",
+                                                           "b00256-linear-x1-sgd-s0-adaptive-32"])
+        self.assertEqual([r.spec_hash for r in study.runs[:2]], [r.spec_hash for r in plain.runs])
+        rampup, adaptive = study.runs[2:]
+        self.assertEqual(spec.option_value(rampup.args, "--batch-schedule"), "rampup:64:64:1024")
+        self.assertEqual(rampup.axes()["batch_schedule"], "rampup:64:64:1024")
+        # Micro-batches that divide every batch on the schedule, two of them at its smallest.
+        self.assertEqual((rampup.micro_batch_size, rampup.grad_accum_steps), (32, 8))
+        self.assertEqual((adaptive.micro_batch_size, adaptive.grad_accum_steps), (16, 16))
+        self.assertIsNone(spec.option_value(study.runs[1].args, "--batch-schedule"))
+        for bad, mention in (("batch-schedules-256 = rampup:100:64:1024", "batch-schedules-256"),
+                             ("batch-schedules-256 = adaptive", "adaptive:START"),
+                             ("batch-schedules-128 = constant", "batch-schedules-128"),
+                             ("batch-schedules = rampup:64:64", "batch-schedules")):
+            with self.assertRaises(spec.SpecError) as caught:
+                spec.load(self.study_file(text + bad + "\n"), ROOT)
+            self.assertIn(mention, str(caught.exception))
 
     def test_bad_study_files_name_the_problem(self):
         base = "[study]\nbase-config = BASE\ntarget = val_accuracy:0.8\nbudget = steps:100\n[grid]\nglobal-batch-sizes = 32\n"
