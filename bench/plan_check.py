@@ -81,7 +81,7 @@ def extrapolation(dtrain, work):
     print(f"   S_min interval {fmt(small['steps_model']['s_min_interval'])} (all points "
           f"{fmt(full['steps_model']['s_min_interval'])}); B_crit interval {fmt(small['steps_model']['b_crit_interval'])}"
           f" (all points {fmt(full['steps_model']['b_crit_interval'])})")
-    print("   batch  measured  predicted  error   95% interval     inside  width (all points)")
+    print("   batch  measured  predicted  error   95% interval     inside  width   | all points: predicted, interval, inside")
     points = []
     for b in (1024, 2048, 4096, 8192):
         r, a = small_rows[b], full_rows[b]
@@ -90,11 +90,16 @@ def extrapolation(dtrain, work):
         width, width_all = (hi - lo) / r["steps_to_target"], (a["steps_to_target_interval"][1] -
                                                               a["steps_to_target_interval"][0]) / a["steps_to_target"]
         inside = lo <= measured[b] <= hi
+        a_lo, a_hi = a["steps_to_target_interval"]
+        inside_all = a_lo <= measured[b] <= a_hi
         points.append({"global_batch_size": b, "measured": measured[b], "predicted": r["steps_to_target"],
                        "error": error, "interval": [lo, hi], "inside": inside, "relative_width": width,
-                       "relative_width_all_points": width_all})
+                       "all_points_predicted": a["steps_to_target"], "all_points_interval": [a_lo, a_hi],
+                       "all_points_inside": inside_all, "relative_width_all_points": width_all})
         print(f"   {b:5d}  {measured[b]:8.0f}  {r['steps_to_target']:9.1f}  {100 * error:+5.0f}%  "
-              f"[{lo:6.1f}, {hi:6.1f}]  {'yes' if inside else 'no':>6}  {100 * width:4.0f}% ({100 * width_all:.0f}%)")
+              f"[{lo:6.1f}, {hi:6.1f}]  {'yes' if inside else 'no':>6}  {100 * width:4.0f}%   | "
+              f"{a['steps_to_target']:6.1f} [{a_lo:6.1f}, {a_hi:6.1f}] {'yes' if inside_all else 'no'} "
+              f"({100 * width_all:.0f}% wide)")
     return {"fit_16_512": small["steps_model"], "fit_all": full["steps_model"], "points": points}
 
 
@@ -110,13 +115,13 @@ def step_times(dtrain, work, batches, repeats):
     print("   batch ranks split         predicted ms  measured ms  measured/predicted")
     cases = [(b, w, rows_at(predicted, w)[b]) for b in batches for w in (1, 2)]
     times = {(b, w): [] for b, w, _ in cases}
-    steps = 250  # 230 steady steps (the first 20 are not counted)
+    steps = 250  # 230 steady steps (the first 20 are not counted); --epochs 1000 lets 4096 run them
     for repeat in range(repeats):  # interleaved: the machine's noise hits every case alike
         for b, w, row in cases:
             run_dir = os.path.join(work, f"run_{b}_{w}_{repeat}")
             run([*MPIRUN, "-np", str(w), dtrain, *MLP, "--global-batch-size", str(b), "--micro-batch-size",
                  str(row["micro_batch_size"]), "--threads", "1", "--max-steps", str(steps), "--eval-every", "0",
-                 "--log-every", "100000", "--warmup-steps", "0", "--out-dir", run_dir])
+                 "--log-every", "100000", "--warmup-steps", "0", "--epochs", "1000", "--out-dir", run_dir])
             with open(os.path.join(run_dir, "summary.json")) as f:
                 times[(b, w)].append(json.load(f)["steady_ms_per_step"])
     out = []
@@ -137,7 +142,7 @@ def cluster(dtrain, work):
     flags = ["--config", os.path.join(ROOT, "configs", "gpt2_small.ini"), "--precision", "fp32",
              "--steps", f"{S_MIN:.0f}:{B_CRIT_SEQUENCES:.0f}", "--compute-per-sample", f"{per_sample!r},{MICRO_STEP_OVERHEAD!r}", "--update-seconds", "0.001",
              "--max-micro", "32", "--network", NVLINK, "--network-inter", IB_400G, "--ranks-per-node", "8",
-             "--overlap", "0", "--max-ranks", "1024", "--batches", "64:65536", "--deadline", "3600"]
+             "--comm-overlap", "0", "--max-ranks", "1024", "--batches", "64:65536", "--deadline", "3600"]
     result = plan(dtrain, flags, os.path.join(work, "cluster"))
     print(f"3. GPT at cluster scale (simulated; {MICRO_STEP_OVERHEAD * 1e3:.0f} ms per micro-step besides): S_min {S_MIN:.0f}, B_crit {B_CRIT_SEQUENCES:.0f} sequences; "
           f"{per_sample * 1e3:.3f} ms per sample of 1024 tokens "

@@ -263,8 +263,10 @@ def write_report(study, out, rows, fit, wall_seconds=None):
         arms = entry["arms"]
         constant = next((arm for arm in arms if arm["batch_schedule"] == "constant"), None)
         lines += ["", f"## Batch-size schedules to global batch {entry['global_batch_size']} ({entry['optimizer']})", "",
-                  "Each schedule at its own best LR (`--batch-schedule-lr scale`: the LR follows the batch by the "
-                  "run's rule); samples count what was trained on, wall seconds the run's (it stops at the target).",
+                  "Each schedule at its own best LR, chosen as for a constant batch (the fewest steps to target); "
+                  "the LR follows the batch by the run's rule (`--batch-schedule-lr scale`, the default). Samples "
+                  "count what was trained on; wall seconds are the run's, which end at the target under "
+                  "`--stop-at-target true`. Every arm of a batch has the same micro-batch.",
                   "", "| schedule | best LR | steps to target | samples to target | wall seconds | samples vs constant | "
                   "wall vs constant |", "|---|---|---|---|---|---|---|"]
         for arm in arms:

@@ -246,10 +246,10 @@ def schedule_batches(text, batch, key):
             raise SpecError(f"{key}: '{text}' does not ramp to global batch {batch}: START must be below it and "
                             "the difference a multiple of INCREMENT")
         return [start, increment, batch]
-    if kind == "adaptive" and numbers and len(numbers) == 1 and 0 < numbers[0] <= batch:
+    if kind == "adaptive" and numbers and len(numbers) == 1 and 0 < numbers[0] < batch:
         return [numbers[0], batch]
     raise SpecError(f"{key}: '{text}' is not constant, rampup:START:INCREMENT:SAMPLES or adaptive:START "
-                    f"(START at most the global batch {batch}; the study names the adaptive start)")
+                    f"(START below the global batch {batch}; the study names the adaptive start)")
 
 
 def schedule_split(batches, ranks, max_micro, min_micro_batches):
@@ -364,29 +364,31 @@ def load(path, root, quick=False):
         base_lr = float(values.get(f"lr-{optimizer}", values["lr"]))
         optimizer_options = shlex.split(values.get(f"options-{optimizer}", ""))
         for seed in seeds:
-            for batch, schedule in [(batch, schedule) for batch in batches for schedule in parse_list(
-                    values.get(f"batch-schedules-{batch}", values["batch-schedules"]), str, "batch-schedules")]:
+            for batch in batches:
                 key = f"batch-schedules-{batch}" if f"batch-schedules-{batch}" in values else "batch-schedules"
-                on_schedule = schedule_batches(schedule, batch, key)
-                micro, accum = schedule_split(on_schedule, ranks, max_micro, min_micro_batches)
+                schedules = parse_list(values[key], str, key)
+                # One split for every arm of a batch, so that their wall times compare schedules, not splits.
+                micro, accum = schedule_split([b for schedule in schedules for b in schedule_batches(schedule, batch, key)],
+                                              ranks, max_micro, min_micro_batches)
                 kind, length = budgets.get(batch, budget)
-                for rule, multiplier, absolute in lr_points:
-                    lr = float(f"{absolute if multiplier is None else base_lr * multiplier:.12g}")
-                    peak = lr * lr_factor(rule, batch, base_batch)
-                    lr_label = f"lr{format_number(lr)}" if multiplier is None else f"{rule}-x{format_number(multiplier)}"
-                    run_id = f"b{batch:05d}-{lr_label}-{optimizer}-s{seed}"
-                    schedule_args = []
-                    if schedule != "constant":
-                        run_id += "-" + schedule.replace(":", "-")
-                        schedule_args = ["--batch-schedule", schedule]
-                    args = ["--global-batch-size", str(batch), "--micro-batch-size", str(micro),
-                            "--grad-accum-steps", str(accum), "--optimizer", optimizer, "--seed", str(seed),
-                            "--lr-scaling", rule, "--lr", format_number(lr),
-                            "--epochs" if kind == "epochs" else "--max-steps", str(length),
-                            "--target", str(target), *schedule_args, *options, *optimizer_options,
-                            "--checkpoint-every", str(checkpoint_every)]
-                    runs.append(Run(run_id, optimizer, seed, batch, micro, accum, rule, multiplier, lr, peak,
-                                    args, run_hash(args, base_values, ranks), schedule))
+                for schedule in schedules:
+                    for rule, multiplier, absolute in lr_points:
+                        lr = float(f"{absolute if multiplier is None else base_lr * multiplier:.12g}")
+                        peak = lr * lr_factor(rule, batch, base_batch)
+                        lr_label = f"lr{format_number(lr)}" if multiplier is None else f"{rule}-x{format_number(multiplier)}"
+                        run_id = f"b{batch:05d}-{lr_label}-{optimizer}-s{seed}"
+                        schedule_args = []
+                        if schedule != "constant":
+                            run_id += "-" + schedule.replace(":", "-")
+                            schedule_args = ["--batch-schedule", schedule]
+                        args = ["--global-batch-size", str(batch), "--micro-batch-size", str(micro),
+                                "--grad-accum-steps", str(accum), "--optimizer", optimizer, "--seed", str(seed),
+                                "--lr-scaling", rule, "--lr", format_number(lr),
+                                "--epochs" if kind == "epochs" else "--max-steps", str(length),
+                                "--target", str(target), *schedule_args, *options, *optimizer_options,
+                                "--checkpoint-every", str(checkpoint_every)]
+                        runs.append(Run(run_id, optimizer, seed, batch, micro, accum, rule, multiplier, lr, peak,
+                                        args, run_hash(args, base_values, ranks), schedule))
     ids = [run.run_id for run in runs]
     duplicates = sorted({run_id for run_id in ids if ids.count(run_id) > 1})
     if duplicates:

@@ -4,6 +4,7 @@
 #include "comm/agreement.h"
 #include "comm/cpu_share.h"
 #include "comm/placement.h"
+#include "comm/watchdog.h"
 #include "common/error.h"
 #include "data/dataset.h"
 #include "io/files.h"
@@ -24,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 namespace dtrain {
 
@@ -52,7 +54,7 @@ constexpr const char* kUsage =
     "  --max-micro M             the largest micro-batch probed (default 1024; fewer if memory runs out)\n"
     "  --compute-per-sample S[,C] no probe: a micro-step of m samples takes C + S x m seconds\n"
     "  --update-seconds U        a step's fixed part, the update with it (default: probed; 0 with --compute-per-sample)\n"
-    "  --overlap F               share of a micro-step that communication hides behind (default: measured)\n"
+    "  --comm-overlap F          share of the all-reduce hidden behind the last micro-step (default: measured)\n"
     "  --deadline SECONDS        the cheapest plan must reach the target within it\n"
     "  --bootstrap N             bootstrap refits for the intervals (default 2000)\n"
     "  --out DIR                 where plan.json goes (default runs/plan)";
@@ -88,7 +90,7 @@ std::pair<double, double> two_numbers(const std::string& flag, const std::string
 }
 
 // Splits `args` into the plan's own flags and the training options.
-std::pair<PlanFlags, std::vector<std::string>> parse_plan_flags(const std::vector<std::string>& args) {
+std::pair<PlanFlags, std::vector<std::string>> parse_plan_flags(const std::vector<std::string>& args, int world_size) {
   PlanFlags flags;
   po::options_description described("dtrain plan");
   described.add_options()
@@ -109,11 +111,14 @@ std::pair<PlanFlags, std::vector<std::string>> parse_plan_flags(const std::vecto
       ("max-micro", po::value(&flags.max_micro))
       ("compute-per-sample", po::value(&flags.compute_per_sample))
       ("update-seconds", po::value(&flags.update_seconds))
-      ("overlap", po::value(&flags.overlap))
+      ("comm-overlap", po::value(&flags.overlap))
       ("bootstrap", po::value(&flags.bootstrap));
   std::vector<std::string> rest;
   try {
-    const po::parsed_options parsed = po::command_line_parser(args).options(described).allow_unregistered().run();
+    // No prefix guessing: a training option (--noise-scale) must not match a plan flag (--noise-scale-json).
+    const auto style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
+    const po::parsed_options parsed =
+        po::command_line_parser(args).options(described).style(style).allow_unregistered().run();
     po::variables_map values;
     po::store(parsed, values);
     po::notify(values);
@@ -134,6 +139,13 @@ std::pair<PlanFlags, std::vector<std::string>> parse_plan_flags(const std::vecto
   }
   if (!flags.network.empty() && flags.measure_network) {
     throw UsageError("dtrain plan: give --network or --measure-network, not both");
+  }
+  if (flags.measure_network && world_size < 2) {
+    throw UsageError("--measure-network times all-reduces between ranks: run dtrain plan under mpirun -np 2 or more");
+  }
+  if (!flags.noise_scale_json.empty() && flags.deadline > 0) {
+    throw UsageError("--deadline needs absolute steps-to-target: give --fit or --steps (a noise scale gives steps "
+                     "relative to the current batch only)");
   }
   if (flags.max_micro < 1 || flags.ranks_per_node < 1 || flags.bootstrap < 0 || flags.deadline < 0) {
     throw UsageError("dtrain plan: --max-micro, --ranks-per-node must be positive; --bootstrap, --deadline not negative");
@@ -179,10 +191,10 @@ StepsModel steps_model(const PlanFlags& flags, const Config& config, int64_t cur
     const auto points = points_of_fit(flags.fit, flags.fit_optimizer, to_string(config.optimizer.kind), optimizer);
     const auto [low, high] = two_numbers("fit-batches", flags.fit_batches, ':', "16:512");
     StepsModel model = steps_model_from_points(points, low, high, static_cast<int>(flags.bootstrap), 20);
-    char text[256];
+    char text[640];
     std::snprintf(text, sizeof text,
-                  "%s's fit (%s, %zu points): S_min %.0f, B_crit %.0f; 95%% intervals from %lld bootstrap refits of "
-                  "its relative residuals", flags.fit.c_str(), optimizer.c_str(), model.points.size(), model.fit.s_min,
+                  "%s's fit (%s, %zu points): S_min %.0f, B_crit %.0f; 95%% prediction intervals of a run's steps from "
+                  "%lld bootstrap refits of its relative residuals, each with one residual's scatter", flags.fit.c_str(), optimizer.c_str(), model.points.size(), model.fit.s_min,
                   model.fit.b_crit, static_cast<long long>(flags.bootstrap));
     model.describe = text;
     return model;
@@ -203,6 +215,10 @@ StepsModel steps_model(const PlanFlags& flags, const Config& config, int64_t cur
     if (!in) throw UsageError("--noise-scale-json " + flags.noise_scale_json + " cannot be read");
     measured = nlohmann::json::parse(in);
     const auto& noise = measured.at("noise_scale");
+    if (!noise.at("b_simple").is_number() || !(noise.at("b_simple").get<double>() > 0)) {
+      throw UsageError("--noise-scale-json " + flags.noise_scale_json + " holds no positive B_simple (the measurement "
+                       "saw no gradient signal over its noise): measure over more batches or later in training");
+    }
     const double b_simple = noise.at("b_simple").get<double>();
     const auto& ci = noise.at("ci95");
     const double batch = static_cast<double>(measured.value("global_batch_size", current_batch));
@@ -229,7 +245,7 @@ double time_all_reduce(Communicator& comm, int64_t bytes, int repeats, torch::De
     comm.barrier();
     const auto start = std::chrono::steady_clock::now();
     comm.all_reduce(tensor);
-    if (device.is_cuda()) tensor.cpu();
+    if (device.is_cuda()) torch::cuda::synchronize(device.index());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (repeat > 0) times.push_back(seconds);
   }
@@ -261,7 +277,7 @@ int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args) {
   PlanFlags flags;
   ParsedOptions parsed;
   run_agreed(mpi, [&] {
-    auto [plan_flags, rest] = parse_plan_flags(args);
+    auto [plan_flags, rest] = parse_plan_flags(args, mpi.world_size());
     flags = plan_flags;
     if (!flags.help) parsed = parse_options(rest);
   });
@@ -291,20 +307,25 @@ int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args) {
 
   Dataset data;
   std::shared_ptr<Model> model;
-  double gradient_bytes = 0;
+  double gradient_bytes = 0, parameters = 0;
   StepsModel steps;
   run_agreed(mpi, [&] {
+    if (config.distributed.shard_optimizer_state == Switch::On) {
+      throw UsageError("dtrain plan models the all-reduce of unsharded training (a sharded optimizer state adds an "
+                       "all-gather after the update that it does not price): drop --shard-optimizer-state");
+    }
     data = load_dataset(config);
     torch::manual_seed(config.run.seed);
     model = make_model(config.model, data.input_shape, data.num_classes);
     model->to(device);
     const double element = config.distributed.grad_reduce_dtype == ReduceDtype::Fp32 ? 4 : 2;
-    for (const auto& parameter : trainable_parameters(*model)) gradient_bytes += element * static_cast<double>(parameter.numel());
+    for (const auto& parameter : trainable_parameters(*model)) parameters += static_cast<double>(parameter.numel());
+    gradient_bytes = element * parameters;
     steps = steps_model(flags, config, config.batch.global_batch_size > 0 ? config.batch.global_batch_size : 1);
   });
   if (root) {
     std::printf("dtrain plan: %d rank(s) on %s, %d thread(s) per rank; model %.3g M parameters (%.3g MB of gradients)\n",
-                mpi.world_size(), placement.describe().c_str(), threads.threads, gradient_bytes / 4e6, gradient_bytes / 1e6);
+                mpi.world_size(), placement.describe().c_str(), threads.threads, parameters / 1e6, gradient_bytes / 1e6);
     std::fflush(stdout);
   }
 
@@ -356,24 +377,28 @@ int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args) {
       network.intra = {alpha, beta};
       network.describe = "given";
     } else if (flags.measure_network) {
-      if (mpi.world_size() < 2) {
-        throw UsageError("--measure-network times all-reduces between ranks: run dtrain plan under mpirun -np 2 or more");
-      }
       backend = make_backend(placement, mpi, config.distributed.collective_timeout);
     }
   });
+  Communicator& comm = backend ? *backend : mpi;
+  // As in training, a collective that waits past --collective-timeout ends the job.
+  const std::string gpu = placement.device == DeviceKind::Cuda ? "GPU " + std::to_string(placement.device_index) : "";
+  std::optional<JobWatchdog> watchdog;
+  if (flags.measure_network) watchdog.emplace(config.distributed.collective_timeout, mpi.rank(), gpu, comm, mpi);
   if (flags.measure_network) {
-    Communicator& comm = backend ? *backend : mpi;
-    std::vector<std::pair<double, double>> samples;
-    for (int64_t bytes = 4096; bytes <= (int64_t{64} << 20); bytes *= 4) {
-      samples.emplace_back(static_cast<double>(bytes), time_all_reduce(comm, bytes, 5, device));
-    }
-    network.intra = fit_ring(samples, mpi.world_size());
-    char text[256];
-    std::snprintf(text, sizeof text, "measured over %d ranks (%s, all-reduces of 4 KiB to 64 MiB): alpha %.3g s, "
-                  "beta %.3g s/byte (%.3g GB/s)", mpi.world_size(), comm.backend_name(), network.intra.alpha,
-                  network.intra.beta, network.intra.beta > 0 ? 1e-9 / network.intra.beta : INFINITY);
-    network.describe = text;
+    run_agreed(mpi, [&] {
+      std::vector<std::pair<double, double>> samples;
+      for (int64_t bytes = 4096; bytes <= (int64_t{64} << 20); bytes *= 4) {
+        samples.emplace_back(static_cast<double>(bytes), time_all_reduce(comm, bytes, 5, device));
+      }
+      network.intra = fit_ring(samples, mpi.world_size());
+      char text[320];
+      std::snprintf(text, sizeof text, "measured over %d ranks (%s, all-reduces of 4 KiB to 64 MiB): alpha %.3g s, "
+                    "beta %.3g s/byte (%.3g GB/s)%s", mpi.world_size(), comm.backend_name(), network.intra.alpha,
+                    network.intra.beta, network.intra.beta > 0 ? 1e-9 / network.intra.beta : INFINITY,
+                    mpi.local_size() < mpi.world_size() ? ", across hosts: used within nodes too" : "");
+      network.describe = text;
+    });
   }
   run_agreed(mpi, [&] {
     network.inter = network.intra;
@@ -386,41 +411,50 @@ int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args) {
     }
     network.describe += "; " + std::to_string(network.ranks_per_node) + " ranks per node";
   });
-  // Overlap: where buckets start during backward, how much of an all-reduce
-  // the backend runs while a micro-step computes (every rank at once).
+  // Overlap: where buckets start during backward (on every rank: they agree),
+  // how much of a gradient's all-reduce hides behind a micro-step that
+  // computes meanwhile, of as much as could hide (the shorter of the two).
+  const auto overlapping = mpi.all_gather(static_cast<int64_t>(placement.overlap));
+  const bool buckets_overlap = *std::min_element(overlapping.begin(), overlapping.end()) == 1;
   if (flags.overlap >= 0) {
     network.overlap = std::min(1.0, flags.overlap);
     network.describe += "; overlap " + std::to_string(network.overlap) + " given";
-  } else if (!placement.overlap || flags.max_ranks == 1 || !flags.measure_network) {
+  } else if (!buckets_overlap || flags.max_ranks == 1 || !flags.measure_network) {
     network.overlap = 0;
-    network.describe += placement.overlap ? "; overlap not measured (0)" : "; no overlap (buckets after backward)";
+    network.describe += buckets_overlap ? "; overlap not measured (0)" : "; no overlap (buckets after backward)";
   } else {
-    Communicator& comm = backend ? *backend : mpi;
-    // Every rank a probe trainer at the middle probed size; rank 0's times.
-    int64_t m0 = 1;
+    // Every rank times a micro-step of rank 0's middle probed size.
+    const auto sizes = mpi.all_gather(compute.micro_seconds.empty() ? 1 : compute.micro_seconds[compute.micro_seconds.size() / 2].first);
+    const int64_t m0 = sizes[0];
+    double alone = 0;
     run_agreed(mpi, [&] {
       if (!probe) probe = std::make_unique<Trainer>(config, derive_batch_plan(largest, 1, 0, 1), local, data, model);
+      const std::optional<double> seconds = probe->time_micro_step(m0, 3);
+      if (!seconds) throw Error("the overlap probe's micro-batch of " + std::to_string(m0) + " does not fit here");
+      alone = *seconds;
     });
-    const auto sizes = mpi.all_gather(compute.micro_seconds.empty() ? 1 : compute.micro_seconds[compute.micro_seconds.size() / 2].first);
-    m0 = sizes[0];
-    const double alone = *probe->time_micro_step(m0, 3);
-    auto tensor = torch::ones({std::max<int64_t>(1, static_cast<int64_t>(gradient_bytes / 4))},
-                              torch::TensorOptions().dtype(torch::kFloat).device(device));
     double together = INFINITY, communication = INFINITY;
-    for (int repeat = 0; repeat < 3; ++repeat) {
-      comm.barrier();
-      auto start = std::chrono::steady_clock::now();
-      comm.all_reduce(tensor);
-      if (device.is_cuda()) tensor.cpu();
-      communication = std::min(communication, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-      comm.barrier();
-      start = std::chrono::steady_clock::now();
-      auto work = comm.all_reduce_async(tensor);
-      probe->time_micro_step(m0, 1);
-      work->wait();
-      if (device.is_cuda()) tensor.cpu();
-      together = std::min(together, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    }
+    run_agreed(mpi, [&] {
+      auto tensor = torch::ones({std::max<int64_t>(1, static_cast<int64_t>(gradient_bytes / 4))},
+                                torch::TensorOptions().dtype(torch::kFloat).device(device));
+      auto wait_device = [&] {
+        if (device.is_cuda()) torch::cuda::synchronize(device.index());
+      };
+      for (int repeat = 0; repeat < 3; ++repeat) {
+        comm.barrier();
+        auto start = std::chrono::steady_clock::now();
+        comm.all_reduce(tensor);
+        wait_device();
+        communication = std::min(communication, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        comm.barrier();
+        start = std::chrono::steady_clock::now();
+        auto work = comm.all_reduce_async(tensor);
+        probe->time_micro_step(m0, 1, /*warm_up=*/false);
+        work->wait();
+        wait_device();
+        together = std::min(together, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      }
+    });
     const double hidden = alone + communication - together;
     const auto all = mpi.all_gather(static_cast<int64_t>(std::llround(1e6 * std::clamp(hidden / std::min(alone, communication), 0.0, 1.0))));
     network.overlap = 1e-6 * static_cast<double>(*std::min_element(all.begin(), all.end()));
@@ -438,11 +472,8 @@ int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args) {
   run_agreed(mpi, [&] {
     const auto [low, high] = two_numbers("batches", flags.batches, ':', "16:16384");
     request.batch_low = std::max<int64_t>(1, std::llround(low));
+    if (high > 1e12) throw UsageError("--batches " + flags.batches + ": the largest global batch must be at most 1e12");
     request.batch_high = std::llround(high);
-    if (steps.relative() && flags.deadline > 0) {
-      throw UsageError("--deadline needs absolute steps-to-target: give --fit or --steps (a noise scale gives steps "
-                       "relative to the current batch only)");
-    }
     if (!root) return;
     nlohmann::json plan = make_plan(steps, compute, network, gradient_bytes, request);
     plan["command"] = "dtrain plan";

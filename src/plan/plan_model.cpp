@@ -43,7 +43,7 @@ std::pair<double, double> nonnegative_least_squares(const std::vector<double>& u
 
 double steps_of(const StepsFit& fit, double batch) {
   // s_min (1 + b_crit / B) = s_min + e_min / B, also where s_min is 0.
-  if (std::isinf(fit.b_crit)) return kInf;
+  if (std::isinf(fit.b_crit)) return fit.s_min + fit.e_min / batch;
   return fit.s_min + fit.s_min * fit.b_crit / batch;
 }
 
@@ -68,12 +68,9 @@ StepsFit fit_steps_to_target(const std::vector<std::pair<double, double>>& batch
   const auto [a, b] = nonnegative_least_squares(u, v);
   StepsFit fit;
   fit.s_min = a;
-  // No plateau (a = 0): S = b / B; kept finite as a tiny S_min with a huge B_crit.
+  fit.e_min = b;
+  // No plateau (a = 0): S = b / B, B_crit infinite (aggregate.py's "no plateau").
   fit.b_crit = a > 0 ? b / a : kInf;
-  if (a <= 0) {
-    fit.s_min = 1e-12;
-    fit.b_crit = b / 1e-12;
-  }
   return fit;
 }
 
@@ -82,7 +79,9 @@ double StepsModel::steps(double batch) const { return steps_of(fit, batch); }
 std::pair<double, double> StepsModel::interval(double batch) const {
   if (draws.empty()) return {steps(batch), steps(batch)};
   std::vector<double> values;
-  for (const auto& draw : draws) values.push_back(steps_of(draw, batch));
+  for (size_t i = 0; i < draws.size(); ++i) {
+    values.push_back(steps_of(draws[i], batch) * (i < scatter.size() ? scatter[i] : 1.0));
+  }
   if (source == Source::NoiseScale) {
     values.push_back(steps(batch));
     return {*std::min_element(values.begin(), values.end()), *std::max_element(values.begin(), values.end())};
@@ -105,7 +104,11 @@ StepsModel steps_model_from_points(const std::vector<std::pair<double, double>>&
                      "; widen --fit-batches or give a study's fit.json with more points");
   }
   model.fit = fit_steps_to_target(model.points);
-  if (batches.back() < model.fit.b_crit) {
+  if (std::isinf(model.fit.b_crit)) {
+    model.warning = "the fit sees no plateau (steps halve with each doubling throughout its points): S_min and B_crit "
+                    "are unknown, and above its largest batch the plan assumes perfect scaling; add points at larger "
+                    "batches";
+  } else if (batches.back() < model.fit.b_crit) {
     char text[320];
     std::snprintf(text, sizeof text,
                   "the fit's largest batch (%.0f) lies below its B_crit (%.0f): S_min is extrapolated, and the "
@@ -126,6 +129,7 @@ StepsModel steps_model_from_points(const std::vector<std::pair<double, double>>&
       resampled.emplace_back(point.first, steps_of(model.fit, point.first) * ratios[pick(generator)]);
     }
     model.draws.push_back(fit_steps_to_target(resampled));
+    model.scatter.push_back(ratios[pick(generator)]);
   }
   return model;
 }
@@ -169,21 +173,6 @@ LinkCost fit_ring(const std::vector<std::pair<double, double>>& bytes_seconds, i
   return {a / (2 * (w - 1)), b * w / (2 * (w - 1))};
 }
 
-std::optional<double> ComputeModel::micro_step(int64_t micro) const {
-  if (micro_seconds.empty() || micro > micro_seconds.back().first) return std::nullopt;
-  for (size_t i = 0; i < micro_seconds.size(); ++i) {
-    const auto& [size, seconds] = micro_seconds[i];
-    if (size == micro) return seconds;
-    if (size > micro) {
-      if (i == 0) return seconds * static_cast<double>(micro) / static_cast<double>(size);
-      const auto& [below, below_seconds] = micro_seconds[i - 1];
-      const double t = static_cast<double>(micro - below) / static_cast<double>(size - below);
-      return below_seconds + t * (seconds - below_seconds);
-    }
-  }
-  return std::nullopt;
-}
-
 std::optional<PlanRow> plan_row(const StepsModel& steps, const ComputeModel& compute, const NetworkModel& network,
                                 double gradient_bytes, int64_t global_batch, int64_t ranks) {
   if (global_batch % ranks != 0) return std::nullopt;
@@ -198,7 +187,7 @@ std::optional<PlanRow> plan_row(const StepsModel& steps, const ComputeModel& com
     row.micro = micro;
     row.accum = local / micro;
     row.compute_seconds = static_cast<double>(row.accum) * seconds + compute.update_seconds;
-    row.exposed_comm_seconds = comm - std::min(comm, network.overlap * seconds);
+    row.exposed_comm_seconds = comm - network.overlap * std::min(comm, seconds);
     row.step_seconds = row.compute_seconds + row.exposed_comm_seconds;
     // Ties (a compute model linear in the micro-batch) go to the larger micro-batch: fewer micro-steps.
     if (!best || row.step_seconds <= best->step_seconds * (1 + 1e-9)) best = row;
@@ -307,7 +296,8 @@ nlohmann::json make_plan(const StepsModel& steps, const ComputeModel& compute, c
       "across nodes on 1/ranks_per_node of the bytes, all-gather in the node), each phase alpha + beta x bytes",
       "communication hides behind at most `overlap` x the last micro-step's compute",
       "the steps to target do not depend on the split or the rank count (dtrain's equivalence), only on the "
-      "global batch, at the best LR the study found"};
+      "global batch, at the best LR the study found",
+      "compute per micro-step does not slow when more ranks share a node; the optimizer state is not sharded"};
   nlohmann::json all = nlohmann::json::array();
   for (const auto& row : rows) all.push_back(row_json(row));
   plan["rows"] = all;
@@ -386,6 +376,14 @@ std::string describe_plan(const nlohmann::json& plan) {
     }
     out << "\n";
   }
+  // Relative steps make relative times: step-seconds per step at the measured batch.
+  auto time_text = [&](const nlohmann::json& value) {
+    if (!value.is_number()) return std::string("-");
+    if (!relative) return seconds_text(value.get<double>());
+    char text[48];
+    std::snprintf(text, sizeof text, "%.3g x (steps at B0) s", value.get<double>());
+    return std::string(text);
+  };
   auto line = [&](const char* name, const nlohmann::json& r) {
     if (r.is_null()) return;
     const auto& interval = r.at("steps_to_target_interval");
@@ -393,9 +391,8 @@ std::string describe_plan(const nlohmann::json& plan) {
     out << name << ": global batch " << r.at("global_batch_size").get<int64_t>() << " = micro "
         << r.at("micro_batch_size").get<int64_t>() << " x accum " << r.at("grad_accum_steps").get<int64_t>()
         << " x world " << r.at("ranks").get<int64_t>() << ", peak lr " << cell << " (" << r.at("lr_rule").get<std::string>()
-        << "): " << seconds_text(r.at("time_to_target_seconds").is_number() ? r.at("time_to_target_seconds").get<double>() : NAN)
-        << " to target, " << seconds_text(r.at("rank_seconds_to_target").is_number() ? r.at("rank_seconds_to_target").get<double>() : NAN)
-        << " of rank time, step " << seconds_text(r.at("step_seconds").get<double>());
+        << "): " << time_text(r.at("time_to_target_seconds")) << " to target, "
+        << time_text(r.at("rank_seconds_to_target")) << " of rank time, step " << seconds_text(r.at("step_seconds").get<double>());
     if (interval.at(0).is_number() && interval.at(1).is_number()) {
       std::snprintf(cell, sizeof cell, relative ? "%.3g to %.3g" : "%.0f to %.0f", interval.at(0).get<double>(),
                     interval.at(1).get<double>());

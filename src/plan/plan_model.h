@@ -20,7 +20,8 @@ namespace dtrain {
 // squares of S = a + b/B with residuals relative to S, a, b >= 0.
 struct StepsFit {
   double s_min = 0;
-  double b_crit = 0;  // infinite: no plateau seen
+  double b_crit = 0;  // infinite: no plateau seen (s_min 0)
+  double e_min = 0;   // S_min B_crit, read where b_crit is infinite: S = e_min / B
 };
 StepsFit fit_steps_to_target(const std::vector<std::pair<double, double>>& batch_steps);
 
@@ -31,6 +32,9 @@ struct StepsModel {
   std::string describe;  // where it came from, one line
   StepsFit fit;          // Fit: the central fit; NoiseScale: b_crit = B_simple, s_min = 1/(1 + B_crit/B0)
   std::vector<StepsFit> draws;  // Fit: the bootstrap's refits; NoiseScale: B_simple's interval ends
+  // Fit: one relative residual of the fit per draw, drawn with replacement:
+  // a single run's scatter around the curve.
+  std::vector<double> scatter;
   std::vector<std::pair<double, double>> points;  // Fit: the (B, S) it was fitted on
   // Set where the fit's largest batch lies below its B_crit: S_min is then
   // extrapolated, and intervals from the residuals (given the model) miss it.
@@ -38,7 +42,9 @@ struct StepsModel {
   // Relative: steps in units of the current batch's (NoiseScale); absolute otherwise.
   bool relative() const { return source == Source::NoiseScale; }
   double steps(double batch) const;
-  std::pair<double, double> interval(double batch) const;  // 2.5% and 97.5%
+  // 2.5% and 97.5%: for a fit, of one run's steps (each refit's curve times
+  // its drawn residual: a prediction interval, not the curve's alone).
+  std::pair<double, double> interval(double batch) const;
 };
 
 // From a study's points (B, steps), only those with LO <= B <= HI: the fit,
@@ -63,9 +69,10 @@ struct NetworkModel {
   LinkCost intra;
   LinkCost inter;
   int64_t ranks_per_node = 8;
-  // The share of the last micro-step's compute that communication can hide
-  // behind (0: none; measured by the probe, 0 where buckets wait for the end
-  // of backward).
+  // The share of the all-reduce that hides behind the last micro-step, of
+  // as much as it could hide (the shorter of the two): exposed = comm -
+  // overlap x min(comm, micro-step). Measured by the probe; 0 where buckets
+  // wait for the end of backward.
   double overlap = 0;
   std::string describe;
 };
@@ -81,8 +88,6 @@ struct ComputeModel {
   std::vector<std::pair<int64_t, double>> micro_seconds;  // ascending sizes; the largest is the largest that fits
   double update_seconds = 0;
   std::string describe;
-  // Linear between probed sizes; nullopt above the largest.
-  std::optional<double> micro_step(int64_t micro) const;
 };
 
 struct PlanRow {

@@ -121,7 +121,8 @@ class Trainer {
   // dtrain plan's compute probe: the median of `repeats` timed micro-steps
   // of `micro` samples (forward and backward, no communication, nothing
   // changed, as the auto probe); nullopt where it runs out of memory.
-  std::optional<double> time_micro_step(int64_t micro, int repeats);
+  // `warm_up` false: no untimed probe first (the caller times the call).
+  std::optional<double> time_micro_step(int64_t micro, int repeats, bool warm_up = true);
   // Whether the model recomputes its blocks in backward (the GPT's activation checkpointing).
   bool activation_checkpointing() const;
   const BatchPlan& plan() const { return plan_; }

@@ -94,9 +94,9 @@ std::optional<int64_t> Trainer::probe_micro_step(int64_t micro) {
   return peak;
 }
 
-std::optional<double> Trainer::time_micro_step(int64_t micro, int repeats) {
+std::optional<double> Trainer::time_micro_step(int64_t micro, int repeats, bool warm_up) {
   // One untimed probe first: it grows the allocator's pools.
-  if (!probe_micro_step(micro)) return std::nullopt;
+  if (warm_up && !probe_micro_step(micro)) return std::nullopt;
   std::vector<double> times;
   for (int repeat = 0; repeat < repeats; ++repeat) {
     const auto start = std::chrono::steady_clock::now();

@@ -32,8 +32,13 @@ TEST(PlanModel, FitsStepsToTargetAsTheStudyDoes) {
   EXPECT_NEAR(fit.s_min, expected.at("s_min").get<double>(), 1e-9 * fit.s_min);
   EXPECT_NEAR(fit.b_crit, expected.at("b_crit").get<double>(), 1e-9 * fit.b_crit);
   // Perfect scaling (no plateau) and no gain from any larger batch.
-  const auto no_plateau = fit_steps_to_target({{16, 1000}, {32, 500}, {64, 250}});
-  EXPECT_NEAR(no_plateau.s_min + no_plateau.s_min * no_plateau.b_crit / 128, 125, 1e-6);
+  StepsModel no_plateau;
+  no_plateau.fit = fit_steps_to_target({{16, 1000}, {32, 500}, {64, 250}});
+  EXPECT_EQ(no_plateau.fit.s_min, 0);
+  EXPECT_TRUE(std::isinf(no_plateau.fit.b_crit));
+  EXPECT_NEAR(no_plateau.steps(128), 125, 1e-6);
+  EXPECT_NE(steps_model_from_points({{16, 1000}, {32, 500}, {64, 250}}, 0, 1e18, 10, 1).warning.find("no plateau"),
+            std::string::npos);
   const auto flat = fit_steps_to_target({{16, 100}, {32, 100}, {64, 110}});
   EXPECT_EQ(flat.b_crit, 0);
 }
@@ -106,8 +111,13 @@ TEST(PlanModel, RowsTakeTheFastestSplitAndRecommendationsTheirAims) {
   EXPECT_NEAR(row->step_seconds, 8 * 0.008 + 0.001 + comm, 1e-12);
   EXPECT_NEAR(row->time_to_target, steps.steps(64) * row->step_seconds, 1e-9);
   EXPECT_FALSE(plan_row(steps, compute, network, 4e6, 3, 2));  // does not split
-  network.overlap = 0.5;  // half a micro-step hides communication
-  EXPECT_NEAR(plan_row(steps, compute, network, 4e6, 64, 2)->exposed_comm_seconds, comm - 0.004, 1e-12);
+  network.overlap = 0.5;  // half of the all-reduce (shorter than the micro-step) hides
+  EXPECT_NEAR(plan_row(steps, compute, network, 4e6, 64, 2)->exposed_comm_seconds, comm / 2, 1e-12);
+  network.overlap = 0;
+  // A compute model linear in the micro-batch: ties go to the larger micro-batch.
+  ComputeModel linear;
+  linear.micro_seconds = {{1, 0.001}, {2, 0.002}, {4, 0.004}, {8, 0.008}};
+  EXPECT_EQ(plan_row(steps, linear, network, 4e6, 64, 4)->micro, 8);
 
   PlanRequest request;
   request.max_ranks = 16;
@@ -136,6 +146,13 @@ TEST(PlanModel, RowsTakeTheFastestSplitAndRecommendationsTheirAims) {
   EXPECT_FALSE(describe_plan(plan).empty());
   request.deadline_seconds = 1e-6;  // nothing is that fast
   EXPECT_TRUE(make_plan(steps, compute, network, 4e6, request).at("cheapest").is_null());
+
+  // From a noise scale, times are relative, and the text says so.
+  request.deadline_seconds = 0;
+  const nlohmann::json relative =
+      make_plan(steps_model_from_noise_scale(500, 300, 900, 128), compute, network, 4e6, request);
+  EXPECT_TRUE(relative.at("steps_model").at("relative").get<bool>());
+  EXPECT_NE(describe_plan(relative).find("x (steps at B0) s to target"), std::string::npos);
 }
 
 }  // namespace

@@ -194,16 +194,20 @@ class SpecTest(unittest.TestCase):
         self.assertEqual([r.run_id for r in study.runs],
                          [r.run_id for r in plain.runs] + ["b00256-linear-x1-sgd-s0-rampup-64-64-1024",
                                                            "b00256-linear-x1-sgd-s0-adaptive-32"])
-        self.assertEqual([r.spec_hash for r in study.runs[:2]], [r.spec_hash for r in plain.runs])
-        rampup, adaptive = study.runs[2:]
+        # Batch 64 has no schedules: its run stays as it was. Batch 256's arms
+        # share one split, the constant one too.
+        self.assertEqual(study.runs[0].spec_hash, plain.runs[0].spec_hash)
+        constant, rampup, adaptive = study.runs[1:]
         self.assertEqual(spec.option_value(rampup.args, "--batch-schedule"), "rampup:64:64:1024")
         self.assertEqual(rampup.axes()["batch_schedule"], "rampup:64:64:1024")
         # Micro-batches that divide every batch on the schedule, two of them at its smallest.
-        self.assertEqual((rampup.micro_batch_size, rampup.grad_accum_steps), (32, 8))
-        self.assertEqual((adaptive.micro_batch_size, adaptive.grad_accum_steps), (16, 16))
+        for run in (constant, rampup, adaptive):
+            self.assertEqual((run.micro_batch_size, run.grad_accum_steps), (16, 16))
+        self.assertEqual(spec.schedule_split([64, 64, 256], 1, 128, 2), (32, 8))
         self.assertIsNone(spec.option_value(study.runs[1].args, "--batch-schedule"))
         for bad, mention in (("batch-schedules-256 = rampup:100:64:1024", "batch-schedules-256"),
                              ("batch-schedules-256 = adaptive", "adaptive:START"),
+                             ("batch-schedules-256 = adaptive:256", "below the global batch"),
                              ("batch-schedules-128 = constant", "batch-schedules-128"),
                              ("batch-schedules = rampup:64:64", "batch-schedules")):
             with self.assertRaises(spec.SpecError) as caught:
