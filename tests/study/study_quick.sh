@@ -53,14 +53,19 @@ for row, run in zip(rows, study.runs):
     assert row["reached_target"] == str(first is not None)
     if first is not None:
         reached += 1
-        assert int(row["samples_to_target"]) == meets[0]["samples_seen"] == first * run.global_batch_size
+        assert int(row["samples_to_target"]) == meets[0]["samples_seen"]
+        if run.batch_schedule == "constant":
+            assert meets[0]["samples_seen"] == first * run.global_batch_size
+        else:  # a ramp to the global batch: fewer samples, and the changes on record
+            assert meets[0]["samples_seen"] < first * run.global_batch_size
+            assert any(e["event"] == "batch_change" for e in events), run.run_id
         assert int(row["steps"]) == first, "--stop-at-target ends the run at the target"
     if row["status"] == "completed":
         assert 0 <= float(row["val_accuracy"]) <= 1 and 0 <= float(row["test_accuracy"]) <= 1
         noise = [e["noise_scale"] for e in events if e["event"] == "train" and e.get("noise_scale") is not None
                  and (first is None or e["step"] <= first)]
         assert noise and math.isclose(float(row["b_simple"]), sum(noise) / len(noise), rel_tol=1e-9)
-best = [row for row in rows if row["best_lr"] == "True"]
+best = [row for row in rows if row["best_lr"] == "True" and row["batch_schedule"] == "constant"]
 assert sorted(int(row["global_batch_size"]) for row in best) == sorted({run.global_batch_size for run in study.runs})
 assert reached >= 3, f"only {reached} runs reached the target"
 
@@ -82,6 +87,12 @@ for png in pngs:
     assert data.startswith(b"\x89PNG\r\n\x1a\n"), png
     assert matplotlib.image.imread(out / png).shape[0] > 100, png
 assert f"{fit['b_crit']:.4g}" in report
+# The quick variant's arms to 2048: both compared in fit.json and the report.
+[arms] = json.load(open(out / "fit.json"))["batch_schedules"]
+assert arms["global_batch_size"] == 2048, arms
+assert {arm["batch_schedule"] for arm in arms["arms"]} == {run.batch_schedule for run in study.runs
+                                                           if run.global_batch_size == 2048}, arms
+assert "## Batch-size schedules to global batch 2048" in report
 print(f"ok: {len(rows)} runs, {reached} reached {study.target}; B_crit {fit['b_crit']:.4g}, "
       f"S_min {fit['s_min']:.4g}, R² {fit['r2']:.3f}, mean B_simple {fit['mean_b_simple']:.4g}")
 PY
