@@ -136,13 +136,21 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     resume_path = config.checkpoint.resume;
   }
   std::optional<Checkpoint> resume;
+  // A measurement at fixed weights (--measure-noise-scale or
+  // --measure-sharpness) instead of training.
   const int64_t measure_steps = config.study.measure_noise_scale;
+  const int64_t measure_sharpness = config.study.measure_sharpness;
+  const bool measuring = measure_steps > 0 || measure_sharpness > 0;
+  const std::string measure_flag = measure_steps > 0 ? "--measure-noise-scale" : "--measure-sharpness";
   run_agreed(mpi, [&] {
+    if (measure_steps > 0 && measure_sharpness > 0) {
+      throw UsageError("--measure-noise-scale and --measure-sharpness are two runs: give one of them");
+    }
     if (!resume_path.empty()) resume = read_checkpoint(resume_path);
-    if (measure_steps > 0 && resume_path.empty() && config.init_from.empty()) {
+    if (measuring && resume_path.empty() && config.init_from.empty()) {
       throw UsageError(config.checkpoint.resume == "never"
-                           ? "--measure-noise-scale measures given weights: add --init-from W.pt or --resume auto|PATH"
-                           : "--measure-noise-scale found no checkpoint in " + checkpoint_dir(config) +
+                           ? measure_flag + " measures given weights: add --init-from W.pt or --resume auto|PATH"
+                           : measure_flag + " found no checkpoint in " + checkpoint_dir(config) +
                                  " to measure; give --resume PATH or --init-from W.pt");
     }
   });
@@ -182,9 +190,9 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   }
   run_agreed(mpi, [&] {
     const int64_t keep_bytes = resume ? resume->trainer.value("metrics_bytes", int64_t{0}) : -1;
-    // A measurement writes only noise_scale.json: it may share --out-dir with
+    // A measurement writes only its JSON file: it may share --out-dir with
     // the run whose checkpoint it measures, whose records stay as they are.
-    log = std::make_unique<MetricsLog>(config.run.out_dir, root && measure_steps == 0, keep_bytes);
+    log = std::make_unique<MetricsLog>(config.run.out_dir, root && !measuring, keep_bytes);
     log->write_json("config.json", config_to_json(config));
   });
   if (resume && root) {
@@ -198,8 +206,21 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   // checkpoint is the same file on every rank already).
   if (trainer->start_step() == 0) trainer->broadcast_initial_state();
 
-  RunOutcome outcome = measure_steps > 0 ? trainer->measure_noise_scale(measure_steps) : trainer->run(*log);
+  RunOutcome outcome;
+  if (measure_steps > 0) {
+    outcome = trainer->measure_noise_scale(measure_steps);
+  } else if (measure_sharpness > 0) {
+    outcome = {RunStatus::Measured, trainer->measure_sharpness(measure_sharpness)};
+    outcome.summary["status"] = to_string(RunStatus::Measured);
+    outcome.summary["steps"] = trainer->start_step();
+  } else {
+    outcome = trainer->run(*log);
+  }
   nlohmann::json& summary = outcome.summary;
+  // --sharpness-at-end: after the final evaluation, into summary.json.
+  if (outcome.status == RunStatus::Completed && config.study.sharpness_at_end > 0) {
+    summary["sharpness"] = trainer->measure_sharpness(config.study.sharpness_at_end);
+  }
   summary["launch_hash"] = hash_text(launch_hash(parsed.config));
   summary["trajectory_hash"] = hash_text(trajectory_hash(config));
   const RunStatus status = outcome.status;
@@ -209,9 +230,10 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
       std::cout << "exported weights to " << config.export_path << "\n";
     }
     if (root && status == RunStatus::Measured) {
+      const std::string path = config.run.out_dir + (measure_steps > 0 ? "/noise_scale.json" : "/sharpness.json");
       std::filesystem::create_directories(config.run.out_dir);
-      write_file_atomically(config.run.out_dir + "/noise_scale.json", summary.dump(2) + "\n");
-      std::cout << "wrote " << config.run.out_dir << "/noise_scale.json\n";
+      write_file_atomically(path, summary.dump(2) + "\n");
+      std::cout << "wrote " << path << "\n";
     } else if (root) {
       log->write_json("summary.json", summary);
     }

@@ -14,7 +14,7 @@ enum class LrScaling { Linear, Sqrt, None };
 enum class LrScheduleKind { Constant, Cosine, Linear, Step };
 enum class OptimizerKind { Sgd, AdamW, Lars, Lamb };
 enum class DatasetKind { FashionMnist, Synthetic, Kjv, Text };
-enum class ModelKind { Mlp, Cnn, Gpt };
+enum class ModelKind { Mlp, Cnn, SimpleCnn, Gpt };
 enum class BackendKind { Auto, Mpi, Nccl };
 enum class DeviceKind { Auto, Cpu, Cuda };
 enum class ReduceDtype { Fp32, Bf16, Fp16 };
@@ -155,6 +155,10 @@ struct StudyOptions {
   bool noise_scale = false;
   double noise_scale_ema = 0.99;
   int64_t measure_noise_scale = 0;  // steps of a measurement at fixed weights (0: train)
+  int64_t measure_sharpness = 0;    // training samples of a sharpness measurement at fixed weights (0: train)
+  int64_t sharpness_at_end = 0;     // training samples of one after the final evaluation (0: none)
+  int64_t sharpness_iterations = 100;
+  double sharpness_tolerance = 1e-3;
 };
 
 // Checkpoints and resume (run/checkpoint.h, run/preemption.h; docs/checkpoints.md).
@@ -204,7 +208,8 @@ DTRAIN_ENUM_WORDS(OptimizerKind, {OptimizerKind::Sgd, "sgd"}, {OptimizerKind::Ad
                   {OptimizerKind::Lars, "lars"}, {OptimizerKind::Lamb, "lamb"});
 DTRAIN_ENUM_WORDS(DatasetKind, {DatasetKind::FashionMnist, "fashion-mnist"}, {DatasetKind::Synthetic, "synthetic"},
                   {DatasetKind::Kjv, "kjv"}, {DatasetKind::Text, "text"});
-DTRAIN_ENUM_WORDS(ModelKind, {ModelKind::Mlp, "mlp"}, {ModelKind::Cnn, "cnn"}, {ModelKind::Gpt, "gpt"});
+DTRAIN_ENUM_WORDS(ModelKind, {ModelKind::Mlp, "mlp"}, {ModelKind::Cnn, "cnn"}, {ModelKind::SimpleCnn, "simple-cnn"},
+                  {ModelKind::Gpt, "gpt"});
 DTRAIN_ENUM_WORDS(BackendKind, {BackendKind::Auto, "auto"}, {BackendKind::Nccl, "nccl"}, {BackendKind::Mpi, "mpi"});
 DTRAIN_ENUM_WORDS(DeviceKind, {DeviceKind::Auto, "auto"}, {DeviceKind::Cpu, "cpu"}, {DeviceKind::Cuda, "cuda"});
 DTRAIN_ENUM_WORDS(ReduceDtype, {ReduceDtype::Fp32, "fp32"}, {ReduceDtype::Bf16, "bf16"}, {ReduceDtype::Fp16, "fp16"});

@@ -621,7 +621,8 @@ std::vector<OptionSpec> build_table() {
                "training samples (text datasets: whole documents) held out as a validation split (chosen by --seed, "
                "excluded from training); 0: none"},
               DTRAIN_FIELD(data.validation_size), 0),
-      choice({"model", "data", E::Exact, "cnn", "mlp, cnn, or gpt (a decoder-only transformer; text datasets)"},
+      choice({"model", "data", E::Exact, "cnn", "mlp, cnn, simple-cnn (Shallue et al. 2018's Simple CNN: two 5x5 convolutions, 32 and 64 filters, "
+              "and 1024 dense units) or gpt (a decoder-only transformer; text datasets)"},
              DTRAIN_FIELD(model.kind)),
       integer({"n-layer", "data", E::Exact, "6", "--model gpt: transformer blocks"}, DTRAIN_FIELD(model.n_layer), 1, 1024),
       integer({"n-head", "data", E::Exact, "8", "--model gpt: attention heads (divide --n-embd)"},
@@ -722,6 +723,21 @@ std::vector<OptionSpec> build_table() {
                "measure B_simple over this many global batches at fixed weights (--init-from or --resume), with no "
                "update, print it with a 95% interval and exit (0: train)"},
               DTRAIN_FIELD(study.measure_noise_scale), 0),
+      integer({"measure-sharpness", "study", E::None, "2048",
+               "measure the sharpness (the top eigenvalue of the training loss's Hessian, with its sign) over the "
+               "first N training samples at fixed weights (--init-from or --resume), write sharpness.json and exit "
+               "(0: train)"},
+              DTRAIN_FIELD(study.measure_sharpness), 0),
+      integer({"sharpness-at-end", "study", E::None, "2048",
+               "after the final evaluation, measure the sharpness over the first N training samples and add it to "
+               "summary.json (0: no)"},
+              DTRAIN_FIELD(study.sharpness_at_end), 0),
+      integer({"sharpness-iterations", "study", E::None, "50", "power iterations of a sharpness measurement at most"},
+              DTRAIN_FIELD(study.sharpness_iterations), 1),
+      number({"sharpness-tolerance", "study", E::None, "0.0001",
+              "a sharpness measurement stops when its estimate changes by less than this, relative (0: run every "
+              "iteration)"},
+             DTRAIN_FIELD(study.sharpness_tolerance), Range{0, 1}),
   };
 }
 

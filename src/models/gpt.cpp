@@ -307,6 +307,10 @@ void Gpt::set_attention_kernel(AttentionKernel kernel) {
   for (const auto& block : blocks_) block->attn->kernel = kernel;
 }
 
+AttentionKernel Gpt::attention_kernel() const {
+  return blocks_.empty() ? AttentionKernel::Explicit : blocks_.front()->attn->kernel;
+}
+
 std::shared_ptr<Gpt> make_gpt(const GptOptions& options) {
   return std::make_shared<Gpt>(options);
 }

@@ -155,6 +155,7 @@ class Gpt : public Model {
   // The attention of every block: Fused (the default where
   // fused_attention_available()) or Explicit.
   void set_attention_kernel(AttentionKernel kernel);
+  AttentionKernel attention_kernel() const;
   bool activation_checkpointing() const { return activation_checkpointing_; }
 
  private:

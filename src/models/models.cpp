@@ -1,4 +1,4 @@
-// The MLP and the CNN, the parameter lists that hold a tied weight once, the
+// The MLP and the CNNs, the parameter lists that hold a tied weight once, the
 // loss, and the factory that builds any model from its options.
 #include "models/models.h"
 
@@ -44,6 +44,23 @@ torch::Tensor SmallCnn::forward(const torch::Tensor& inputs) {
   return head_->forward(x);
 }
 
+SimpleCnn::SimpleCnn(const std::vector<int64_t>& input_shape, int64_t num_classes) {
+  if (input_shape.size() != 3 || input_shape[1] % 4 != 0 || input_shape[2] % 4 != 0) {
+    throw Error("--model simple-cnn needs image inputs [C, H, W] with H and W divisible by 4");
+  }
+  conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(input_shape[0], 32, 5).padding(2)));
+  conv2_ = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 5).padding(2)));
+  fc_ = register_module("fc", torch::nn::Linear(64 * (input_shape[1] / 4) * (input_shape[2] / 4), 1024));
+  head_ = register_module("head", torch::nn::Linear(1024, num_classes));
+}
+
+torch::Tensor SimpleCnn::forward(const torch::Tensor& inputs) {
+  auto x = torch::max_pool2d(torch::relu(conv1_->forward(inputs)), 2);
+  x = torch::max_pool2d(torch::relu(conv2_->forward(x)), 2);
+  x = torch::relu(fc_->forward(x.flatten(1)));
+  return head_->forward(x);
+}
+
 std::vector<std::pair<std::string, torch::Tensor>> named_trainable_parameters(const torch::nn::Module& model) {
   std::vector<std::pair<std::string, torch::Tensor>> unique;
   std::unordered_set<const c10::TensorImpl*> seen;
@@ -74,6 +91,8 @@ std::shared_ptr<Model> make_model(const ModelOptions& options, const std::vector
     }
     case ModelKind::Cnn:
       return std::make_shared<SmallCnn>(input_shape, num_classes);
+    case ModelKind::SimpleCnn:
+      return std::make_shared<SimpleCnn>(input_shape, num_classes);
     case ModelKind::Gpt: {
       if (input_shape.size() != 1 || input_shape[0] != options.block_size) {
         throw UsageError("--model gpt reads rows of --block-size tokens: train it on --dataset kjv or text");

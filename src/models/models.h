@@ -46,6 +46,21 @@ class SmallCnn : public Model {
   torch::nn::Linear fc_{nullptr}, head_{nullptr};
 };
 
+// Shallue et al. (2018)'s "Simple CNN" for 28x28 images: conv1(5x5, 32,
+// padding 2) ReLU maxpool2 -> conv2(5x5, 64, padding 2) ReLU maxpool2 ->
+// fc(1024) ReLU -> head, flattened in NCHW order as PyTorch does. About 83
+// MFLOP per training sample. Names: conv1, conv2, fc, head (.weight/.bias),
+// as the PyTorch definition in docs/models.md.
+class SimpleCnn : public Model {
+ public:
+  SimpleCnn(const std::vector<int64_t>& input_shape, int64_t num_classes);
+  torch::Tensor forward(const torch::Tensor& inputs) override;
+
+ private:
+  torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
+  torch::nn::Linear fc_{nullptr}, head_{nullptr};
+};
+
 // The parameters to train: each distinct tensor once, in order of first
 // appearance, as PyTorch's Module.parameters() gives them. A weight shared by
 // two modules (tied weights) is registered under both names, and LibTorch's

@@ -116,6 +116,13 @@ Trainer::Trainer(const Config& config, const BatchPlan& plan, Communicator& comm
                          plan_.micro_batch_size);
     use_global_batch(batch_.global_batch());
   }
+  for (const auto& [flag, samples] : {std::pair<const char*, int64_t>{"--measure-sharpness", config_.study.measure_sharpness},
+                                      {"--sharpness-at-end", config_.study.sharpness_at_end}}) {
+    if (samples > data_.train.size()) {
+      throw UsageError(std::string(flag) + " " + std::to_string(samples) + ": the training split has " +
+                       std::to_string(data_.train.size()) + " samples; give at most that");
+    }
+  }
   if (config_.study.noise_scale || config_.study.measure_noise_scale > 0) {
     // With --micro-batch-size auto, checked once the split is chosen.
     if (config_.batch.micro_batch_size != kAutoMicroBatch) check_noise_scale_split(plan_, /*chosen_by_auto=*/false);
@@ -436,40 +443,6 @@ nlohmann::json Trainer::summary(RunStatus status, int64_t steps_done) const {
   if (noise_) add_noise_scale(summary, *noise_, time_, steps_done - start_step_);
   if (status == RunStatus::Preempted) summary["checkpoint"] = checkpoint_dir(config_) + "/" + checkpoint_name(steps_done);
   return summary;
-}
-
-RunOutcome Trainer::measure_noise_scale(int64_t steps) {
-  time_.start = Throughput::Clock::now();
-  if (is_root()) {
-    std::fprintf(stdout, "measuring the gradient noise scale at step %lld's weights over %lld global batches of %s\n",
-                 static_cast<long long>(start_step_), static_cast<long long>(steps), plan_.describe().c_str());
-    std::fflush(stdout);
-  }
-  std::vector<NoiseEstimate> estimates;
-  for (int64_t step = start_step_; step < start_step_ + steps; ++step) {
-    const StepResult result = train_step(step, /*compute_grad_norm=*/true, /*update=*/false);
-    if (result.verdict != StepVerdict::Update) {
-      throw Error("the gradient at step " + std::to_string(step + 1) + " is not finite: these weights cannot be measured");
-    }
-    estimates.push_back(result.noise);
-  }
-  const NoiseScaleMeasurement m = dtrain::measure_noise_scale(estimates);
-  if (is_root()) {
-    std::fprintf(stdout, "B_simple = %.1f (95%% interval %.1f to %.1f) from %lld batches: |G|^2 %.4g, tr(Sigma) %.4g\n",
-                 m.b_simple, m.low, m.high, static_cast<long long>(m.steps), m.grad_sq, m.trace);
-    std::fflush(stdout);
-  }
-  auto finite = [](double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr); };
-  nlohmann::json summary = {{"status", to_string(RunStatus::Measured)},
-                            {"steps", start_step_},
-                            {"noise_scale", {{"b_simple", finite(m.b_simple)},
-                                             {"ci95", {finite(m.low), finite(m.high)}},
-                                             {"grad_sq", m.grad_sq},
-                                             {"trace", m.trace},
-                                             {"batches", m.steps}}},
-                            {"wall_seconds", time_.elapsed()}};
-  plan_.add_to(summary);
-  return {RunStatus::Measured, summary};
 }
 
 }  // namespace dtrain

@@ -155,6 +155,14 @@ class Trainer {
   // --measure-noise-scale: B_simple at the current weights over `steps`
   // global batches from the current position, with no update (collective).
   RunOutcome measure_noise_scale(int64_t steps);
+  // --measure-sharpness and --sharpness-at-end (run/sharpness.h): the top
+  // Hessian eigenvalue of the training loss at the current weights over the
+  // first `samples` training samples, in blocks of the micro-batch
+  // (collective); sharpness.json's content. In fp32, with the GPT's explicit
+  // attention and no activation checkpointing (neither has a double
+  // backward); the model is left as it was. Throws UsageError when the
+  // training split is smaller.
+  nlohmann::json measure_sharpness(int64_t samples);
 
   int64_t steps_per_epoch() const { return length_.steps_per_epoch; }
   // The schedule's horizon: --epochs x steps per epoch.

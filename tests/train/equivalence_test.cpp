@@ -146,6 +146,25 @@ TEST(Equivalence, LarsTrainsTheSameModelForEverySplit) { expect_all_splits_agree
 
 TEST(Equivalence, LambTrainsTheSameModelForEverySplit) { expect_all_splits_agree(OptimizerKind::Lamb); }
 
+// Shallue et al.'s Simple CNN (models/models.h): convolutions, pooling and a
+// wide dense layer agree across splits as the MLP does.
+TEST(Equivalence, TheSimpleCnnTrainsTheSameModelForEverySplit) {
+  Config config = base_config(OptimizerKind::Sgd);
+  config.model.kind = ModelKind::SimpleCnn;
+  LocalCommunicator local;
+  const Trained reference = train(config, local, 32, 1);
+  EXPECT_GT(max_relative_difference(train(config, local, 16, 1).weights, reference.weights), 1e-4);
+  int compared = 0;
+  for (const auto& split : kSplits) {
+    if (split.world != 1 && split.world != world().world_size()) continue;
+    Communicator& comm = split.world == 1 ? static_cast<Communicator&>(local) : world();
+    EXPECT_LT(max_relative_difference(train(config, comm, split.micro, split.accum).weights, reference.weights), 1e-5)
+        << "micro " << split.micro << " accum " << split.accum << " world " << split.world;
+    ++compared;
+  }
+  EXPECT_GE(compared, 2);
+}
+
 TEST(Equivalence, OneAllReducePerBucketPerOptimizerStepWhateverTheAccumulation) {
   Config config = base_config(OptimizerKind::Sgd);
   const int64_t w = world().world_size();
