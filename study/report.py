@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
-from aggregate import choose_best_lrs, lr_cells, read_events  # noqa: E402
+from aggregate import choose_best_lrs, lr_cells, read_events, regime  # noqa: E402
 from executors import run_dir  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -50,15 +50,28 @@ def plot_steps(best, fits, path):
             continue
         batches = np.array([point["global_batch_size"] for point in points], float)
         steps = np.array([point["steps_to_target"] for point in points], float)
-        axes.plot(batches, steps, "o", color=color, label=f"{optimizer}: best LR per batch")
+        low = np.array([point.get("steps_min") or value for point, value in zip(points, steps)], float)
+        high = np.array([point.get("steps_max") or value for point, value in zip(points, steps)], float)
+        seeds = fit.get("seeds") or 1
+        if seeds >= 2:
+            axes.errorbar(batches, steps, yerr=[steps - low, high - steps], fmt="o", color=color, capsize=3,
+                          label=f"{optimizer}: best LR per batch, median and min–max of {seeds} seeds")
+        else:
+            axes.plot(batches, steps, "o", color=color, label=f"{optimizer}: best LR per batch")
+        band = fit.get("band")
+        if band:
+            axes.fill_between(band["global_batch_size"], band["low"], band["high"], color=color, alpha=0.15,
+                              label="95% band of the fit (bootstrap over seeds)")
         dense = np.geomspace(batches.min() / 1.5, batches.max() * 1.5, 200)
         ideal = steps[0] * batches[0] / dense
         keep = ideal >= steps.min() / 4
         axes.plot(dense[keep], ideal[keep], ":", color="grey", label="perfect scaling (S ∝ 1/B)")
         if fit.get("b_crit") is not None:
             s_min, b_crit = fit["s_min"], fit["b_crit"]
+            interval = fit.get("b_crit_interval")
+            shown = "" if not interval else f" [{interval_text(interval, 0)}]"
             axes.plot(dense, s_min * (1 + b_crit / dense), "-", color=color,
-                      label=f"fit S_min(1+B_crit/B): S_min={s_min:.0f}, B_crit={b_crit:.0f}, R²={fit['r2']:.3f}")
+                      label=f"fit S_min(1+B_crit/B): S_min={s_min:.0f}, B_crit={b_crit:.0f}{shown}, R²={fit['r2']:.3f}")
             axes.axvline(b_crit, color=color, linestyle="--", linewidth=1)
             axes.axhline(s_min, color=color, linestyle="-.", linewidth=0.8)
         if fit.get("mean_b_simple") is not None and fit["mean_b_simple"] > 0:
@@ -69,6 +82,14 @@ def plot_steps(best, fits, path):
             axes.axvline(at_target, color="grey", linestyle=(0, (1, 3)), linewidth=1.5,
                          label=f"B_simple at the target, B={points[0]['global_batch_size']} run = {at_target:.0f}")
     save_log_log(figure, axes, "steps to target (best LR)", path)
+
+
+def interval_text(interval, digits=4):
+    """[low, high] as text; None (infinite) as ∞."""
+    def one(value):
+        return "∞" if value is None or not math.isfinite(value) else f"{value:.{digits}f}" if digits == 0 else \
+            f"{value:.{digits}g}"
+    return f"{one(interval[0])}–{one(interval[1])}"
 
 
 def plot_best_lr(cells, best, path):
@@ -112,9 +133,18 @@ def plot_generalization(cells, best, path):
                                 ("final validation accuracy", "final test accuracy",
                                  "generalization gap (train − test accuracy)")):
         for index, (name, points, style) in enumerate(series):
-            points = [(batch, cell[key]) for batch, cell in points if cell[key] is not None]
-            if points:
-                axes.plot(*zip(*points), style, color=COLORS[index % len(COLORS)], label=name, markersize=4)
+            points = [(batch, cell[key], cell["spread"][key]) for batch, cell in points if cell[key] is not None]
+            if not points:
+                continue
+            batches, values, spreads = zip(*points)
+            color = COLORS[index % len(COLORS)]
+            if all(spread is not None for spread in spreads):
+                errors = [[value - spread[0] for value, spread in zip(values, spreads)],
+                          [spread[1] - value for value, spread in zip(values, spreads)]]
+                axes.errorbar(batches, values, yerr=errors, fmt=style, color=color, label=name, markersize=4,
+                              capsize=2)
+            else:
+                axes.plot(batches, values, style, color=color, label=name, markersize=4)
         axes.set_xscale("log", base=2)
         axes.set(xlabel="global batch B", ylabel=label)
         axes.grid(True, alpha=0.3)
@@ -197,8 +227,186 @@ def number(value, digits=4):
     return str(value)
 
 
+def steps_text(cell):
+    """The median steps to target, with the seeds' min–max where there are several."""
+    text = number(cell["steps_to_target"], 6)
+    if len(cell.get("seeds", [])) >= 2 and cell["steps_to_target"] is not None:
+        text += f" ({interval_text([cell['steps_min'], cell['steps_max']], 0)})"
+    return text
+
+
+def noise_sentences(fit):
+    """What the seeds' spread does to the conclusions: whether neighbouring
+    batches differ by more than their seeds, which regimes hold across the
+    B_crit interval, where the best LR is a close call, and the runs that
+    diverged or missed."""
+    lines = []
+    for optimizer, entry in sorted(fit["fits"].items()):
+        points = entry["points"]
+        if entry.get("seeds", 1) < 2 or len(points) < 2:
+            continue
+        lines += ["", f"### What the seeds' spread does to the conclusions ({optimizer}, {entry['seeds']} seeds)", ""]
+
+        def top(point):
+            return math.inf if point["steps_max"] is None else point["steps_max"]
+        for point, after in zip(points, points[1:]):
+            b, c = point["global_batch_size"], after["global_batch_size"]
+            if after["steps_min"] <= top(point) and point["steps_min"] <= top(after):
+                lines.append(f"- Batch {b} and {c} differ by less than their seeds' spread "
+                             f"({point['steps_to_target']:.0f} [{interval_text([point['steps_min'], point['steps_max']], 0)}]"
+                             f" against {after['steps_to_target']:.0f} "
+                             f"[{interval_text([after['steps_min'], after['steps_max']], 0)}] steps).")
+            else:
+                lines.append(f"- Batch {c} needs fewer steps than batch {b} on every seed "
+                             f"({after['steps_to_target']:.0f} against {point['steps_to_target']:.0f}, median).")
+        interval = entry.get("b_crit_interval")
+        if interval and entry.get("b_crit") is not None:
+            low = interval[0]
+            high = math.inf if interval[1] is None else interval[1]
+            kept, moved = [], []
+            for point in points:
+                batch = point["global_batch_size"]
+                (kept if regime(batch, low) == regime(batch, high) else moved).append(batch)
+            lines.append(f"- B_crit {entry['b_crit']:.0f}, 95% interval {interval_text(interval, 0)}. "
+                         + (f"The regime of batch {', '.join(map(str, kept))} is the same across it"
+                            if kept else "No batch keeps its regime across it")
+                         + (f"; batch {', '.join(map(str, moved))} may fall in either of two regimes." if moved else "."))
+        close = [point for point in points if point.get("best_lr_agreement") is not None
+                 and point["best_lr_agreement"] < 0.9]
+        for point in close:
+            lines.append(f"- The best LR at batch {point['global_batch_size']} is a close call: the bootstrap "
+                         f"re-chooses it in {100 * point['best_lr_agreement']:.0f}% of resamples (peak LR "
+                         f"{interval_text(point['best_peak_lr_interval'])}).")
+        if not close:
+            lines.append("- Each batch's best LR is re-chosen in at least 90% of the resamples.")
+    runs = fit.get("runs")
+    if runs:
+        lines += ["", f"Runs: {runs['finished']} of {runs['total']} finished; {runs['diverged']} diverged and "
+                      f"{runs['missed_target']} missed the target within the budget"
+                  + (f"; {runs['failed']} failed" if runs["failed"] else "") + "."]
+    return lines
+
+
+def plot_fixed_budget(fit, path):
+    """Test accuracy, the generalization gap and sharpness against the global
+    batch at each batch's best LR, with the seeds' min–max."""
+    figure, panels = plt.subplots(1, 3, figsize=(12, 3.8))
+    for index, (optimizer, entry) in enumerate(sorted(fit["optimizers"].items())):
+        color = COLORS[index % len(COLORS)]
+        for axes, key, label in zip(panels, ("test_accuracy", "generalization_gap", "sharpness"),
+                                    ("final test accuracy", "generalization gap (train − test accuracy)",
+                                     "sharpness (top Hessian eigenvalue)")):
+            points = [point for point in entry["points"] if point[key] is not None]
+            if not points:
+                axes.text(0.5, 0.5, f"no {key}", ha="center", va="center", transform=axes.transAxes)
+                continue
+            batches = [point["global_batch_size"] for point in points]
+            values = [point[key] for point in points]
+            ranges = [point[f"{key}_range"] or [value, value] for point, value in zip(points, values)]
+            axes.errorbar(batches, values, yerr=[[v - r[0] for v, r in zip(values, ranges)],
+                                                 [r[1] - v for v, r in zip(values, ranges)]],
+                          fmt="o-", color=color, capsize=3, markersize=4,
+                          label=f"{optimizer}: best LR per batch, mean and min–max over seeds")
+            axes.set_xscale("log", base=2)
+            if key == "sharpness":
+                axes.set_yscale("log")
+            axes.set(xlabel="global batch B", ylabel=label)
+            axes.grid(True, alpha=0.3)
+    panels[0].legend(fontsize=7)
+    save(figure, path)
+
+
+def fixed_budget_sentences(fit):
+    """One sentence per optimizer: whether large batches generalize worse here, and by how much."""
+    lines = []
+    for optimizer, entry in sorted(fit["optimizers"].items()):
+        compared = entry.get("largest_vs_best_smaller")
+        if not compared:
+            continue
+        largest = next(p for p in entry["points"] if p["global_batch_size"] == compared["largest_batch"])
+        smaller = next(p for p in entry["points"] if p["global_batch_size"] == compared["best_smaller_batch"])
+        drop = compared["test_accuracy_drop"]
+        verdict = ("large batches generalize worse here" if drop > 0 and compared["beyond_seed_spread"] else
+                   "large batches generalize no worse here beyond the seeds' spread" if drop > 0 else
+                   "large batches generalize no worse here")
+        sharpness = ""
+        if compared.get("sharpness_ratio"):
+            sharpness = (f"; the largest batch's minimum is {compared['sharpness_ratio']:.2g}× as sharp "
+                         f"({largest['sharpness']:.3g} against {smaller['sharpness']:.3g})")
+        gap = ""
+        if compared.get("gap_change") is not None:
+            gap = f"; its generalization gap is {100 * compared['gap_change']:+.2f} points"
+
+        def accuracy(point):
+            shown = f"{100 * point['test_accuracy']:.2f}%"
+            if point["test_accuracy_range"] and len(point["seeds"]) > 1:
+                low, high = point["test_accuracy_range"]
+                shown += f" [{100 * low:.2f}–{100 * high:.2f}]"
+            return shown
+        lines.append(f"- {optimizer}: at batch {compared['largest_batch']} the test accuracy is {accuracy(largest)} "
+                     f"against {accuracy(smaller)} at batch {compared['best_smaller_batch']} (the best smaller "
+                     f"batch), {100 * drop:+.2f} points lower: {verdict}{gap}{sharpness}.")
+    return lines
+
+
+def write_fixed_budget_report(study, out, rows, fit, wall_seconds):
+    out = Path(out)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    written = []
+    if any(entry["points"] for entry in fit["optimizers"].values()):
+        plot_fixed_budget(fit, plots / "fixed_budget.png")
+        written.append(plots / "fixed_budget.png")
+    counts = Counter(row["status"] for row in rows)
+    lines = [f"# Batch-size study at a fixed budget: {study.name}{' (quick)' if study.quick else ''}", "",
+             f"Study file `{study.path}`, base config `{study.base_config}`, {study.ranks} rank(s) per run; every "
+             f"run trains {study.describe_budget()} without stopping at a target (Keskar et al. 2017's "
+             "comparison); each batch's LR is the one with the best final validation accuracy.", "",
+             f"{len(rows)} runs: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+             + (f"; driver wall time {wall_seconds:.0f} s" if wall_seconds is not None else "") + ".", "",
+             "Files: `results.csv` (one row per run), `fixed_budget.json` (per batch), `runs/RUN_ID/`. How to read "
+             "this: docs/studies.md.", "", "## Does a large batch generalize worse?", ""]
+    lines += fixed_budget_sentences(fit) or ["Fewer than two batches finished: nothing to compare yet."]
+    lines += ["", "## Per global batch (best LR; means over seeds, min–max in brackets)", "",
+              "| optimizer | B | best LR | peak LR | test acc | test loss | train acc (subset) | gap | sharpness | "
+              "seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def with_range(point, key, scale=1, digits=4):
+        value = point[key]
+        if value is None:
+            return "–"
+        text = f"{scale * value:.{digits}g}"
+        if point[f"{key}_range"] and len(point["seeds"]) > 1:
+            low, high = point[f"{key}_range"]
+            text += f" [{scale * low:.{digits}g}–{scale * high:.{digits}g}]"
+        return text
+    for optimizer, entry in sorted(fit["optimizers"].items()):
+        for point in entry["points"]:
+            label = (f"lr {point['best_peak_lr']:g}" if point["lr_multiplier"] is None
+                     else f"{point['lr_rule']} x{point['lr_multiplier']:g}")
+            lines.append(f"| {optimizer} | {point['global_batch_size']} | {label} | {point['best_peak_lr']:.4g} | "
+                         f"{with_range(point, 'test_accuracy')} | {with_range(point, 'test_loss')} | "
+                         f"{with_range(point, 'train_accuracy')} | {with_range(point, 'generalization_gap', 1, 3)} | "
+                         f"{with_range(point, 'sharpness')} | {len(point['seeds'])} |")
+    runs = fit["runs"]
+    lines += ["", f"Runs: {runs['finished']} of {runs['total']} finished; {runs['diverged']} diverged"
+              + (f"; {runs['failed']} failed" if runs["failed"] else "") + ".", "", "## Plots", ""]
+    for path in written:
+        lines += [f"![{path.name}](plots/{path.name})", "",
+                  "Final test accuracy, generalization gap (train-subset accuracy minus test accuracy) and "
+                  "sharpness (the top eigenvalue of the training loss's Hessian, `--sharpness-at-end`) at each "
+                  "batch's best LR, with the seeds' min–max.", ""]
+    failed = [row for row in rows if row["status"] == "failed"]
+    if failed:
+        lines += ["## Failed runs", ""] + [f"- `{row['run_id']}`: exit code {row['exit_code']}" for row in failed]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return written
+
+
 def write_report(study, out, rows, fit, wall_seconds=None):
     """Writes out/report.md and out/plots/*.png; returns the PNG paths."""
+    if study.fixed_budget:
+        return write_fixed_budget_report(study, out, rows, fit, wall_seconds)
     out = Path(out)
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -241,20 +449,29 @@ def write_report(study, out, rows, fit, wall_seconds=None):
              "Files: `results.csv` (one row per run), `fit.json` (the fit), `runs/RUN_ID/` (each run's "
              "dtrain outputs). How to read this: docs/studies.md.", ""]
     lines += ["## Fit of S(B) = S_min (1 + B_crit / B)", "",
+              "Intervals: 95% bootstrap over seeds (fit.json's `interval_method`).", "",
               "| optimizer | status | S_min (steps) | B_crit | E_min = B_crit·S_min (samples) | R² (log S) | "
-              "mean B_simple | batches fitted |", "|---|---|---|---|---|---|---|---|"]
+              "mean B_simple | batches fitted | seeds |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def with_interval(entry, key):
+        interval = entry.get(f"{key}_interval")
+        return number(entry.get(key)) + ("" if not interval else f" [{interval_text(interval)}]")
     for optimizer, entry in sorted(fits.items()):
-        lines.append(f"| {optimizer} | {entry['status']} | {number(entry.get('s_min'))} | {number(entry.get('b_crit'))} | "
-                     f"{number(entry.get('e_min'))} | {number(entry.get('r2'), 3)} | {number(entry.get('mean_b_simple'))} | "
-                     f"{len(entry['points'])} |")
+        lines.append(f"| {optimizer} | {entry['status']} | {with_interval(entry, 's_min')} | "
+                     f"{with_interval(entry, 'b_crit')} | {with_interval(entry, 'e_min')} | "
+                     f"{number(entry.get('r2'), 3)} | {number(entry.get('mean_b_simple'))} | "
+                     f"{len(entry['points'])} | {entry.get('seeds', '–')} |")
+    lines += noise_sentences(fit)
     lines += ["", "## Best LR per global batch", "",
+              "Steps to target: the median over seeds, with their min–max (a seed that missed counts as the "
+              "budget); metrics: the mean over seeds.", "",
               "| optimizer | B | best LR | peak LR | steps to target | samples to target | val acc | test acc | "
               "gap | B_simple (mean) | B_simple (at target) | regime |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     regimes = {(optimizer, point["global_batch_size"]): point.get("regime", "")
                for optimizer, entry in fits.items() for point in entry["points"]}
     for (optimizer, batch), cell in sorted(best.items()):
         lines.append(f"| {optimizer} | {batch} | {lr_label(cell)} | {number(cell['peak_lr'])} | "
-                     f"{number(cell['steps_to_target'], 6)} | {number(cell['samples_to_target'], 8)} | "
+                     f"{steps_text(cell)} | {number(cell['samples_to_target'], 8)} | "
                      f"{number(cell['val_accuracy'])} | {number(cell['test_accuracy'])} | "
                      f"{number(cell['generalization_gap'], 3)} | {number(cell['b_simple'])} | "
                      f"{number(cell['b_simple_at_target'])} | "

@@ -2,12 +2,18 @@
 
 A study file has three sections (docs/studies.md has a full example):
 
-    [study]  base-config, ranks, target, budget, options, ...
+    [study]  base-config, mode, ranks, target, budget, options, ...
     [grid]   global-batch-sizes, lr, lr-rules, lr-multipliers (or lr-values),
              optimizers, seeds, batch-schedules (batch-schedules-B for
              global batch B only)
     [quick]  any key of the two above, replacing it in the --quick variant
              (a budget there replaces the per-batch budget-B keys too)
+
+Two modes. `target` (the default) measures the steps each run needs to reach
+the target; the best LR of a batch is the one that needs fewest. `fixed-budget`
+trains every run for the same epochs without stopping at a target (Keskar et
+al. 2017's comparison) and chooses each batch's LR by its final validation
+accuracy.
 
 Every run is one dtrain invocation: the base config plus the arguments built
 here. A run's hash covers what decides its result (the arguments, the base
@@ -30,7 +36,8 @@ STUDY_KEYS = {
     "ranks": "1",
     "max-micro-batch": "128",
     "min-micro-batches": "2",      # per optimizer step, all ranks together (--noise-scale needs 2)
-    "target": None,                # METRIC:VALUE, dtrain's --target
+    "mode": "target",              # target: steps to a target; fixed-budget: every run trains the same epochs
+    "target": "",                  # METRIC:VALUE, dtrain's --target (required in mode target)
     "budget": None,                # epochs:N or steps:N; budget-B for global batch B only
     "options": "",                 # more dtrain options, for every run
     "checkpoint-every": "1000",    # steps; what a resumed run repeats at most
@@ -108,7 +115,7 @@ class Study:
     path: Path
     base_config: Path
     ranks: int
-    target: Target
+    target: Target | None    # None in a fixed-budget study without one
     budget: tuple            # ("epochs" | "steps", N)
     budgets: dict            # global batch -> budget, where it differs
     base_batch_size: int
@@ -116,6 +123,11 @@ class Study:
     sbatch_options: list
     runs: list
     quick: bool
+    mode: str = "target"
+
+    @property
+    def fixed_budget(self):
+        return self.mode == "fixed-budget"
 
     def describe_budget(self):
         text = f"{self.budget[1]} {self.budget[0]}"
@@ -321,10 +333,23 @@ def load(path, root, quick=False):
         checkpoint_every = int(values["checkpoint-every"])
     except ValueError as error:
         raise SpecError(f"{path}: {error}") from None
-    target = parse_target(values["target"])
+    mode = values["mode"]
+    if mode not in ("target", "fixed-budget"):
+        raise SpecError(f"mode: '{mode}' is not target or fixed-budget")
+    if mode == "target" and not values["target"]:
+        raise SpecError(f"{path}: missing target (mode target measures the steps to it)")
+    target = parse_target(values["target"]) if values["target"] else None
     budget = parse_budget(values["budget"])
     budgets = {int(key[len("budget-"):]): parse_budget(value) for key, value in values.items() if is_per_batch(key)}
     options = shlex.split(values["options"])
+    if mode == "fixed-budget":
+        if budget[0] != "epochs" or budgets:
+            raise SpecError(f"{path}: mode fixed-budget trains every run for the same epochs: give budget = "
+                            "epochs:N and no budget-B keys")
+        stop = option_value(options, "--stop-at-target")
+        if stop is not None and stop.lower() in ("true", "1", "yes", "on"):
+            raise SpecError("options: --stop-at-target true ends runs at the target; mode fixed-budget trains "
+                            "every run for the whole budget")
     for arg in options:
         if arg.split("=", 1)[0] in GRID_OPTIONS:
             raise SpecError(f"options: {arg} is set by the study for each run; use the study's keys instead")
@@ -385,7 +410,8 @@ def load(path, root, quick=False):
                                 "--grad-accum-steps", str(accum), "--optimizer", optimizer, "--seed", str(seed),
                                 "--lr-scaling", rule, "--lr", format_number(lr),
                                 "--epochs" if kind == "epochs" else "--max-steps", str(length),
-                                "--target", str(target), *schedule_args, *options, *optimizer_options,
+                                *(["--target", str(target)] if target else []), *schedule_args, *options,
+                                *optimizer_options,
                                 "--checkpoint-every", str(checkpoint_every)]
                         runs.append(Run(run_id, optimizer, seed, batch, micro, accum, rule, multiplier, lr, peak,
                                         args, run_hash(args, base_values, ranks), schedule))
@@ -397,4 +423,4 @@ def load(path, root, quick=False):
         raise SpecError(f"{path}: the grid is empty")
     name = values["name"] or path.stem
     return Study(name, path, base_config, ranks, target, budget, budgets, base_batch, checkpoint_every,
-                 shlex.split(values["sbatch-options"]), runs, quick)
+                 shlex.split(values["sbatch-options"]), runs, quick, mode)

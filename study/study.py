@@ -11,7 +11,6 @@ interrupted (rerun the same command to continue).
 """
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -41,11 +40,6 @@ def parse_arguments(argv):
     return parser.parse_args(argv)
 
 
-def finite(value):
-    """JSON has no infinity: None stands for it and for NaN."""
-    return value if not isinstance(value, float) or math.isfinite(value) else None
-
-
 def main(argv):
     arguments = parse_arguments(argv)
     try:
@@ -56,7 +50,8 @@ def main(argv):
     out = Path(arguments.out or ROOT / "runs/studies" / (study.name + ("-quick" if arguments.quick else "")))
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    print(f"study {study.name}{' (quick)' if study.quick else ''}: {len(study.runs)} runs, target {study.target}, "
+    goal = "fixed budget" if study.fixed_budget else f"target {study.target}"
+    print(f"study {study.name}{' (quick)' if study.quick else ''}: {len(study.runs)} runs, {goal}, "
           f"budget {study.describe_budget()}, {study.ranks} rank(s) each; out dir {out}", flush=True)
     write_json(out / "study.json", {"study_file": str(Path(arguments.study).resolve()),
                                     "text": Path(arguments.study).read_text(), "quick": study.quick,
@@ -85,14 +80,16 @@ def main(argv):
 
     rows = aggregate.collect(study, out)
     aggregate.write_csv(rows, out / "results.csv")
-    fit = aggregate.fit_study(rows, study.target)
-    for entry in fit["fits"].values():
-        for key in ("s_min", "b_crit", "e_min", "r2", "mean_b_simple"):
-            if key in entry:
-                entry[key] = finite(entry[key])
-    write_json(out / "fit.json", fit)
+    if study.fixed_budget:
+        fit = aggregate.json_safe(aggregate.fixed_budget_study(rows))
+        write_json(out / "fixed_budget.json", fit)
+    else:
+        fit = aggregate.json_safe(aggregate.fit_study(rows, study.target))
+        write_json(out / "fit.json", fit)
     report.write_report(study, out, rows, fit, wall_seconds=time.monotonic() - started)
-    for optimizer, entry in sorted(fit["fits"].items()):
+    for line in report.fixed_budget_sentences(fit) if study.fixed_budget else []:
+        print(line)
+    for optimizer, entry in sorted(fit.get("fits", {}).items()):
         if entry["status"] == "not fitted":
             print(f"fit ({optimizer}): {entry['reason']}")
         else:
@@ -100,7 +97,13 @@ def main(argv):
                      for key in ("s_min", "b_crit", "e_min", "r2", "mean_b_simple")}
             print(f"fit ({optimizer}, {entry['status']}): S_min {shown['s_min']} steps, B_crit {shown['b_crit']}, "
                   f"E_min {shown['e_min']} samples, R² {shown['r2']}; mean B_simple {shown['mean_b_simple']}")
-    print(f"wrote {out / 'results.csv'}, {out / 'fit.json'}, {out / 'report.md'} "
+            if "b_crit_interval" in entry:
+                low, high = ("inf" if value is None else f"{value:.4g}" for value in entry["b_crit_interval"])
+                s_low, s_high = (f"{value:.4g}" for value in entry["s_min_interval"])
+                print(f"  {entry['seeds']} seeds: S_min in [{s_low}, {s_high}], B_crit in [{low}, {high}] "
+                      f"(95% bootstrap over seeds)")
+    print(f"wrote {out / 'results.csv'}, {out / ('fixed_budget.json' if study.fixed_budget else 'fit.json')}, "
+          f"{out / 'report.md'} "
           f"({time.monotonic() - started:.1f} s)")
 
     failed = [row["run_id"] for row in rows if row["status"] == "failed"]

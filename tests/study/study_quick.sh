@@ -66,7 +66,11 @@ for row, run in zip(rows, study.runs):
                  and (first is None or e["step"] <= first)]
         assert noise and math.isclose(float(row["b_simple"]), sum(noise) / len(noise), rel_tol=1e-9)
 best = [row for row in rows if row["best_lr"] == "True" and row["batch_schedule"] == "constant"]
-assert sorted(int(row["global_batch_size"]) for row in best) == sorted({run.global_batch_size for run in study.runs})
+assert {int(row["global_batch_size"]) for row in best} == {run.global_batch_size for run in study.runs}
+# One LR per batch is best, all its seeds with it.
+for batch in {run.global_batch_size for run in study.runs}:
+    chosen = [row for row in best if int(row["global_batch_size"]) == batch]
+    assert len({row["lr"] for row in chosen}) == 1 and len(chosen) == len({r.seed for r in study.runs}), chosen
 assert reached >= 3, f"only {reached} runs reached the target"
 
 fit = json.load(open(out / "fit.json"))["fits"]["sgd"]
@@ -76,6 +80,18 @@ for key in ("s_min", "b_crit", "e_min", "r2", "mean_b_simple"):
 assert fit["s_min"] > 0 and fit["b_crit"] > 0 and fit["r2"] <= 1
 assert math.isclose(fit["e_min"], fit["s_min"] * fit["b_crit"], rel_tol=1e-9)
 assert len(fit["points"]) >= 2
+# Two seeds: the median with its min-max per batch, and bootstrap intervals.
+seeds = sorted({run.seed for run in study.runs})
+assert len(seeds) >= 2 and fit["seeds"] == len(seeds), fit["seeds"]
+for point in fit["points"]:
+    assert point["steps_min"] <= point["steps_to_target"] <= (point["steps_max"] or math.inf), point
+    assert len(point["seed_steps"]) == len(seeds), point
+for key in ("s_min", "b_crit"):
+    low, high = fit[f"{key}_interval"]
+    assert low <= fit[key] <= (math.inf if high is None else high), (key, fit[key], low, high)
+assert fit["resamples"] == 1000 and fit["resamples_fitted"] > 900, fit["resamples_fitted"]
+runs = json.load(open(out / "fit.json"))["runs"]
+assert runs["total"] == len(rows) and runs["finished"] == len(rows), runs
 
 report = (out / "report.md").read_text()
 linked = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report)
@@ -87,6 +103,7 @@ for png in pngs:
     assert data.startswith(b"\x89PNG\r\n\x1a\n"), png
     assert matplotlib.image.imread(out / png).shape[0] > 100, png
 assert f"{fit['b_crit']:.4g}" in report
+assert "### What the seeds' spread does to the conclusions" in report and "95% interval" in report
 # The quick variant's arms to 2048: both compared in fit.json and the report.
 [arms] = json.load(open(out / "fit.json"))["batch_schedules"]
 assert arms["global_batch_size"] == 2048, arms
@@ -110,4 +127,47 @@ grep -q "ran 0 run(s); skipped $runs" "$WORK/second.log" || { cat "$WORK/second.
 # bound only catches a rerun that hangs, with a margin for a loaded machine.
 [ "$seconds" -le 120 ] || fail "the rerun took $seconds s"
 pass "rerun skipped all $runs finished runs in $seconds s"
+
+# The fixed-budget study's quick variant: every run trains its whole budget,
+# each batch's LR is the best on final validation accuracy, and each run
+# ends with its sharpness in summary.json.
+FIXED=$ROOT/configs/studies/fashion_mnist_fixed_budget.ini
+timeout 600 "$PYTHON" "$ROOT/study/study.py" "$FIXED" --quick --out "$WORK/fixed" --dtrain "$DTRAIN" \
+  --mpirun "$MPIRUN_BIN" >"$WORK/fixed.log" 2>&1 || { cat "$WORK/fixed.log"; fail "the fixed-budget quick study"; }
+"$PYTHON" - "$ROOT" "$FIXED" "$WORK/fixed" <<'PY' || { cat "$WORK/fixed.log"; fail "the fixed-budget study's outputs"; }
+import csv, json, math, sys
+from pathlib import Path
+root, study_file, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+sys.path.insert(0, str(root / "study"))
+import spec
+study = spec.load(study_file, root, quick=True)
+assert study.fixed_budget
+rows = list(csv.DictReader(open(out / "results.csv")))
+assert len(rows) == len(study.runs)
+for row, run in zip(rows, study.runs):
+    summary = json.load(open(out / "runs" / run.run_id / "summary.json"))
+    assert summary["status"] == "completed" and not summary.get("stopped_at_target"), run.run_id
+    assert summary["steps"] == summary["schedule_steps"], (run.run_id, summary["steps"], summary["schedule_steps"])
+    sharpness = summary["sharpness"]
+    assert math.isfinite(sharpness["top_eigenvalue"]) and sharpness["samples"] == 256, sharpness
+    assert math.isclose(float(row["sharpness"]), sharpness["top_eigenvalue"])
+result = json.load(open(out / "fixed_budget.json"))
+assert result["mode"] == "fixed-budget"
+points = result["optimizers"]["sgd"]["points"]
+assert [p["global_batch_size"] for p in points] == sorted({r.global_batch_size for r in study.runs})
+for point in points:
+    cells = {}
+    for row in rows:
+        if int(row["global_batch_size"]) == point["global_batch_size"]:
+            cells.setdefault(float(row["peak_lr"]), []).append(float(row["val_accuracy"]))
+    best = max(cells, key=lambda lr: sum(cells[lr]) / len(cells[lr]))
+    assert math.isclose(point["best_peak_lr"], best), (point, cells)
+    low, high = point["sharpness_range"]
+    assert low <= point["sharpness"] <= high and len(point["seeds"]) == 2, point
+report = (out / "report.md").read_text()
+assert "generalize" in report and "![fixed_budget.png](plots/fixed_budget.png)" in report
+assert (out / "plots/fixed_budget.png").read_bytes().startswith(b"\x89PNG")
+print("ok: fixed budget:", result["optimizers"]["sgd"].get("largest_vs_best_smaller"))
+PY
+pass "fixed-budget quick study: whole budgets, LR on final validation, sharpness at the end"
 echo "study_quick: all passed"
