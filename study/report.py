@@ -331,7 +331,7 @@ def fixed_budget_sentences(fit):
                    "large batches generalize no worse here")
         sharpness = ""
         if compared.get("sharpness_ratio"):
-            sharpness = (f"; the largest batch's minimum is {compared['sharpness_ratio']:.2g}× as sharp "
+            sharpness = (f"; the largest batch's minimum is {compared['sharpness_ratio']:.2f}× as sharp "
                          f"({largest['sharpness']:.3g} against {smaller['sharpness']:.3g})")
         gap = ""
         if compared.get("gap_change") is not None:
@@ -345,7 +345,8 @@ def fixed_budget_sentences(fit):
             return shown
         lines.append(f"- {optimizer}: at batch {compared['largest_batch']} the test accuracy is {accuracy(largest)} "
                      f"against {accuracy(smaller)} at batch {compared['best_smaller_batch']} (the best smaller "
-                     f"batch), {100 * drop:+.2f} points lower: {verdict}{gap}{sharpness}.")
+                     f"batch), {100 * abs(drop):.2f} points {'lower' if drop > 0 else 'higher'}: "
+                     f"{verdict}{gap}{sharpness}.")
     return lines
 
 

@@ -50,6 +50,8 @@ struct BatchSchedulePlan {
 // --batch-schedule-lr: scale (the LR follows --lr-scaling at each batch) or
 // fixed (the LR scheduled for the final batch throughout, as Megatron does).
 enum class BatchScheduleLr { Scale, Fixed };
+// Which splits an evaluation before the last reads (--eval-splits).
+enum class EvalSplits { All, Target };
 
 struct BatchOptions {
   // 0 means "not given": derive it from the other two (data/batch_plan.h).
@@ -152,6 +154,7 @@ struct StudyOptions {
   Target target;
   bool stop_at_target = false;
   int64_t eval_per_doubling = 0;  // --eval-schedule geometric:K (0: fixed, --eval-every and epoch ends)
+  EvalSplits eval_splits = EvalSplits::All;  // target: only --target's split until the final evaluation
   bool noise_scale = false;
   double noise_scale_ema = 0.99;
   int64_t measure_noise_scale = 0;  // steps of a measurement at fixed weights (0: train)
@@ -219,6 +222,7 @@ DTRAIN_ENUM_WORDS(ActivationCheckpointing, {ActivationCheckpointing::None, "none
 DTRAIN_ENUM_WORDS(Precision, {Precision::Fp32, "fp32"}, {Precision::Tf32, "tf32"},
                   {Precision::Bf16Mixed, "bf16-mixed"}, {Precision::Auto, "auto"});
 DTRAIN_ENUM_WORDS(BatchScheduleLr, {BatchScheduleLr::Scale, "scale"}, {BatchScheduleLr::Fixed, "fixed"});
+DTRAIN_ENUM_WORDS(EvalSplits, {EvalSplits::All, "all"}, {EvalSplits::Target, "target"});
 DTRAIN_ENUM_WORDS(NonFinitePolicy, {NonFinitePolicy::Stop, "stop"}, {NonFinitePolicy::Skip, "skip"},
                   {NonFinitePolicy::Ignore, "ignore"});
 #undef DTRAIN_ENUM_WORDS

@@ -713,6 +713,11 @@ std::vector<OptionSpec> build_table() {
                      "fixed (--eval-every and epoch ends) or geometric:K (also about K evaluations per doubling of "
                      "steps: steps-to-target within a factor 2^(1/K))"},
                     DTRAIN_FIELD(study.eval_per_doubling)),
+      choice({"eval-splits", "study", E::None, "target",
+              "what an evaluation before the final one reads: all (the validation and test splits and the "
+              "train subset) or target (only the split --target reads; the final evaluation, and the one that "
+              "stops a run at its target, read all)"},
+             DTRAIN_FIELD(study.eval_splits)),
       boolean({"noise-scale", "study", E::None, "true",
                "estimate the gradient noise scale B_simple online (McCandlish et al. 2018) and log it; needs world x "
                "accumulation >= 2"},

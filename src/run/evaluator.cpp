@@ -86,13 +86,21 @@ EvalResult Evaluator::evaluate(Model& model, const Split& split, const std::vect
   return result;
 }
 
-Evaluation Evaluator::evaluate_all(Model& model) {
+Evaluation Evaluator::evaluate_all(Model& model, bool all) {
   // Text datasets have no test split: their held-out documents are the validation split.
   Evaluation evaluation;
   evaluation.has_test = data_.test.size() > 0;
   evaluation.has_validation = data_.validation.size() > 0;
+  if (!all && config_.study.eval_splits == EvalSplits::Target && target_.enabled()) {
+    const std::string& metric = config_.study.target.metric;
+    const bool test = metric.rfind("test_", 0) == 0, validation = metric.rfind("val_", 0) == 0;
+    evaluation.has_test = evaluation.has_test && test;
+    evaluation.has_validation = evaluation.has_validation && validation;
+    evaluation.has_train = !test && !validation;
+    evaluation.complete = false;
+  }
   if (evaluation.has_test) evaluation.test = evaluate(model, data_.test, test_shard_);
-  evaluation.train = evaluate(model, data_.train, train_shard_);
+  if (evaluation.has_train) evaluation.train = evaluate(model, data_.train, train_shard_);
   if (evaluation.has_validation) evaluation.validation = evaluate(model, data_.validation, validation_shard_);
   return evaluation;
 }
@@ -104,9 +112,7 @@ nlohmann::json Evaluator::event(const Evaluation& evaluation, const RunPosition&
       {"step", position.steps_done},
       {"epoch", position.epochs},
       {"samples_seen", position.samples_seen},
-      {"train_eval_loss", train.loss},
-      {"train_eval_accuracy", train.accuracy},
-      {"train_eval_samples", train.samples},
+      {"splits", evaluation.complete ? "all" : "target"},
   };
   auto add = [&](const std::string& prefix, const EvalResult& result) {
     event[prefix + "_loss"] = result.loss;
@@ -119,13 +125,17 @@ nlohmann::json Evaluator::event(const Evaluation& evaluation, const RunPosition&
     }
   };
   if (evaluation.has_test) add("test", evaluation.test);
-  add("train_eval", train);
+  if (evaluation.has_train) {
+    event["train_eval_loss"] = train.loss;
+    event["train_eval_accuracy"] = train.accuracy;
+    event["train_eval_samples"] = train.samples;
+  }
   if (evaluation.has_validation) add("val", evaluation.validation);
   // Classification: train-subset accuracy minus test accuracy; text: held-out
   // loss minus train-subset loss (nats per token).
-  if (evaluation.has_test) {
+  if (evaluation.has_train && evaluation.has_test) {
     event["generalization_gap"] = train.accuracy - evaluation.test.accuracy;
-  } else if (data_.tokens && evaluation.has_validation) {
+  } else if (evaluation.has_train && data_.tokens && evaluation.has_validation) {
     event["generalization_gap"] = evaluation.validation.loss - train.loss;
   }
   return event;
@@ -142,18 +152,31 @@ void Evaluator::evaluate_unlogged(Model& model, const RunPosition& position) {
   if (comm_.rank() == 0) print_eval_line(evaluation, position.steps_done, position.epochs, data_.tokens);
 }
 
-void Evaluator::evaluate_and_log(Model& model, const RunPosition& position, double elapsed_seconds, MetricsLog& log) {
-  evaluate_unlogged(model, position);
-  last_["elapsed_sec"] = elapsed_seconds;
-  log.record(last_);
+void Evaluator::evaluate_and_log(Model& model, const RunPosition& position, double elapsed_seconds, MetricsLog& log,
+                                 bool final) {
   const int64_t steps_done = position.steps_done;
   const int64_t samples_seen = position.samples_seen;
-  if (!target_.observe(last_, steps_done, samples_seen)) return;
+  Evaluation evaluation = evaluate_all(model, final);
+  last_ = event(evaluation, position);
+  const bool reached_now = target_.observe(last_, steps_done, samples_seen);
+  // A run that stops here ends with every split read, for its summary.
+  if (reached_now && config_.study.stop_at_target && !evaluation.complete) {
+    evaluation = evaluate_all(model, /*all=*/true);
+    last_ = event(evaluation, position);
+  }
+  if (comm_.rank() == 0) print_eval_line(evaluation, steps_done, position.epochs, data_.tokens);
+  last_["elapsed_sec"] = elapsed_seconds;
+  log.record(last_);
+  if (!reached_now) return;
   nlohmann::json reached = {{"event", "target"}, {"step", steps_done}};
   target_.describe(reached);
   log.record(reached);
   if (comm_.rank() == 0) print_target_line(config_.study, steps_done, samples_seen);
   stop_at_target_ = config_.study.stop_at_target;
+}
+
+bool Evaluator::complete_at(int64_t steps_done) const {
+  return !last_.is_null() && last_.value("step", int64_t{-1}) == steps_done && last_.value("splits", "all") == "all";
 }
 
 void Evaluator::restore(const nlohmann::json& last_eval, const nlohmann::json& target_state,

@@ -32,11 +32,14 @@ struct EvalResult {
   int64_t items = 0;  // samples, or target tokens
 };
 
-// One evaluation of every split the dataset has.
+// One evaluation of the splits it read (every split the dataset has, or
+// only --target's under --eval-splits target).
 struct Evaluation {
   EvalResult test, train, validation;
   bool has_test = false;
   bool has_validation = false;
+  bool has_train = true;
+  bool complete = true;  // every split the dataset has
 };
 
 class Evaluator {
@@ -46,15 +49,21 @@ class Evaluator {
 
   // Loss and accuracy over `indices` of `split`, all ranks together (collective).
   EvalResult evaluate(Model& model, const Split& split, const std::vector<int64_t>& indices);
-  // Every split this rank holds a shard of (collective).
-  Evaluation evaluate_all(Model& model);
+  // Every split this rank holds a shard of; with `all` false under
+  // --eval-splits target, only the split --target reads (collective).
+  Evaluation evaluate_all(Model& model, bool all = true);
 
   // Whether the run evaluates after `steps_done` steps (not counting the
   // last step, which always evaluates).
   bool due(const RunPosition& position) const;
   // Evaluates, prints the line (rank 0), records the "eval" event and, the
-  // first time the --target is met, the "target" event (collective).
-  void evaluate_and_log(Model& model, const RunPosition& position, double elapsed_seconds, MetricsLog& log);
+  // first time the --target is met, the "target" event (collective). Under
+  // --eval-splits target, only the target's split unless `final`, or unless
+  // this evaluation stops the run at its target (then all of them).
+  void evaluate_and_log(Model& model, const RunPosition& position, double elapsed_seconds, MetricsLog& log,
+                        bool final);
+  // Whether the last evaluation was after `steps_done` steps and read every split.
+  bool complete_at(int64_t steps_done) const;
   // The same without a record (a run that trained no step evaluates its
   // given weights for its summary).
   void evaluate_unlogged(Model& model, const RunPosition& position);

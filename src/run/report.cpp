@@ -172,7 +172,7 @@ void print_eval_line(const Evaluation& evaluation, int64_t steps_done, double ep
     std::snprintf(text, sizeof text, "val loss %.4f (%.3f bits/byte, perplexity %.2f) | train-subset loss %.4f",
                   validation.loss, validation.loss / std::log(2.0), std::exp(validation.loss), train.loss);
     line = evaluation.has_validation ? text : "train-subset loss " + format_metric(train.loss);
-  } else {
+  } else if (evaluation.complete) {
     const std::string val = evaluation.has_validation ? " | val acc " + format_metric(validation.accuracy) +
                                                             " loss " + format_metric(validation.loss)
                                                       : "";
@@ -180,6 +180,12 @@ void print_eval_line(const Evaluation& evaluation, int64_t steps_done, double ep
     std::snprintf(text, sizeof text, "test acc %.4f loss %.4f%s | train-subset acc %.4f loss %.4f | gap %+.4f",
                   test.accuracy, test.loss, val.c_str(), train.accuracy, train.loss, train.accuracy - test.accuracy);
     line = text;
+  } else {  // --eval-splits target: the one split read
+    const auto& [name, result] = evaluation.has_test         ? std::pair<const char*, const EvalResult&>{"test", test}
+                                 : evaluation.has_validation ? std::pair<const char*, const EvalResult&>{"val", validation}
+                                                             : std::pair<const char*, const EvalResult&>{"train-subset", train};
+    line = std::string(name) + " acc " + format_metric(result.accuracy) + " loss " + format_metric(result.loss) +
+           " (--eval-splits target)";
   }
   std::fprintf(stdout, "eval step %lld (epoch %.2f): %s\n", static_cast<long long>(steps_done), epoch, line.c_str());
   std::fflush(stdout);

@@ -346,8 +346,8 @@ RunOutcome Trainer::run(MetricsLog& log) {
     report_progress(is_root(), batch_.position(), start_step_, take_mean_train_loss(), result.lr, result.grad_norm,
                     noise_.get(), length_, plan_, data_.tokens, time_, log);
   };
-  auto evaluate = [&] {
-    evaluator_->evaluate_and_log(*model_, batch_.position(), time_.elapsed(), log);
+  auto evaluate = [&](bool final) {
+    evaluator_->evaluate_and_log(*model_, batch_.position(), time_.elapsed(), log, final);
   };
   // A run resumed from the checkpoint of the step that met --target with
   // --stop-at-target is already done.
@@ -370,7 +370,7 @@ RunOutcome Trainer::run(MetricsLog& log) {
     const bool log_now = steps_done % config_.run.log_every == 0;
     const bool eval_now = evaluator_->due(batch_.position());
     if (log_now) progress(result);
-    if (eval_now) evaluate();
+    if (eval_now) evaluate(/*final=*/steps_done == length_.steps_to_run);
     // A changing batch moves on (it may end the run sooner: the epoch's rest
     // no longer fits).
     follow_batch_schedule(eval_now, log);
@@ -396,7 +396,7 @@ RunOutcome Trainer::run(MetricsLog& log) {
     // continued from it logs exactly what an uninterrupted run logs.
     if (stop_at_target) break;
     if (last && !log_now) progress(result);
-    if (last && !eval_now) evaluate();
+    if (last && !evaluator_->complete_at(steps_done)) evaluate(/*final=*/true);
   }
   // E.g. --epochs 0 evaluates the given weights.
   if (evaluator_->last().is_null() && status == RunStatus::Completed) {

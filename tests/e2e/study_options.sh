@@ -61,6 +61,38 @@ assert any(e["val_accuracy"] < 0.3 for e in evals), "the target was met at once:
 print(f"target val_accuracy 0.3 at step {first['step']} of {len(evals)} evaluations")
 PY
 pass "validation 512 held out; the first of the geometric evaluations to reach val_accuracy 0.3 is steps_to_target; the run stopped there"
+
+# --eval-splits target: the evaluations before the last read only the
+# target's split; the one that stops the run reads all; nothing else changes.
+mpirun -np 2 "$DTRAIN" "${BASE[@]}" --eval-schedule geometric:4 --target val_accuracy:0.3 --stop-at-target true \
+  --eval-splits target --out-dir "$WORK/target-only" >"$WORK/target-only.log" 2>&1 \
+  || { cat "$WORK/target-only.log"; fail "--eval-splits target run failed"; }
+"$DTRAIN" "${BASE[@]}" --eval-schedule geometric:4 --target val_accuracy:0.99 --eval-splits target --max-steps 12 \
+  --out-dir "$WORK/target-end" >"$WORK/target-end.log" 2>&1 || { cat "$WORK/target-end.log"; fail "budget run failed"; }
+"$PYTHON" - "$WORK/target" "$WORK/target-only" "$WORK/target-end" <<'PY' || fail "--eval-splits target"
+import json, sys
+def events(out):
+    return [json.loads(line) for line in open(out + "/metrics.jsonl")]
+full, only, end = (events(out) for out in sys.argv[1:])
+evals = [e for e in only if e["event"] == "eval"]
+assert [e["step"] for e in evals] == [e["step"] for e in full if e["event"] == "eval"]
+for e in evals[:-1]:
+    assert e["splits"] == "target" and "val_accuracy" in e and "test_accuracy" not in e and "train_eval_loss" not in e, e
+assert evals[-1]["splits"] == "all" and "test_accuracy" in evals[-1] and "generalization_gap" in evals[-1], evals[-1]
+# The same training: every train record and every validation number.
+strip = lambda e: {k: v for k, v in e.items() if k not in ("elapsed_sec", "samples_per_sec")}
+assert [strip(e) for e in only if e["event"] == "train"] == [strip(e) for e in full if e["event"] == "train"]
+assert [e["val_accuracy"] for e in evals] == [e["val_accuracy"] for e in full if e["event"] == "eval"]
+a, b = (json.load(open(out + "/summary.json")) for out in sys.argv[1:3])
+for key in ("steps_to_target", "test_accuracy", "train_eval_accuracy", "generalization_gap", "val_accuracy"):
+    assert a[key] == b[key], (key, a[key], b[key])
+# A run that ends by its budget reads every split at its last step.
+last = [e for e in end if e["event"] == "eval"][-1]
+assert last["step"] == 12 and last["splits"] == "all", last
+assert json.load(open(sys.argv[3] + "/summary.json"))["test_accuracy"] is not None
+print(f"{len(evals)} evaluations, {len(evals) - 1} of them on the validation split only")
+PY
+pass "--eval-splits target: only the target's split until the evaluation that stops the run or ends it; the same run otherwise"
 expect_error 2 "--target val_accuracy needs a validation split" -- "$DTRAIN" --dataset synthetic --target val_accuracy:0.9 \
   --out-dir "$WORK/bad"
 expect_error 2 "--stop-at-target needs --target" -- "$DTRAIN" "${BASE[@]}" --stop-at-target true --out-dir "$WORK/bad"

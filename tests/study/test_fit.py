@@ -237,7 +237,8 @@ class FixedBudgetTest(unittest.TestCase):
         import report
         [sentence] = report.fixed_budget_sentences(result)
         self.assertIn("large batches generalize worse here", sentence)
-        self.assertIn("4× as sharp", sentence)
+        self.assertIn("4.00× as sharp", sentence)
+        self.assertIn("5.00 points lower", sentence)
 
     def study_file(self, text):
         directory = Path(tempfile.mkdtemp())
