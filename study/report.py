@@ -16,6 +16,15 @@ from executors import run_dir  # noqa: E402
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
+def shown_path(path):
+    """A path as the checkout names it (relative to its root), else as given."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return Path(path).resolve().relative_to(root)
+    except ValueError:
+        return path
+
+
 def lr_label(cell):
     if cell["lr_multiplier"] is None:
         return f"lr {cell['lr']:g}"
@@ -360,7 +369,7 @@ def write_fixed_budget_report(study, out, rows, fit, wall_seconds):
         written.append(plots / "fixed_budget.png")
     counts = Counter(row["status"] for row in rows)
     lines = [f"# Batch-size study at a fixed budget: {study.name}{' (quick)' if study.quick else ''}", "",
-             f"Study file `{study.path}`, base config `{study.base_config}`, {study.ranks} rank(s) per run; every "
+             f"Study file `{study.path}`, base config `{shown_path(study.base_config)}`, {study.ranks} rank(s) per run; every "
              f"run trains {study.describe_budget()} without stopping at a target (Keskar et al. 2017's "
              "comparison); each batch's LR is the one with the best final validation accuracy.", "",
              f"{len(rows)} runs: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
@@ -442,7 +451,7 @@ def write_report(study, out, rows, fit, wall_seconds=None):
 
     counts = Counter(row["status"] for row in rows)
     lines = [f"# Batch-size study: {study.name}{' (quick)' if study.quick else ''}", "",
-             f"Study file `{study.path}`, base config `{study.base_config}`, {study.ranks} rank(s) per run; "
+             f"Study file `{study.path}`, base config `{shown_path(study.base_config)}`, {study.ranks} rank(s) per run; "
              f"target {study.target} (the best LR of each batch is chosen on it), budget "
              f"{study.describe_budget()} per run.", "",
              f"{len(rows)} runs: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
