@@ -4,8 +4,10 @@
 # checked for content: results.csv has a row per run with every column and a
 # valid status, each run's steps_to_target is the first evaluation in its
 # metrics.jsonl that meets the target, fit.json is finite, report.md shows
-# every plot and every plot is a PNG. A rerun must run nothing, say so, and
-# end within a bound that only catches a hang.
+# every plot and every plot is a PNG, two seeds give medians and bootstrap
+# intervals. A rerun must run nothing, say so, and end within a bound that
+# only catches a hang. Then the quick variants of the fixed-budget study and
+# of the Simple CNN study.
 #   bash tests/study/study_quick.sh DTRAIN [MPIRUN]
 source "$(dirname "$0")/../e2e/common.sh"
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -170,4 +172,34 @@ assert (out / "plots/fixed_budget.png").read_bytes().startswith(b"\x89PNG")
 print("ok: fixed budget:", result["optimizers"]["sgd"].get("largest_vs_best_smaller"))
 PY
 pass "fixed-budget quick study: whole budgets, LR on final validation, sharpness at the end"
+
+# The Simple CNN study's quick variant: at most 50,000 training samples in
+# all, only the target's split evaluated until a run stops, a fit of its two
+# batches.
+CNN=$ROOT/configs/studies/fashion_mnist_cnn.ini
+timeout 600 "$PYTHON" "$ROOT/study/study.py" "$CNN" --quick --out "$WORK/cnn" --dtrain "$DTRAIN" \
+  --mpirun "$MPIRUN_BIN" >"$WORK/cnn.log" 2>&1 || { cat "$WORK/cnn.log"; fail "the Simple CNN quick study"; }
+"$PYTHON" - "$ROOT" "$CNN" "$WORK/cnn" <<'PY' || { cat "$WORK/cnn.log"; fail "the Simple CNN study's outputs"; }
+import json, sys
+from pathlib import Path
+root, study_file, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+sys.path.insert(0, str(root / "study"))
+import spec
+study = spec.load(study_file, root, quick=True)
+samples = 0
+for run in study.runs:
+    directory = out / "runs" / run.run_id
+    assert json.load(open(directory / "config.json"))["model"] == "simple-cnn"
+    summary = json.load(open(directory / "summary.json"))
+    assert summary["status"] == "completed" and summary["test_accuracy"] is not None, summary
+    samples += summary["samples_seen"]
+    evals = [json.loads(line) for line in open(directory / "metrics.jsonl") if '"eval"' in line]
+    evals = [e for e in evals if e["event"] == "eval"]
+    assert all(e["splits"] == "target" for e in evals[:-1]) and evals[-1]["splits"] == "all", run.run_id
+assert samples <= 50000, samples
+fit = json.load(open(out / "fit.json"))["fits"]["sgd"]
+assert fit["status"] == "fitted" and len(fit["points"]) == 2, fit
+print(f"ok: {len(study.runs)} Simple CNN runs, {samples} training samples, S_min {fit['s_min']:.3g}")
+PY
+pass "Simple CNN quick study: under 50,000 samples, target-split evaluations, a fit"
 echo "study_quick: all passed"
