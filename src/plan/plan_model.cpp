@@ -113,7 +113,7 @@ StepsModel steps_model_from_points(const std::vector<std::pair<double, double>>&
     std::snprintf(text, sizeof text,
                   "the fit's largest batch (%.0f) lies below its B_crit (%.0f): S_min is extrapolated, and the "
                   "intervals, from the residuals given the model, understate that (docs/studies.md: such a fit of the "
-                  "shipped study was 29-54%% optimistic at 1024-8192); add points above B_crit",
+                  "shipped study was 36-72%% optimistic at 1024-8192); add points above B_crit",
                   batches.back(), model.fit.b_crit);
     model.warning = text;
   }
