@@ -55,7 +55,7 @@ SharpnessResult measure(const Quadratic& quadratic, int64_t samples, int64_t blo
 
 TEST(Sharpness, FindsTheTopEigenvalueOfAKnownHessian) {
   const Quadratic quadratic({9.0, 4.0, 1.0, 0.5, -2.0, 0.1}, 10);
-  const SharpnessResult result = measure(quadratic, 10, 3, 500, 1e-9);
+  const SharpnessResult result = measure(quadratic, 10, 3, 500, 1e-6);
   EXPECT_TRUE(result.converged);
   EXPECT_NEAR(result.top_eigenvalue, 9.0, 1e-4);
   EXPECT_EQ(static_cast<int64_t>(result.estimates.size()), result.iterations);
@@ -63,7 +63,7 @@ TEST(Sharpness, FindsTheTopEigenvalueOfAKnownHessian) {
 
 TEST(Sharpness, KeepsTheSignOfANegativeTopEigenvalue) {
   const Quadratic quadratic({3.0, 1.0, -6.0, 0.5}, 4);
-  const SharpnessResult result = measure(quadratic, 4, 4, 500, 1e-9);
+  const SharpnessResult result = measure(quadratic, 4, 4, 500, 1e-6);
   EXPECT_NEAR(result.top_eigenvalue, -6.0, 1e-4);
 }
 
