@@ -6,26 +6,7 @@ LOGITS=${DTRAIN_LOGITS:?path to the dtrain_logits helper}
 "$PYTHON" -c "import torch" 2>/dev/null || fail "$PYTHON has no torch: apt-get install python3-torch"
 SYN=(--dataset synthetic --synthetic-train-samples 256 --synthetic-test-samples 64 --hidden 64,32)
 
-cat >"$WORK/model.py" <<'PY'
-import torch
-from torch import nn
-
-class Mlp(nn.Module):
-    """dtrain's --model mlp, with the parameter names of docs/models.md."""
-    def __init__(self, hidden, in_features=784, classes=10):
-        super().__init__()
-        self.hidden = nn.ModuleList()
-        for width in hidden:
-            self.hidden.append(nn.Linear(in_features, width))
-            in_features = width
-        self.head = nn.Linear(in_features, classes)
-
-    def forward(self, x):
-        x = x.flatten(1)
-        for layer in self.hidden:
-            x = torch.relu(layer(x))
-        return self.head(x)
-PY
+cp "$(dirname "$0")/../models/reference_models.py" "$WORK/model.py"
 
 # 1. A PyTorch state_dict (an OrderedDict with _metadata) loads into dtrain,
 #    and dtrain exports it back bit for bit.

@@ -12,28 +12,17 @@ Prints the estimate.
 
 import gzip
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+sys.dont_write_bytecode = True
+from reference_models import Mlp  # noqa: E402
+
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # data/dataset.cpp
-
-
-class Mlp(nn.Module):
-    def __init__(self, hidden, in_features=784, classes=10):
-        super().__init__()
-        self.hidden = nn.ModuleList()
-        for width in hidden:
-            self.hidden.append(nn.Linear(in_features, width))
-            in_features = width
-        self.head = nn.Linear(in_features, classes)
-
-    def forward(self, x):
-        x = x.flatten(1)
-        for layer in self.hidden:
-            x = torch.relu(layer(x))
-        return self.head(x)
 
 
 def first_samples(data_dir, count):
