@@ -54,6 +54,7 @@ PACKAGES=(
   python3-numpy python3-matplotlib         # the study driver's fit and plots (launch/study.sh)
   bible-kjv                                # the King James Bible (bible -f gen1:1-rev22:21): language-model text
   slurm-wlm munge                          # the one-node Slurm cluster of tests/cluster/slurm_e2e.sh
+  iproute2 nftables                        # two nodes in network namespaces, and faults between them (tests/cluster/netns.sh)
 )
 # The fuzz harnesses: clang 14 and its libFuzzer runtime.
 [ "$WITH_FUZZ" = 1 ] && PACKAGES+=(clang libclang-rt-14-dev)
