@@ -90,20 +90,34 @@ class Job:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+            kill_everything(os.path.dirname(self.out_dir))
             fail(f"an attempt ran past {limit} s (see {self.log_path})")
         self.log.close()
         return code
 
 
+def job_pids(out_dir):
+    """The processes of the job writing to OUT_DIR (pgrep: 0 found, 1 none)."""
+    found = subprocess.run(["pgrep", "-f", "--", f"--out-dir {out_dir}( |$)"], capture_output=True, text=True)
+    if found.returncode not in (0, 1):
+        fail(f"pgrep failed: {found.stderr.strip()}")
+    return [int(pid) for pid in found.stdout.split()]
+
+
 def no_process_left(out_dir, what):
     deadline = time.time() + 10
-    while True:
-        left = subprocess.run(["pgrep", "-f", f"--out-dir {out_dir}( |$)"], capture_output=True, text=True).stdout
-        if not left.strip():
-            return
+    while job_pids(out_dir):
         if time.time() > deadline:
-            fail(f"{what}: processes left: {left.split()}")
+            fail(f"{what}: processes left: {job_pids(out_dir)}")
         time.sleep(0.2)
+
+
+def kill_everything(work):
+    for pid in job_pids(work + "/[a-z]*"):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def train_records(out_dir):
@@ -134,6 +148,17 @@ def main(argv):
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     work = args.work or tempfile.mkdtemp(prefix="chaos-soak-")
     os.makedirs(work, exist_ok=True)
+    for old in ("reference", "soak"):  # a reused --work starts afresh
+        shutil.rmtree(os.path.join(work, old), ignore_errors=True)
+    try:
+        soak(args, work)
+    finally:
+        kill_everything(work)
+    if not args.work:
+        shutil.rmtree(work)
+
+
+def soak(args, work):
     rng = random.Random(args.seed)
     first_four = rng.sample(list(SIGNALS), len(SIGNALS))
     started = time.time()
@@ -148,13 +173,29 @@ def main(argv):
     weights = os.path.join(work, "soak.pt")
     counts = {name: 0 for name in SIGNALS}
     attempt = 0
+    # Where the next attempt must resume: exactly at a preemption's step;
+    # after a kill, at the newest checkpoint written so far or later.
+    resume_at, resume_at_least = None, None
+    newest = None  # the newest checkpoint step announced so far
+
+    def check_resume(text, what):
+        resumed = re.search(r"resuming from \S+ at step (\d+) of", text)
+        step = int(resumed.group(1)) if resumed else None
+        if resume_at is not None and step != resume_at:
+            fail(f"{what}: resumed at step {step}, wanted the preemption's step {resume_at}")
+        if resume_at_least is not None and (step is None or step < resume_at_least):
+            fail(f"{what}: resumed at step {step}, before the newest checkpoint, step {resume_at_least}")
+        return step
     while sum(counts.values()) < args.faults:
         attempt += 1
         extra = ["--export", weights] + (["--resume", "auto"] if attempt > 1 else [])
         job = Job(args, out_dir, os.path.join(work, f"attempt-{attempt}.log"), extra)
+        first_step_by = time.time() + 120
         while not job.trained_a_step():
             if job.process.poll() is not None:
                 fail(f"attempt {attempt} ended before its first step (see {job.log_path})")
+            if time.time() > first_step_by:
+                fail(f"attempt {attempt} trained no step in 120 s (see {job.log_path})")
             time.sleep(0.02)
         # Every kind once in the first four faults, in a random order; then at random.
         done = sum(counts.values())
@@ -162,12 +203,16 @@ def main(argv):
         rank = rng.randrange(2)
         time.sleep(rng.uniform(0, args.max_delay))
         pid = job.rank_pid(rank)
-        if pid is None or job.process.poll() is not None:
+        if pid is not None:
+            try:
+                os.kill(pid, SIGNALS[name])
+            except ProcessLookupError:
+                pid = None
+        if pid is None:
             code = job.wait(60)
             if code == 0:
                 fail(f"the job completed before fault {sum(counts.values()) + 1}: raise --steps")
             fail(f"attempt {attempt}: rank {rank} was gone before its fault (exit {code}; see {job.log_path})")
-        os.kill(pid, SIGNALS[name])
         code = job.wait(120)
         with open(job.log_path) as log:
             text = log.read()
@@ -183,17 +228,26 @@ def main(argv):
                  f"(see {job.log_path})")
         else:
             outcome = f"preempted at step {stopped.group(1)}"
-        resumed = re.search(r"resuming from \S+ at step (\d+) of", text)
+        resumed = check_resume(text, f"attempt {attempt}")
+        written = [int(step) for step in re.findall(r"^checkpoint step (\d+):", text, re.M)]
+        newest = max(written + ([newest] if newest is not None else []), default=None)
+        if stopped:
+            resume_at, resume_at_least = int(stopped.group(1)), None
+        else:  # a kill: a checkpoint may have landed after its last line
+            resume_at, resume_at_least = None, newest
         no_process_left(out_dir, f"attempt {attempt}")
         counts[name] += 1
         print(f"fault {sum(counts.values())}: {name} to rank {rank} "
-              f"(attempt {attempt}, {'resumed at step ' + resumed.group(1) if resumed else 'from the start'}): "
+              f"(attempt {attempt}, {'from the start' if resumed is None else f'resumed at step {resumed}'}): "
               f"{outcome}", flush=True)
 
     attempt += 1
     last = Job(args, out_dir, os.path.join(work, f"attempt-{attempt}.log"), ["--export", weights, "--resume", "auto"])
     if last.wait(600) != 0:
         fail(f"the last attempt failed (see {last.log_path})")
+    with open(last.log_path) as log:
+        if check_resume(log.read(), "the last attempt") is None:
+            fail("the last attempt started from the beginning instead of resuming")
 
     with open(os.path.join(work, "reference.pt"), "rb") as a, open(weights, "rb") as b:
         if a.read() != b.read():
@@ -213,8 +267,6 @@ def main(argv):
           f"({', '.join(f'{n} {name}' for name, n in counts.items())}), seed {args.seed}, {args.steps} steps; "
           f"weights bitwise equal, {len(got)} train records each once and equal, completed; "
           f"{time.time() - started:.0f} s in all (the uninterrupted run {reference_seconds:.0f} s)")
-    if not args.work:
-        shutil.rmtree(work)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,13 @@ NODE0=dtn$$a NODE1=dtn$$b
 VETH0=dtv$$a VETH1=dtv$$b
 SUBNET=10.77.0.0/24 ADDR0=10.77.0.1 ADDR1=10.77.0.2
 cleanup() {
+  local node
   pkill -KILL -f -- "--out-dir $WORK/" 2>/dev/null || true
-  pkill -KILL -f -- "orted.*$WORK/agent.sh" 2>/dev/null || true
-  ip netns del "$NODE0" 2>/dev/null || true
-  ip netns del "$NODE1" 2>/dev/null || true
+  for node in "$NODE0" "$NODE1"; do
+    ip netns pids "$node" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    ip netns del "$node" 2>/dev/null || true
+  done
+  ip link del "$VETH0" 2>/dev/null || true  # if it never left the host's namespace
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -94,13 +97,14 @@ node_mpirun() {
     --mca oob_tcp_keepalive_time 5 --mca oob_tcp_keepalive_intvl 2 --mca oob_tcp_keepalive_probes 5 "$@"
 }
 
-# The faults: an nftables table in the second node dropping what `rule` says,
-# both ways.
+# The faults: an nftables table in the second node dropping what `rule` says
+# on its veth end, both ways (its loopback, which its ranks and daemon use
+# among themselves, is untouched).
 fault() {  # RULE (e.g. "numgen random mod 100 < 5" or "" for everything)
   ip netns exec "$NODE1" nft -f - <<NFT
 table inet dtrain_fault {
-  chain input { type filter hook input priority 0; $1 counter drop; }
-  chain output { type filter hook output priority 0; $1 counter drop; }
+  chain input { type filter hook input priority 0; iifname "$VETH1" $1 counter drop; }
+  chain output { type filter hook output priority 0; oifname "$VETH1" $1 counter drop; }
 }
 NFT
 }
@@ -120,7 +124,7 @@ veth_bytes() {
 no_process_left() {  # OUT_DIR WHAT
   local left
   while :; do
-    left="$(pgrep -f -- "--out-dir $1( |\$)" || true) $(pgrep -f -- "orted.*$WORK/agent.sh" || true)"
+    left="$(pgrep -f -- "--out-dir $1( |\$)" || true) $(ip netns pids "$NODE0"; ip netns pids "$NODE1")"
     [ -n "${left// /}" ] || return 0
     [ "$SECONDS" -lt "$SECONDS_DEADLINE" ] || break
     sleep 0.5
@@ -130,7 +134,7 @@ no_process_left() {  # OUT_DIR WHAT
 }
 
 # The job: the MLP on synthetic data, global batch 64 = 4 ranks x micro 16,
-# 300 steps, a checkpoint every 50.
+# 300 steps, a checkpoint every 100.
 cat >"$WORK/job.ini" <<'INI'
 dataset = synthetic
 synthetic-train-samples = 6400
@@ -143,7 +147,7 @@ optimizer = adamw
 lr = 0.001
 log-every = 20
 eval-every = 150
-checkpoint-every = 50
+checkpoint-every = 100
 keep-checkpoints = 10
 threads = 1
 seed = 7
@@ -200,13 +204,15 @@ if netem=$(ip netns exec "$NODE1" tc qdisc add dev "$VETH1" root netem delay 10m
     || fail "20 ms of latency: the weights of step 100 differ from the clean run's"
   pass "a 20 ms round trip: 100 steps in $latency_s s ($(ratio "$latency_s" "$(ratio "$clean_s" 3)")x the clean run's pace), bitwise equal"
 else
+  ip netns exec "$NODE1" tc qdisc del dev "$VETH1" root 2>/dev/null || true
   echo "note: no latency case: this kernel has no netem (tc: ${netem//$'\n'/ })"
 fi
 
 # cut_mid_run NAME TIMEOUT CUT_S [ARGS...]: starts the job, cuts the link at
 # step 120 for CUT_S seconds (0: for good), and waits for the job. Not at a
-# checkpoint: the agreement all-gather of a checkpoint write is not watched
-# yet, and ranks cut off inside it wait for the link instead of timing out.
+# checkpoint (100, 200): the agreement all-gather of a checkpoint write is not
+# watched yet, and ranks cut off inside it wait for the link instead of
+# timing out.
 show() { tail -n 20 "$WORK/$1.log" "$WORK/$1".rank*.log >&2; }
 cut_mid_run() {
   local name=$1 timeout=$2 cut=$3
@@ -217,6 +223,9 @@ cut_mid_run() {
   wait_for_step "$WORK/$name" 120 $job || { show "$name"; fail "$name: never reached step 120"; }
   fault ""
   cut_at=$(date +%s.%N)
+  local landed
+  landed=$(grep -o '"step":[0-9]*' "$WORK/$name/metrics.jsonl" | tail -n 1 | cut -d: -f2)
+  [ "${landed:-0}" -lt 200 ] || fail "$name: the cut came at step $landed or later, past the next checkpoint (200)"
   SECONDS_DEADLINE=$((SECONDS + 33))
   if [ "$cut" -gt 0 ]; then
     sleep "$cut"
@@ -259,7 +268,7 @@ expect_watchdog() {
     [[ " ${fired[*]} " == *" $rank "* ]] || { show "$name"; fail "$what: no watchdog line from rank $rank"; }
   done
   no_process_left "$WORK/$name" "$what"
-  collective=$(cat "$WORK/$name".rank*.log | grep -m1 -o "the [a-z -]* at step [0-9]*")
+  collective=$(grep -h -o "the [a-z -]* at step [0-9]*" "$WORK/$name".rank*.log | head -n 1 || true)
   fired_ranks="${fired[*]}"
 }
 
@@ -271,7 +280,7 @@ pass "link cut for 5 s, --collective-timeout 3: exit $code $ended_s s after the 
 # --- A cut for good, then --resume auto on a healthy link ---------------------------
 cut_mid_run forever 3 0 --export "$WORK/forever.pt"
 expect_watchdog forever "a cut for good"
-checkpoint=$(ls "$WORK/forever/checkpoints" | grep '^step-' | tail -1)
+checkpoint=$(ls "$WORK/forever/checkpoints" 2>/dev/null | grep -E '^step-[0-9]{8}$' | tail -n 1 || true)
 [ -n "$checkpoint" ] || fail "a cut for good: no checkpoint to resume from"
 node_mpirun 300 "$DTRAIN" "${JOB[@]}" --out-dir "$WORK/forever" --resume auto --export "$WORK/forever.pt" \
   >"$WORK/resume.log" 2>&1 || { cat "$WORK/resume.log"; fail "--resume auto after a cut for good failed"; }
