@@ -45,23 +45,30 @@ std::string describe_threads(dtrain::Communicator& comm, const dtrain::ThreadPla
 }
 
 // `mpi` carries start-up agreement; training uses it too, or NCCL over it.
-int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
+// `watchdog` has watched every collective since MPI_Init.
+int run(dtrain::MpiCommunicator& mpi, dtrain::JobWatchdog& watchdog, const std::vector<std::string>& args) {
   using namespace dtrain;
-  if (!args.empty() && args.front() == "plan") return run_plan(mpi, std::vector<std::string>(args.begin() + 1, args.end()));
+  if (!args.empty() && args.front() == "plan") {
+    return run_plan(mpi, watchdog, std::vector<std::string>(args.begin() + 1, args.end()));
+  }
   const bool root = mpi.rank() == 0;
 
   ParsedOptions parsed;
-  run_agreed(mpi, [&] { parsed = parse_options(args); });
+  run_agreed(mpi, [&] {
+    parsed = parse_options(args);
+    // The job's own timeout from here, this step's exchange included.
+    watchdog.set_timeout(parsed.config.distributed.collective_timeout);
+  }, "options agreement");
   if (parsed.help_requested || parsed.dump_requested) {
     if (root) std::cout << (parsed.help_requested ? parsed.help_text : dump_config(parsed)) << std::flush;
     return 0;
   }
-  run_agreed(mpi, [&] { check_same_config(mpi, parsed.config); });
+  run_agreed(mpi, [&] { check_same_config(mpi, parsed.config); }, "configuration agreement");
 
   BatchPlan plan;
   Placement placement;
   CpuShare cpu_share;
-  run_agreed(mpi, [&] { cpu_share = measure_cpu_share(mpi); });
+  run_agreed(mpi, [&] { cpu_share = measure_cpu_share(mpi); }, "CPU-share agreement");
   // auto starts from the whole share of each rank; the trainer narrows it.
   const bool auto_micro = parsed.config.batch.micro_batch_size == kAutoMicroBatch;
   run_agreed(mpi, [&] {
@@ -69,8 +76,8 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
                              parsed.config.batch.grad_accum_steps, parsed.config.batch.global_batch_size,
                              mpi.world_size());
     placement = choose_placement(parsed.config.distributed, mpi.local_rank());
-  });
-  run_agreed(mpi, [&] { check_same_placement(mpi, placement); });
+  }, "batch-plan agreement");
+  run_agreed(mpi, [&] { check_same_placement(mpi, placement); }, "placement agreement");
   const ThreadPlan threads = plan_threads(parsed.config.run.threads, std::getenv("OMP_NUM_THREADS"), cpu_share,
                                           parsed.config.distributed.overlap, placement.backend, mpi.world_size());
   placement.overlap = threads.overlap;
@@ -87,9 +94,10 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   const Config& config = resolved;
   const std::unique_ptr<Communicator> backend = make_backend(placement, mpi, config.distributed.collective_timeout);
   Communicator& comm = backend ? *backend : mpi;
-  // From here on, a collective that waits past --collective-timeout ends the job.
+  // The training backend's collectives are watched too, and it is aborted
+  // first when the watchdog fires.
   const std::string gpu = placement.device == DeviceKind::Cuda ? "GPU " + std::to_string(placement.device_index) : "";
-  const JobWatchdog watchdog(config.distributed.collective_timeout, mpi.rank(), gpu, comm, mpi);
+  const JobWatchdog::Attachment watched_backend(watchdog, comm, gpu);
   const torch::Device device = placement.device == DeviceKind::Cuda
                                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(placement.device_index))
                                    : torch::Device(torch::kCPU);
@@ -102,7 +110,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
       throw UsageError("--precision auto resolved differently across ranks (their GPUs differ in bf16 support); "
                        "give --precision fp32, tf32 or bf16-mixed");
     }
-  });
+  }, "precision agreement");
   if (root) {
     std::cout << "dtrain: " << comm.world_size() << " rank(s) on " << placement.describe() << "; " << threads_line
               << "; precision " << to_string(config.run.precision)
@@ -114,9 +122,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
   torch::manual_seed(config.run.seed);
 
   Dataset data;
-  run_agreed(mpi, [&] {
-    data = load_dataset(config);
-  });
+  run_agreed(mpi, [&] { data = load_dataset(config); }, "dataset agreement");
 
   // Where the run starts: rank 0 resolves --resume, every rank reads the
   // same checkpoint.
@@ -125,7 +131,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     if (root) resume_path = choose_resume(config, [](const std::string& warning) {
       std::fprintf(stderr, "dtrain: warning: %s\n", warning.c_str());
     });
-  });
+  }, "resume agreement");
   const bool explicit_path = config.checkpoint.resume != "never" && config.checkpoint.resume != "auto";
   const int64_t resume_step = mpi.all_gather(resume_path.empty() ? -1 : 0)[0];
   if (resume_step == 0 && !explicit_path) {
@@ -153,7 +159,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
                            : measure_flag + " found no checkpoint in " + checkpoint_dir(config) +
                                  " to measure; give --resume PATH or --init-from W.pt");
     }
-  });
+  }, "checkpoint-read agreement");
 
   std::shared_ptr<Model> model;
   std::unique_ptr<Trainer> trainer;
@@ -164,7 +170,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     model->to(device);
     trainer = std::make_unique<Trainer>(config, plan, comm, mpi, data, model);
     if (resume) trainer->restore(*resume, resume_path);
-  });
+  }, "model agreement");
   if (auto_micro) {
     // --micro-batch-size auto: probe each candidate of the levers left to
     // auto (no communication), exchange; time each at the smallest of the
@@ -194,7 +200,7 @@ int run(dtrain::MpiCommunicator& mpi, const std::vector<std::string>& args) {
     // the run whose checkpoint it measures, whose records stay as they are.
     log = std::make_unique<MetricsLog>(config.run.out_dir, root && !measuring, keep_bytes);
     log->write_json("config.json", config_to_json(config));
-  });
+  }, "metrics-log agreement");
   if (resume && root) {
     std::printf("resuming from %s at step %lld of %lld\n", resume_path.c_str(),
                 static_cast<long long>(trainer->start_step()), static_cast<long long>(trainer->total_steps()));
@@ -287,14 +293,19 @@ int main(int argc, char** argv) {
     return dtrain::kExitError;
   }
   dtrain::MpiCommunicator& comm = *world;
+  // Every collective from here on is watched (--collective-timeout): with
+  // the default timeout until the options give theirs.
+  auto watchdog = std::make_unique<dtrain::JobWatchdog>(dtrain::Config().distributed.collective_timeout, comm);
   // From the start: a preemption signal during start-up stops the run at
   // its first step boundary (with a checkpoint) instead of killing it.
   dtrain::install_preemption_handlers();
   try {
-    const int code = run(comm, std::vector<std::string>(argv + 1, argv + argc));
+    const int code = run(comm, *watchdog, std::vector<std::string>(argv + 1, argv + argc));
+    watchdog.reset();
     world.reset();  // before MPI_Finalize
     return code;
   } catch (const dtrain::AgreedFailure& failure) {
+    watchdog.reset();
     world.reset();
     return failure.exit_code();  // already reported, and every rank knows
   } catch (const std::exception& error) {

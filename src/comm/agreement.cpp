@@ -3,14 +3,38 @@
 #include "comm/agreement.h"
 
 #include "cli/options.h"
+#include "comm/watchdog.h"
 #include "common/error.h"
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
+#include <string>
+#include <thread>
 
 namespace dtrain {
 
-void run_agreed(Communicator& comm, const std::function<void()>& step) {
+namespace {
+
+// DTRAIN_FAULT_STALL=WHAT:RANK: that rank stops for good before the status
+// exchange of the step named WHAT.
+void stall_if_told(const char* what, int rank) {
+  const char* text = std::getenv("DTRAIN_FAULT_STALL");
+  if (text == nullptr) return;
+  const std::string told(text);
+  const size_t colon = told.rfind(':');
+  if (colon == std::string::npos || told.substr(0, colon) != what || std::atoi(told.c_str() + colon + 1) != rank) {
+    return;
+  }
+  std::fprintf(stderr, "fault: rank %d stalls before the %s\n", rank, what);
+  std::fflush(stderr);
+  for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
+}  // namespace
+
+void run_agreed(Communicator& comm, const std::function<void()>& step, const char* what) {
   int64_t status = 0;
   std::string message;
   try {
@@ -22,7 +46,12 @@ void run_agreed(Communicator& comm, const std::function<void()>& step) {
     status = kExitError;
     message = one_line_message(e);
   }
-  const std::vector<int64_t> statuses = comm.all_gather(status);
+  stall_if_told(what, comm.rank());
+  std::vector<int64_t> statuses;
+  {
+    CollectiveWatchdog::Scope watched(comm.watchdog(), what);
+    statuses = comm.all_gather(status);
+  }
   int first_failed = -1;
   for (int r = 0; r < static_cast<int>(statuses.size()); ++r) {
     if (statuses[r] != 0) {

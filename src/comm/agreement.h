@@ -25,8 +25,12 @@ class AgreedFailure : public std::exception {
   int exit_code_;
 };
 
-// Exit codes: kExitUsage for UsageError, kExitError for other errors.
-void run_agreed(Communicator& comm, const std::function<void()>& step);
+// Exit codes: kExitUsage for UsageError, kExitError for other errors. The
+// status exchange is watched (--collective-timeout) as `what`, e.g. "dataset
+// agreement", which also names the step for the test hook
+// DTRAIN_FAULT_STALL=WHAT:RANK (that rank stops for good just before the
+// exchange, as a hung node would).
+void run_agreed(Communicator& comm, const std::function<void()>& step, const char* what = "agreement");
 
 // Compares the configuration's launch hash across ranks (collective).
 // Throws UsageError on every rank if any rank differs.

@@ -2,6 +2,7 @@
 // communication thread that runs the async all-reduces in order.
 #include "comm/mpi_communicator.h"
 
+#include "comm/watchdog.h"
 #include "common/error.h"
 
 #include <ATen/ATen.h>
@@ -350,13 +351,17 @@ std::unique_ptr<Work> MpiCommunicator::do_all_gather_async(at::Tensor& buffer) {
   return std::make_unique<MpiWork>(request);
 }
 
+// The blocking calls below are watched (--collective-timeout) under these
+// names unless the caller opened a scope with a better one.
 void MpiCommunicator::barrier() {
+  CollectiveWatchdog::Scope watched(watchdog(), "barrier");
   drain();
   MPI_CHECK(MPI_Barrier(comm_));
 }
 
 std::vector<int64_t> MpiCommunicator::all_gather(int64_t value) {
   std::vector<int64_t> values(world_size_);
+  CollectiveWatchdog::Scope watched(watchdog(), "all-gather");
   drain();
   MPI_CHECK(MPI_Allgather(&value, 1, MPI_INT64_T, values.data(), 1, MPI_INT64_T, comm_));
   return values;
@@ -364,6 +369,7 @@ std::vector<int64_t> MpiCommunicator::all_gather(int64_t value) {
 
 std::vector<std::vector<uint64_t>> MpiCommunicator::all_gather_on_host(const std::vector<uint64_t>& words) {
   std::vector<uint64_t> flat(words.size() * static_cast<size_t>(local_size_));
+  CollectiveWatchdog::Scope watched(watchdog(), "all-gather among the host's ranks");
   drain();
   MPI_CHECK(MPI_Allgather(words.data(), static_cast<int>(words.size()), MPI_UINT64_T, flat.data(),
                           static_cast<int>(words.size()), MPI_UINT64_T, host_comm_));
@@ -377,6 +383,7 @@ std::vector<std::vector<uint64_t>> MpiCommunicator::all_gather_on_host(const std
 
 void MpiCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
   require_cpu(tensor);
+  CollectiveWatchdog::Scope watched(watchdog(), "all-reduce");
   drain();
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), checked_count(tensor), datatype_of(tensor),
                           op_for(tensor, op), comm_));
@@ -384,6 +391,7 @@ void MpiCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
 
 void MpiCommunicator::do_broadcast(at::Tensor& tensor, int root) {
   require_cpu(tensor);
+  CollectiveWatchdog::Scope watched(watchdog(), "broadcast");
   drain();
   MPI_CHECK(MPI_Bcast(tensor.data_ptr(), checked_count(tensor), datatype_of(tensor), root, comm_));
 }

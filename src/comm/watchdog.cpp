@@ -30,8 +30,13 @@ constexpr double kAbortGraceSeconds = 3;
 
 CollectiveWatchdog::CollectiveWatchdog(double timeout_seconds, int rank, std::string device,
                                        std::function<void()> on_timeout)
-    : timeout_seconds_(timeout_seconds), rank_(rank), device_(std::move(device)), on_timeout_(std::move(on_timeout)) {
+    : timeout_seconds_(timeout_seconds), rank_(rank), on_timeout_(std::move(on_timeout)), device_(std::move(device)) {
   thread_ = std::thread([this] { watch(); });
+}
+
+void CollectiveWatchdog::set_device(std::string device) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  device_ = std::move(device);
 }
 
 CollectiveWatchdog::~CollectiveWatchdog() {
@@ -76,29 +81,35 @@ const char* CollectiveWatchdog::scope_name() const {
 void CollectiveWatchdog::watch() {
   // Checks a few times per timeout (at least once a second), so a hang is
   // reported within the timeout plus that interval.
-  const auto interval = std::chrono::duration<double>(std::min(1.0, timeout_seconds_ / 4));
+  const auto interval = [this] {
+    const double timeout = timeout_seconds_.load(std::memory_order_relaxed);
+    return std::chrono::duration<double>(timeout > 0 ? std::min(1.0, timeout / 4) : 1.0);
+  };
   std::unique_lock<std::mutex> lock(mutex_);
-  while (!stop_signal_.wait_for(lock, interval, [this] { return stopping_; })) {
+  while (!stop_signal_.wait_for(lock, interval(), [this] { return stopping_; })) {
+    if (timeout_seconds_.load(std::memory_order_relaxed) <= 0) continue;  // 0: watch nothing
     const std::string failure = check();
     if (failure.empty()) continue;
+    const std::string who = "rank " + std::to_string(rank_) + (device_.empty() ? "" : " (" + device_ + ")");
     lock.unlock();  // the abort action, and other threads, may still call in
-    fire(failure);
+    fire(who + ": " + failure);
   }
 }
 
 std::string CollectiveWatchdog::check() {
   // Text only on failure: a pass allocates nothing.
   const auto the = [](const char* what, int64_t step) { return std::string("the ") + what + " " + at_step(step); };
-  const auto timed_out = [this] {
+  const double timeout = timeout_seconds_.load(std::memory_order_relaxed);
+  const auto timed_out = [timeout] {
     char text[160];
     std::snprintf(text, sizeof text,
                   " has not completed after %g s (--collective-timeout): another rank stopped responding or died",
-                  timeout_seconds_);
+                  timeout);
     return std::string(text);
   };
 
   const int64_t scope_since = since_ns_.load(std::memory_order_acquire);
-  if (scope_since != 0 && seconds_since(scope_since) >= timeout_seconds_) {
+  if (scope_since != 0 && seconds_since(scope_since) >= timeout) {
     const char* what = what_.load(std::memory_order_relaxed);
     return the(what ? what : "collective", step_.load()) + timed_out();
   }
@@ -113,7 +124,7 @@ std::string CollectiveWatchdog::check() {
     }
     if (state.status == CollectiveState::Done) {
       watched.collective.reset();
-    } else if (seconds_since(watched.since_ns) >= timeout_seconds_) {
+    } else if (seconds_since(watched.since_ns) >= timeout) {
       return the(watched.collective->name(), watched.step) + timed_out();
     }
   }
@@ -123,14 +134,15 @@ std::string CollectiveWatchdog::check() {
 }
 
 void CollectiveWatchdog::fire(const std::string& failure) {
-  const std::string who = "rank " + std::to_string(rank_) + (device_.empty() ? "" : " (" + device_ + ")");
-  std::fprintf(stderr, "dtrain: error: %s: %s; aborting the job\n", who.c_str(), failure.c_str());
+  // `failure` starts with "rank R (device): ".
+  const std::string who = failure.substr(0, failure.find(": "));
+  std::fprintf(stderr, "dtrain: error: %s; aborting the job\n", failure.c_str());
   std::fflush(stderr);
   // The abort action can block (ncclCommAbort waiting on a hung GPU, exit
   // handlers synchronizing it), so it runs on its own thread and this one
   // ends the process when its time is up.
   std::thread(on_timeout_).detach();
-  const double grace = std::min(kAbortGraceSeconds, timeout_seconds_);
+  const double grace = std::min(kAbortGraceSeconds, timeout_seconds_.load(std::memory_order_relaxed));
   std::this_thread::sleep_for(std::chrono::duration<double>(grace));
   std::fprintf(stderr, "dtrain: error: %s: the abort did not end the process within %g s; exiting\n", who.c_str(),
                grace);
@@ -138,23 +150,31 @@ void CollectiveWatchdog::fire(const std::string& failure) {
   _exit(1);
 }
 
-JobWatchdog::JobWatchdog(double timeout_seconds, int rank, std::string device, Communicator& comm,
-                         Communicator& bootstrap)
-    : comm_(comm), bootstrap_(bootstrap) {
-  if (timeout_seconds <= 0) return;
-  // If the NCCL abort blocks, the watchdog's bound ends the process without
-  // MPI_Abort: mpirun then ends the job because a rank exited unfinalized.
-  watchdog_ = std::make_unique<CollectiveWatchdog>(timeout_seconds, rank, std::move(device), [&comm] {
-    comm.abort();
-    MpiSession::abort_world(1);
-  });
-  bootstrap_.set_watchdog(watchdog_.get());
-  comm_.set_watchdog(watchdog_.get());
+JobWatchdog::JobWatchdog(double timeout_seconds, Communicator& bootstrap)
+    : bootstrap_(bootstrap), watchdog_(timeout_seconds, bootstrap.rank(), "", [this] {
+        // If the backend's abort blocks (NCCL's, on a hung GPU), the
+        // watchdog's bound ends the process without MPI_Abort: mpirun then
+        // ends the job because a rank exited unfinalized.
+        if (Communicator* comm = attached_.load()) comm->abort();
+        MpiSession::abort_world(1);
+      }) {
+  bootstrap_.set_watchdog(&watchdog_);
 }
 
-JobWatchdog::~JobWatchdog() {
-  bootstrap_.set_watchdog(nullptr);
-  comm_.set_watchdog(nullptr);
+JobWatchdog::~JobWatchdog() { bootstrap_.set_watchdog(nullptr); }
+
+JobWatchdog::Attachment::Attachment(JobWatchdog& job, Communicator& comm, std::string device)
+    : job_(job), comm_(comm) {
+  job_.watchdog_.set_device(std::move(device));
+  comm_.set_watchdog(&job_.watchdog_);
+  if (&comm_ != &job_.bootstrap_) job_.attached_.store(&comm_);
+}
+
+JobWatchdog::Attachment::~Attachment() {
+  if (&comm_ != &job_.bootstrap_) {
+    job_.attached_.store(nullptr);
+    comm_.set_watchdog(nullptr);
+  }
 }
 
 }  // namespace dtrain

@@ -52,6 +52,7 @@ class CollectiveWatchdog {
   // `device` describes the rank's device in the fired line ("GPU 0"; empty
   // on CPUs). `on_timeout` runs on its own thread and should end the process;
   // 3 s later (or after the timeout, if shorter) _exit(1) ends it regardless.
+  // A timeout of 0 s watches nothing (until set_timeout gives one).
   CollectiveWatchdog(double timeout_seconds, int rank, std::string device, std::function<void()> on_timeout);
   ~CollectiveWatchdog();
   CollectiveWatchdog(const CollectiveWatchdog&) = delete;
@@ -59,6 +60,10 @@ class CollectiveWatchdog {
 
   // The optimizer step being trained (named in the fired line).
   void set_step(int64_t step) { step_.store(step, std::memory_order_relaxed); }
+  // The timeout from now on (the job's, once its options are read); 0: none.
+  void set_timeout(double timeout_seconds) { timeout_seconds_.store(timeout_seconds, std::memory_order_relaxed); }
+  // The rank's device from now on, as the constructor's `device`.
+  void set_device(std::string device);
 
   // Watches `collective` from now (and names the current step) until a poll
   // finds it done. Any thread.
@@ -96,15 +101,15 @@ class CollectiveWatchdog {
   std::string check();
   [[noreturn]] void fire(const std::string& failure);
 
-  const double timeout_seconds_;
+  std::atomic<double> timeout_seconds_;
   const int rank_;
-  const std::string device_;
   std::function<void()> on_timeout_;
   std::atomic<int> depth_{0};
   std::atomic<const char*> what_{nullptr};
   std::atomic<int64_t> since_ns_{0};  // steady clock; 0: not in a scope
   std::atomic<int64_t> step_{-1};
   std::mutex mutex_;  // guards what follows
+  std::string device_;
   std::vector<InFlight> in_flight_;
   std::vector<std::function<std::string()>> health_checks_;
   std::condition_variable stop_signal_;
@@ -114,20 +119,39 @@ class CollectiveWatchdog {
 
 // --collective-timeout for a whole job, as main() wires it (and the GPU stall
 // test, tests/gpu/nccl_stall.cpp, so the test checks this wiring): a watchdog
-// that `comm` (the training backend) and `bootstrap` (MPI) report to, which
-// when it fires aborts `comm` and then the MPI job. None for 0 s. Detaches
-// the communicators again when destroyed, so it must go before them.
+// that starts right after MPI_Init, so that every collective is watched, the
+// start-up all-gathers included, with the default timeout until the job's
+// options give theirs (set_timeout). When it fires it aborts the training
+// backend attached to it, then the MPI job. Detaches from `bootstrap` (MPI)
+// when destroyed, so it must go before it.
 class JobWatchdog {
  public:
-  JobWatchdog(double timeout_seconds, int rank, std::string device, Communicator& comm, Communicator& bootstrap);
+  JobWatchdog(double timeout_seconds, Communicator& bootstrap);
   ~JobWatchdog();
   JobWatchdog(const JobWatchdog&) = delete;
   JobWatchdog& operator=(const JobWatchdog&) = delete;
 
+  void set_timeout(double timeout_seconds) { watchdog_.set_timeout(timeout_seconds); }
+
+  // The training backend (`comm`, which may be `bootstrap` itself) reports to
+  // the watchdog and is aborted first when it fires, while the Attachment
+  // lives; `device` names the rank's GPU in the fired line ("" on CPUs).
+  class Attachment {
+   public:
+    Attachment(JobWatchdog& job, Communicator& comm, std::string device);
+    ~Attachment();
+    Attachment(const Attachment&) = delete;
+    Attachment& operator=(const Attachment&) = delete;
+
+   private:
+    JobWatchdog& job_;
+    Communicator& comm_;
+  };
+
  private:
-  Communicator& comm_;
   Communicator& bootstrap_;
-  std::unique_ptr<CollectiveWatchdog> watchdog_;
+  std::atomic<Communicator*> attached_{nullptr};
+  CollectiveWatchdog watchdog_;
 };
 
 }  // namespace dtrain

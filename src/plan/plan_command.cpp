@@ -272,7 +272,7 @@ double step_overhead(const Config& config, Communicator& local, const Dataset& d
 
 }  // namespace
 
-int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args) {
+int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std::string>& args) {
   const bool root = mpi.rank() == 0;
   PlanFlags flags;
   ParsedOptions parsed;
@@ -280,7 +280,8 @@ int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args) {
     auto [plan_flags, rest] = parse_plan_flags(args, mpi.world_size());
     flags = plan_flags;
     if (!flags.help) parsed = parse_options(rest);
-  });
+    watchdog.set_timeout(parsed.config.distributed.collective_timeout);
+  }, "options agreement");
   if (flags.help) {
     if (root) std::cout << kUsage << "\n" << std::flush;
     return kExitCompleted;
@@ -383,8 +384,7 @@ int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args) {
   Communicator& comm = backend ? *backend : mpi;
   // As in training, a collective that waits past --collective-timeout ends the job.
   const std::string gpu = placement.device == DeviceKind::Cuda ? "GPU " + std::to_string(placement.device_index) : "";
-  std::optional<JobWatchdog> watchdog;
-  if (flags.measure_network) watchdog.emplace(config.distributed.collective_timeout, mpi.rank(), gpu, comm, mpi);
+  const JobWatchdog::Attachment watched_backend(watchdog, comm, gpu);
   if (flags.measure_network) {
     run_agreed(mpi, [&] {
       std::vector<std::pair<double, double>> samples;

@@ -20,8 +20,10 @@
 
 namespace dtrain {
 
-// `args` after "plan". Returns the exit code; throws AgreedFailure after a
+class JobWatchdog;
+
+// `args` after "plan"; `watchdog` watches its collectives (main()'s). Returns the exit code; throws AgreedFailure after a
 // reported error, like the training entry point.
-int run_plan(MpiCommunicator& mpi, const std::vector<std::string>& args);
+int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std::string>& args);
 
 }  // namespace dtrain

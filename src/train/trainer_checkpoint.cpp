@@ -78,11 +78,11 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
   const NamedTensors optimizer_state = updater_->state();  // collective when sharded
   WrittenCheckpoint written;
   std::vector<uint64_t> sums;
-  run_agreed(control_, [&] { sums = replica_checksums(state); });
+  run_agreed(control_, [&] { sums = replica_checksums(state); }, "replica-checksum agreement");
   const std::string drift = compare_replicas(control_, state, sums, steps_done);
   run_agreed(control_, [&] {
     if (!drift.empty()) throw Error(drift);
-  });
+  }, "replica agreement");
   const int64_t local_loss_bits = bits_of(loss_.since_logged.item<double>());
   const std::vector<int64_t> loss_bits = control_.all_gather(local_loss_bits);
   run_agreed(control_, [&] {
@@ -124,7 +124,7 @@ void Trainer::save_checkpoint(int64_t steps_done, MetricsLog& log) {
     };
     plan_.add_to(checkpoint.trainer);
     written = write_checkpoint(checkpoint_dir(config_), steps_done, checkpoint, config_.checkpoint.keep);
-  });
+  }, "checkpoint agreement");
   if (!is_root()) return;
   log.record({{"event", "checkpoint"},
               {"step", steps_done},

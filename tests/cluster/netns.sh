@@ -16,7 +16,7 @@
 #   - a 5 s cut mid-run, --collective-timeout 60: completes, bitwise equal;
 #   - a 5 s cut, --collective-timeout 3: ends within the timeout + 30 s, a
 #     line from the watchdog on every rank that fired, naming the collective,
-#     and no process left;
+#     and no process left; the same with the cut at a checkpoint;
 #   - a cut for good: the same, then --resume auto on a healthy link
 #     continues from the last checkpoint, bitwise equal.
 # Open MPI's out-of-band keepalive is short (5 s idle, then 5 probes 2 s
@@ -208,24 +208,24 @@ else
   echo "note: no latency case: this kernel has no netem (tc: ${netem//$'\n'/ })"
 fi
 
-# cut_mid_run NAME TIMEOUT CUT_S [ARGS...]: starts the job, cuts the link at
-# step 120 for CUT_S seconds (0: for good), and waits for the job. Not at a
-# checkpoint (100, 200): the agreement all-gather of a checkpoint write is not
-# watched yet, and ranks cut off inside it wait for the link instead of
-# timing out.
+# cut_mid_run NAME AT_STEP TIMEOUT CUT_S [ARGS...]: starts the job, cuts the
+# link once rank 0 has logged step AT_STEP, for CUT_S seconds (0: for good),
+# and waits for the job. Step 120 is 80 steps from the next checkpoint; at
+# step 100, rank 0 logs the step and then writes a checkpoint, so the cut
+# comes in its agreement's all-gathers, which the watchdog watches too.
 show() { tail -n 20 "$WORK/$1.log" "$WORK/$1".rank*.log >&2; }
 cut_mid_run() {
-  local name=$1 timeout=$2 cut=$3
-  shift 3
+  local name=$1 at=$2 timeout=$3 cut=$4
+  shift 4
   node_mpirun 300 "$WORK/rank.sh" "$WORK/$name" "$DTRAIN" "${JOB[@]}" --collective-timeout "$timeout" \
     --out-dir "$WORK/$name" "$@" >"$WORK/$name.log" 2>&1 &
   local job=$!
-  wait_for_step "$WORK/$name" 120 $job || { show "$name"; fail "$name: never reached step 120"; }
+  wait_for_step "$WORK/$name" "$at" $job || { show "$name"; fail "$name: never reached step $at"; }
   fault ""
   cut_at=$(date +%s.%N)
   local landed
   landed=$(grep -o '"step":[0-9]*' "$WORK/$name/metrics.jsonl" | tail -n 1 | cut -d: -f2)
-  [ "${landed:-0}" -lt 200 ] || fail "$name: the cut came at step $landed or later, past the next checkpoint (200)"
+  [ "${landed:-0}" -lt $((at + 80)) ] || fail "$name: the cut came at step $landed, 80 or more steps after step $at"
   SECONDS_DEADLINE=$((SECONDS + 33))
   if [ "$cut" -gt 0 ]; then
     sleep "$cut"
@@ -238,7 +238,7 @@ cut_mid_run() {
 }
 
 # --- A 5 s cut, and a timeout that outlasts it ----------------------------------
-cut_mid_run cut60 60 5 --export "$WORK/cut60.pt"
+cut_mid_run cut60 120 60 5 --export "$WORK/cut60.pt"
 [ "$code" -eq 0 ] || { show cut60; fail "a 5 s cut with --collective-timeout 60: exit $code"; }
 cmp -s "$WORK/clean.pt" "$WORK/cut60.pt" || fail "a 5 s cut: the weights differ from the clean run's"
 pass "link cut for 5 s at step 120, --collective-timeout 60: completed $ended_s s after the cut, bitwise equal"
@@ -273,12 +273,15 @@ expect_watchdog() {
 }
 
 # --- A 5 s cut, and a shorter timeout -------------------------------------------
-cut_mid_run cut3 3 5
+cut_mid_run cut3 120 3 5
 expect_watchdog cut3 "a 5 s cut with --collective-timeout 3"
 pass "link cut for 5 s, --collective-timeout 3: exit $code $ended_s s after the cut; watchdog lines from ranks $fired_ranks ($collective); nothing left"
+cut_mid_run checkpoint 100 3 5
+expect_watchdog checkpoint "a 5 s cut at a checkpoint with --collective-timeout 3"
+pass "link cut for 5 s at a checkpoint (step 100), --collective-timeout 3: exit $code $ended_s s after the cut; watchdog lines from ranks $fired_ranks ($collective); nothing left"
 
 # --- A cut for good, then --resume auto on a healthy link ---------------------------
-cut_mid_run forever 3 0 --export "$WORK/forever.pt"
+cut_mid_run forever 120 3 0 --export "$WORK/forever.pt"
 expect_watchdog forever "a cut for good"
 checkpoint=$(ls "$WORK/forever/checkpoints" 2>/dev/null | grep -E '^step-[0-9]{8}$' | tail -n 1 || true)
 [ -n "$checkpoint" ] || fail "a cut for good: no checkpoint to resume from"

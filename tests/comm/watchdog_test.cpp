@@ -97,6 +97,29 @@ void stay_in_scope() {
   linger_then_exit(kLinger);
 }
 
+// As main() starts it: no timeout yet (0 s watches nothing), a scope open
+// for 1.5 s without firing, then the device the backend names and the job's
+// timeout, which the scope has outlived: exit 1 if it fired after the timeout
+// came, within a poll interval (1 s without a timeout) + the slack; else 2.
+void watch_nothing_then_the_jobs_timeout() {
+  std::atomic<int64_t> given_ns{0};
+  auto watchdog = std::make_unique<CollectiveWatchdog>(0, 3, "", [&given_ns] {
+    const int64_t given = given_ns.load();
+    const double after = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() -
+                         static_cast<double>(given) / 1e9;
+    if (given != 0 && after <= 1.0 + kSlack) _exit(1);
+    std::fprintf(stderr, given == 0 ? "fired without a timeout\n" : "fired %.3f s after the timeout came\n", after);
+    _exit(2);
+  });
+  CollectiveWatchdog::Scope watched(watchdog.get(), "options agreement");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  watchdog->set_device("GPU 1");
+  given_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+                 .count();
+  watchdog->set_timeout(kTimeout);
+  linger_then_exit(kLinger);
+}
+
 void track_with_blocking_abort() {
   auto watchdog = make_watchdog("GPU 1", [] { std::this_thread::sleep_for(std::chrono::hours(1)); });
   watchdog->track(std::make_shared<FakeCollective>(CollectiveState{}));
@@ -165,6 +188,13 @@ TEST_F(Watchdog, FiresOnAFailedHealthCheck) {
 TEST_F(Watchdog, FiresOnAScopeThatOutlastsTheTimeout) {
   EXPECT_EXIT(stay_in_scope(), ::testing::ExitedWithCode(1),
               "^dtrain: error: rank 3: the stop-agreement all-reduce at step 12 has not completed after 0\\.3 s");
+}
+
+TEST_F(Watchdog, WatchesNothingUntilGivenATimeout) {
+  // Exit 2 if it fired during the 1.5 s without a timeout, 42 if never.
+  EXPECT_EXIT(watch_nothing_then_the_jobs_timeout(), ::testing::ExitedWithCode(1),
+              "^dtrain: error: rank 3 \\(GPU 1\\): the options agreement during start-up has not completed after "
+              "0\\.3 s \\(--collective-timeout\\)");
 }
 
 TEST_F(Watchdog, EndsTheProcessItselfWhenTheAbortBlocks) {

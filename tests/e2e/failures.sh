@@ -1,6 +1,7 @@
 # Failure handling, end to end (docs/checkpoints.md):
 #   non-finite losses (--on-nonfinite stop|skip) at 1 and 2 ranks, a NaN on one
-#   rank only included; a full disk during a checkpoint, an export and the
+#   rank only included; a rank hung in a collective, in one of the step
+#   agreements during start-up and mid-run; a full disk during a checkpoint, an export and the
 #   metrics; and bad input for the checkpoint options, each one line.
 source "$(dirname "$0")/common.sh"
 COMMON=(--dataset synthetic --synthetic-train-samples 1024 --synthetic-test-samples 256 --micro-batch-size 16
@@ -68,6 +69,31 @@ kill -CONT "$stopped" 2>/dev/null || true
 grep -q "^dtrain: error: rank 0: the .* at step [0-9]* has not completed after [0-9]* s (--collective-timeout)" \
   "$WORK/hang.log" || { tail -20 "$WORK/hang.log"; fail "no watchdog line from rank 0"; }
 pass "SIGSTOP of rank 1: $(grep -o 'the [a-z-]* all-reduce at step [0-9]*' "$WORK/hang.log" | head -1) timed out; job gone ${elapsed} s after the stop (exit $code)"
+
+# --- A rank that hangs where the old watchdog did not look ---------------------
+# DTRAIN_FAULT_STALL=STEP:1 stops rank 1 for good just before the exchange of
+# an agreed step: during start-up (the CPU-share agreement, before the
+# training backend exists) and mid-run (a checkpoint's agreement). Rank 0's
+# watchdog names that step; the job is gone within the timeout + 30 s, with
+# no process left.
+for stall in "CPU-share agreement:during start-up" "checkpoint agreement:at step [0-9]*"; do
+  step=${stall%%:*} when=${stall#*:}
+  out=$WORK/stall-${step%% *}
+  started=$(date +%s)
+  code=0
+  env DTRAIN_FAULT_STALL="$step:1" timeout -k 5 120 "$MPIRUN_BIN" --oversubscribe --bind-to none -np 2 "$DTRAIN" "${SMALL[@]}" \
+    --checkpoint-every 5 --collective-timeout 3 --out-dir "$out" >"$out.log" 2>&1 || code=$?
+  elapsed=$(( $(date +%s) - started ))
+  [ "$code" -ne 0 ] || fail "a job with rank 1 stalled in the $step exited 0"
+  [ "$code" -ne 124 ] && [ "$code" -ne 137 ] || fail "a job with rank 1 stalled in the $step hung until killed: its exchange is not watched"
+  [ "$elapsed" -le 33 ] || fail "a job with rank 1 stalled in the $step took $elapsed s to end (3 s + 30 s allowed)"
+  grep -q "^fault: rank 1 stalls before the $step" "$out.log" || { cat "$out.log"; fail "the $step stall did not happen"; }
+  grep -q "^dtrain: error: rank 0: the $step $when has not completed after 3 s (--collective-timeout)" "$out.log" \
+    || { tail -20 "$out.log"; fail "no watchdog line naming the $step from rank 0"; }
+  sleep 1
+  [ -z "$(pgrep -f -- "--out-dir $out( |\$)")" ] || fail "processes left after the $step stall"
+  pass "rank 1 stalled before the $step's exchange: rank 0's watchdog named it $(grep -o "the $step [a-z-]* *[a-z0-9 -]*has not" "$out.log" | head -n 1 | sed "s/ has not//"); job gone after ${elapsed} s (exit $code)"
+done
 
 # --- Full disks -------------------------------------------------------------
 mnt=$WORK/small-disk

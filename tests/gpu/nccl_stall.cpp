@@ -64,8 +64,9 @@ int main(int argc, char** argv) {
     return 77;
   }
   try {
+    JobWatchdog watchdog(timeout, world);
     NcclCommunicator nccl(world, 0, timeout);
-    const JobWatchdog watchdog(timeout, world.rank(), "GPU 0", nccl, world);
+    const JobWatchdog::Attachment watched(watchdog, nccl, "GPU 0");
     // A first collective that completes, as in training: NCCL connects and
     // sets up its device state in its first collective.
     auto warm_up = torch::ones({1 << 20}, torch::TensorOptions().device(torch::kCUDA, 0));
