@@ -77,7 +77,7 @@ int run(dtrain::MpiCommunicator& mpi, dtrain::JobWatchdog& watchdog, const std::
                              mpi.world_size());
     placement = choose_placement(parsed.config.distributed, mpi.local_rank());
   }, "batch-plan agreement");
-  run_agreed(mpi, [&] { check_same_placement(mpi, placement); }, "placement agreement");
+  run_agreed(mpi, [&] { check_same_placement(mpi, placement); }, "same-placement agreement");
   const ThreadPlan threads = plan_threads(parsed.config.run.threads, std::getenv("OMP_NUM_THREADS"), cpu_share,
                                           parsed.config.distributed.overlap, placement.backend, mpi.world_size());
   placement.overlap = threads.overlap;
@@ -182,9 +182,9 @@ int run(dtrain::MpiCommunicator& mpi, dtrain::JobWatchdog& watchdog, const std::
       return everyone;
     };
     std::vector<int64_t> largest, nanoseconds;
-    run_agreed(mpi, [&] { largest = trainer->largest_fitting_micro_batches(); });
+    run_agreed(mpi, [&] { largest = trainer->largest_fitting_micro_batches(); }, "micro-batch probe agreement");
     const auto choices = exchange(largest);
-    run_agreed(mpi, [&] { nanoseconds = trainer->time_candidates(choices); });
+    run_agreed(mpi, [&] { nanoseconds = trainer->time_candidates(choices); }, "micro-batch timing agreement");
     const auto timings = exchange(nanoseconds);
     run_agreed(mpi, [&] {
       trainer->use_micro_batch(choices, timings);
@@ -192,7 +192,7 @@ int run(dtrain::MpiCommunicator& mpi, dtrain::JobWatchdog& watchdog, const std::
           trainer->activation_checkpointing() ? ActivationCheckpointing::Blocks : ActivationCheckpointing::None;
       resolved.batch.micro_batch_size = trainer->plan().micro_batch_size;
       resolved.batch.grad_accum_steps = trainer->plan().grad_accum_steps;
-    });
+    }, "micro-batch agreement");
   }
   run_agreed(mpi, [&] {
     const int64_t keep_bytes = resume ? resume->trainer.value("metrics_bytes", int64_t{0}) : -1;
@@ -264,7 +264,7 @@ int run(dtrain::MpiCommunicator& mpi, dtrain::JobWatchdog& watchdog, const std::
                   config.run.out_dir.c_str());
     }
     std::fflush(stdout);
-  });
+  }, "export agreement");
   switch (status) {
     case RunStatus::Preempted: return kExitPreempted;
     case RunStatus::Diverged: return kExitDiverged;

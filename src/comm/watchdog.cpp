@@ -49,6 +49,8 @@ CollectiveWatchdog::~CollectiveWatchdog() {
 }
 
 void CollectiveWatchdog::track(std::shared_ptr<WatchedCollective> collective) {
+  // Without a timeout nothing is checked, so nothing would drop it again.
+  if (timeout_seconds_.load(std::memory_order_relaxed) <= 0) return;
   const int64_t since = now_ns();
   std::lock_guard<std::mutex> lock(mutex_);
   in_flight_.push_back({std::move(collective), since, step_.load(std::memory_order_relaxed)});
@@ -155,7 +157,11 @@ JobWatchdog::JobWatchdog(double timeout_seconds, Communicator& bootstrap)
         // If the backend's abort blocks (NCCL's, on a hung GPU), the
         // watchdog's bound ends the process without MPI_Abort: mpirun then
         // ends the job because a rank exited unfinalized.
-        if (Communicator* comm = attached_.load()) comm->abort();
+        {
+          // The Attachment's end waits for this, so the backend outlives it.
+          std::lock_guard<std::mutex> lock(attached_mutex_);
+          if (attached_) attached_->abort();
+        }
         MpiSession::abort_world(1);
       }) {
   bootstrap_.set_watchdog(&watchdog_);
@@ -167,12 +173,16 @@ JobWatchdog::Attachment::Attachment(JobWatchdog& job, Communicator& comm, std::s
     : job_(job), comm_(comm) {
   job_.watchdog_.set_device(std::move(device));
   comm_.set_watchdog(&job_.watchdog_);
-  if (&comm_ != &job_.bootstrap_) job_.attached_.store(&comm_);
+  if (&comm_ != &job_.bootstrap_) {
+    std::lock_guard<std::mutex> lock(job_.attached_mutex_);
+    job_.attached_ = &comm_;
+  }
 }
 
 JobWatchdog::Attachment::~Attachment() {
   if (&comm_ != &job_.bootstrap_) {
-    job_.attached_.store(nullptr);
+    std::lock_guard<std::mutex> lock(job_.attached_mutex_);
+    job_.attached_ = nullptr;
     comm_.set_watchdog(nullptr);
   }
 }

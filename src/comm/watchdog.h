@@ -66,7 +66,7 @@ class CollectiveWatchdog {
   void set_device(std::string device);
 
   // Watches `collective` from now (and names the current step) until a poll
-  // finds it done. Any thread.
+  // finds it done; nothing without a timeout. Any thread.
   void track(std::shared_ptr<WatchedCollective> collective);
   // `check` returns a non-empty error text once what it checks has failed;
   // it runs on the watchdog thread every poll, for the watchdog's lifetime.
@@ -150,7 +150,8 @@ class JobWatchdog {
 
  private:
   Communicator& bootstrap_;
-  std::atomic<Communicator*> attached_{nullptr};
+  std::mutex attached_mutex_;  // held while the abort uses attached_
+  Communicator* attached_ = nullptr;
   CollectiveWatchdog watchdog_;
 };
 

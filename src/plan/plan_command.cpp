@@ -293,10 +293,10 @@ int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std:
   config.run.max_steps = 0;
 
   CpuShare cpu_share;
-  run_agreed(mpi, [&] { cpu_share = measure_cpu_share(mpi); });
+  run_agreed(mpi, [&] { cpu_share = measure_cpu_share(mpi); }, "CPU-share agreement");
   Placement placement;
-  run_agreed(mpi, [&] { placement = choose_placement(config.distributed, mpi.local_rank()); });
-  run_agreed(mpi, [&] { check_same_placement(mpi, placement); });
+  run_agreed(mpi, [&] { placement = choose_placement(config.distributed, mpi.local_rank()); }, "placement agreement");
+  run_agreed(mpi, [&] { check_same_placement(mpi, placement); }, "same-placement agreement");
   const ThreadPlan threads = plan_threads(config.run.threads, std::getenv("OMP_NUM_THREADS"), cpu_share,
                                           config.distributed.overlap, placement.backend, mpi.world_size());
   placement.overlap = threads.overlap;
@@ -323,7 +323,7 @@ int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std:
     for (const auto& parameter : trainable_parameters(*model)) parameters += static_cast<double>(parameter.numel());
     gradient_bytes = element * parameters;
     steps = steps_model(flags, config, config.batch.global_batch_size > 0 ? config.batch.global_batch_size : 1);
-  });
+  }, "options-check agreement");
   if (root) {
     std::printf("dtrain plan: %d rank(s) on %s, %d thread(s) per rank; model %.3g M parameters (%.3g MB of gradients)\n",
                 mpi.world_size(), placement.describe().c_str(), threads.threads, parameters / 1e6, gradient_bytes / 1e6);
@@ -336,6 +336,8 @@ int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std:
   std::unique_ptr<Trainer> probe;
   int64_t largest = 1;
   while (largest * 2 <= std::min<int64_t>(flags.max_micro, data.train.size())) largest *= 2;
+  // Rank 0 may probe for many minutes alone: the others wait unwatched.
+  watchdog.set_timeout(0);
   run_agreed(mpi, [&] {
     if (!flags.compute_per_sample.empty()) {
       const std::string given = flags.compute_per_sample.find(',') == std::string::npos
@@ -366,7 +368,8 @@ int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std:
                   compute.micro_seconds.back().second, static_cast<long long>(compute.micro_seconds.back().first),
                   compute.update_seconds);
     compute.describe = text;
-  });
+  }, "compute-probe agreement");
+  watchdog.set_timeout(config.distributed.collective_timeout);
 
   // Network: given, or measured over every rank started.
   NetworkModel network;
@@ -380,7 +383,7 @@ int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std:
     } else if (flags.measure_network) {
       backend = make_backend(placement, mpi, config.distributed.collective_timeout);
     }
-  });
+  }, "network agreement");
   Communicator& comm = backend ? *backend : mpi;
   // As in training, a collective that waits past --collective-timeout ends the job.
   const std::string gpu = placement.device == DeviceKind::Cuda ? "GPU " + std::to_string(placement.device_index) : "";
@@ -398,7 +401,7 @@ int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std:
                     network.intra.beta, network.intra.beta > 0 ? 1e-9 / network.intra.beta : INFINITY,
                     mpi.local_size() < mpi.world_size() ? ", across hosts: used within nodes too" : "");
       network.describe = text;
-    });
+    }, "network-probe agreement");
   }
   run_agreed(mpi, [&] {
     network.inter = network.intra;
@@ -410,7 +413,7 @@ int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std:
       network.describe += "; across nodes the same (no --network-inter)";
     }
     network.describe += "; " + std::to_string(network.ranks_per_node) + " ranks per node";
-  });
+  }, "inter-node network agreement");
   // Overlap: where buckets start during backward (on every rank: they agree),
   // how much of a gradient's all-reduce hides behind a micro-step that
   // computes meanwhile, of as much as could hide (the shorter of the two).
@@ -432,7 +435,7 @@ int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std:
       const std::optional<double> seconds = probe->time_micro_step(m0, 3);
       if (!seconds) throw Error("the overlap probe's micro-batch of " + std::to_string(m0) + " does not fit here");
       alone = *seconds;
-    });
+    }, "overlap-probe agreement");
     double together = INFINITY, communication = INFINITY;
     run_agreed(mpi, [&] {
       auto tensor = torch::ones({std::max<int64_t>(1, static_cast<int64_t>(gradient_bytes / 4))},
@@ -454,7 +457,7 @@ int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std:
         wait_device();
         together = std::min(together, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       }
-    });
+    }, "overlap agreement");
     const double hidden = alone + communication - together;
     const auto all = mpi.all_gather(static_cast<int64_t>(std::llround(1e6 * std::clamp(hidden / std::min(alone, communication), 0.0, 1.0))));
     network.overlap = 1e-6 * static_cast<double>(*std::min_element(all.begin(), all.end()));
@@ -482,7 +485,7 @@ int run_plan(MpiCommunicator& mpi, JobWatchdog& watchdog, const std::vector<std:
     std::filesystem::create_directories(flags.out);
     write_file_atomically(flags.out + "/plan.json", plan.dump(2) + "\n");
     std::cout << describe_plan(plan) << "plan: " << flags.out << "/plan.json\n" << std::flush;
-  });
+  }, "plan agreement");
   return rc;
 }
 

@@ -71,7 +71,7 @@ grep -q "^dtrain: error: rank 0: the .* at step [0-9]* has not completed after [
 pass "SIGSTOP of rank 1: $(grep -o 'the [a-z-]* all-reduce at step [0-9]*' "$WORK/hang.log" | head -1) timed out; job gone ${elapsed} s after the stop (exit $code)"
 
 # --- A rank that hangs where the old watchdog did not look ---------------------
-# DTRAIN_FAULT_STALL=STEP:1 stops rank 1 for good just before the exchange of
+# DTRAIN_FAULT_STALL=NAME:1 stops rank 1 for good just before the exchange of
 # an agreed step: during start-up (the CPU-share agreement, before the
 # training backend exists) and mid-run (a checkpoint's agreement). Rank 0's
 # watchdog names that step; the job is gone within the timeout + 30 s, with
