@@ -30,6 +30,7 @@
 #include "train/trainer.h"
 
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -262,19 +263,30 @@ nlohmann::json bench_checkpoint(const std::map<std::string, std::string>& f) {
   }
   shell("rm -rf '" + dir + "'");
   // For comparison, measured alone: LibTorch's pickle_save of both files
-  // (the old path; CRC-32 included) and SHA-256 of them.
-  std::vector<double> serialize, hash;
+  // (the old path; CRC-32 included), and over the same bytes each check a
+  // write makes or made: SHA-256 (before 2026-12), XXH3-128, zlib's and
+  // libdeflate's CRC-32.
+  std::vector<double> serialize, sha256, xxh3, crc_zlib, crc_deflate;
   for (int r = 0; r < repeats; ++r) {
     auto start = Clock::now();
     const auto model_bytes = dtrain::serialize_weights(checkpoint.model);
     const auto optimizer_bytes = dtrain::serialize_weights(checkpoint.optimizer);
     serialize.push_back(seconds_since(start));
-    start = Clock::now();
-    dtrain::sha256_hex(model_bytes.data(), model_bytes.size());
-    dtrain::sha256_hex(optimizer_bytes.data(), optimizer_bytes.size());
-    hash.push_back(seconds_since(start));
+    auto time_both = [&](std::vector<double>& samples, auto&& check) {
+      const auto begin = Clock::now();
+      check(model_bytes.data(), model_bytes.size());
+      check(optimizer_bytes.data(), optimizer_bytes.size());
+      samples.push_back(seconds_since(begin));
+    };
+    time_both(sha256, [](const char* data, size_t size) { dtrain::sha256_hex(data, size); });
+    time_both(xxh3, [](const char* data, size_t size) { dtrain::xxh3_128_hex(data, size); });
+    time_both(crc_zlib,
+              [](const char* data, size_t size) { crc32_z(0L, reinterpret_cast<const Bytef*>(data), size); });
+    time_both(crc_deflate, [](const char* data, size_t size) { dtrain::crc32_of(data, size); });
   }
-  return {{"mode", "checkpoint"}, {"serialize_s", median(serialize)}, {"sha256_s", median(hash)},      {"parameter_bytes", parameter_bytes}, {"checkpoint_bytes", bytes},
+  return {{"mode", "checkpoint"},        {"serialize_s", median(serialize)}, {"sha256_s", median(sha256)},
+          {"xxh3_s", median(xxh3)},      {"crc32_zlib_s", median(crc_zlib)}, {"crc32_libdeflate_s", median(crc_deflate)},
+          {"parameter_bytes", parameter_bytes}, {"checkpoint_bytes", bytes},
           {"write_s", median(write)},  {"cp_s", median(copy)},               {"cp_sync_s", median(copy_sync)},
           {"write_samples", write},    {"cp_samples", copy},                 {"cp_sync_samples", copy_sync}};
 }

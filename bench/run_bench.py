@@ -307,10 +307,12 @@ def checkpoint(args, bench, results):
     table(f"7. checkpoint of an MLP 784-5000-4000-10 ({record['parameter_bytes'] / 1e6:.0f} MB of parameters) "
           f"plus SGD momentum, {record['checkpoint_bytes'] / 1e6:.0f} MB on disk (s, median of {repeats} interleaved; "
           f"target: write <= 2x cp)",
-          ["write_checkpoint", "cp -r", "cp -r + sync", "write/cp", "write/(cp+sync)", "pickle_save", "SHA-256"],
+          ["write_checkpoint", "cp -r", "cp -r + sync", "write/cp", "write/(cp+sync)", "pickle_save", "SHA-256",
+           "XXH3-128", "CRC-32 zlib", "CRC-32 libdeflate"],
           [[f"{record['write_s']:.3f}", f"{record['cp_s']:.3f}", f"{record['cp_sync_s']:.3f}",
-            f"{record['write_s'] / record['cp_s']:.1f}", f"{record['write_s'] / record['cp_sync_s']:.1f}",
-            f"{record['serialize_s']:.3f}", f"{record['sha256_s']:.3f}"]])
+            f"{record['write_s'] / record['cp_s']:.2f}", f"{record['write_s'] / record['cp_sync_s']:.2f}",
+            f"{record['serialize_s']:.3f}", f"{record['sha256_s']:.3f}", f"{record['xxh3_s']:.3f}",
+            f"{record['crc32_zlib_s']:.3f}", f"{record['crc32_libdeflate_s']:.3f}"]])
 
 
 def guards(args, dtrain, results):

@@ -48,7 +48,8 @@ PACKAGES=(
   libboost-program-options-dev             # CLI and config files
   libgtest-dev                             # tests
   nlohmann-json3-dev zlib1g-dev            # metrics JSON, gzip IDX files
-  libssl-dev                               # SHA-256 of checkpoint files (OpenSSL)
+  libssl-dev                               # SHA-256 of older checkpoints (OpenSSL)
+  libxxhash-dev libdeflate-dev             # checkpoint files' XXH3-128, zip CRC-32
   dataset-fashion-mnist                    # the default dataset
   python3-torch                            # PyTorch peer for interop tests (/usr/bin/python3)
   python3-numpy python3-matplotlib         # the study driver's fit and plots (launch/study.sh)

@@ -4,7 +4,10 @@
 
 #include "common/error.h"
 
+#include <libdeflate.h>
 #include <openssl/evp.h>
+#define XXH_INLINE_ALL  // header-only: no library to link or to carry in the GPU kit
+#include <xxhash.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -138,5 +141,32 @@ std::string sha256_hex(const void* bytes, size_t size) {
   digest.update(bytes, size);
   return digest.hex();
 }
+
+Xxh3::Xxh3() : state_(XXH3_createState()) {
+  if (!state_ || XXH3_128bits_reset(static_cast<XXH3_state_t*>(state_)) != XXH_OK) {
+    XXH3_freeState(static_cast<XXH3_state_t*>(state_));
+    throw Error("XXH3 failed (out of memory)");
+  }
+}
+
+Xxh3::~Xxh3() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+
+void Xxh3::update(const void* bytes, size_t size) {
+  if (XXH3_128bits_update(static_cast<XXH3_state_t*>(state_), bytes, size) != XXH_OK) throw Error("XXH3 failed");
+}
+
+std::string Xxh3::hex() const {
+  XXH128_canonical_t canonical;
+  XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(static_cast<const XXH3_state_t*>(state_)));
+  return hex_text(canonical.digest, sizeof canonical.digest);
+}
+
+std::string xxh3_128_hex(const void* bytes, size_t size) {
+  XXH128_canonical_t canonical;
+  XXH128_canonicalFromHash(&canonical, XXH3_128bits(bytes, size));
+  return hex_text(canonical.digest, sizeof canonical.digest);
+}
+
+uint32_t crc32_of(const void* bytes, size_t size) { return libdeflate_crc32(0, bytes, size); }
 
 }  // namespace dtrain

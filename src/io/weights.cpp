@@ -13,7 +13,6 @@
 #include <torch/csrc/jit/serialization/unpickler.h>
 #include <torch/torch.h>
 
-#include <zlib.h>
 
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -30,13 +30,13 @@ std::vector<char> serialize_weights(const NamedTensors& tensors);
 // What write_weights_file wrote.
 struct WrittenFile {
   uint64_t bytes = 0;
-  std::string sha256;
+  std::string xxh3_128;  // of the whole file, 32 hex digits (io/files.h)
 };
 
 // Writes `tensors` as the bytes torch.save would (a zip of stored records:
 // archive/data.pkl, archive/data/N, archive/version) straight from the
-// tensors' memory to `path`, with zlib's CRC-32 and the file's SHA-256
-// computed on the way, then fsyncs it. About 3x faster than serializing
+// tensors' memory to `path`, with the zip's CRC-32 (libdeflate) and the
+// file's XXH3-128 computed on the way, then fsyncs it. About 3x faster than serializing
 // through LibTorch's pickle_save; files of 4 GiB or more take that path.
 WrittenFile write_weights_file(const NamedTensors& tensors, const std::string& path);
 

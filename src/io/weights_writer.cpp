@@ -1,6 +1,6 @@
 // Writing weights files: the bytes torch.save writes (a zip of stored
-// records) straight from the tensors' memory, with CRC-32 and SHA-256 on the
-// way.
+// records) straight from the tensors' memory, with CRC-32 (libdeflate) and
+// XXH3-128 on the way.
 #include "io/weights.h"
 
 #include "common/error.h"
@@ -9,8 +9,6 @@
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/torch.h>
-
-#include <zlib.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -74,7 +72,7 @@ class HashingWriter {
  private:
   std::string path_;
   int descriptor_ = -1;
-  Sha256 digest_;
+  Xxh3 digest_;
   uint64_t offset_ = 0;
 };
 
@@ -129,7 +127,7 @@ WrittenFile write_weights_file(const NamedTensors& tensors, const std::string& p
     return out.finish();
   }
   for (auto& record : records) {
-    record.crc = static_cast<uint32_t>(crc32_z(0L, reinterpret_cast<const Bytef*>(record.data), record.size));
+    record.crc = crc32_of(record.data, record.size);
   }
   HashingWriter out(path);
   constexpr uint64_t kAlignment = 64;  // record data starts 64-byte aligned, as PyTorchStreamWriter does

@@ -26,6 +26,8 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::vector<std::string> kFiles = {"model.pt", "optimizer.pt", "trainer.json"};
+const char* const kHashXxh3 = "xxh3-128";
+const char* const kHashSha256 = "sha256";
 
 // The step of a folder named step-NNNNNNNN, or -1.
 int64_t step_of(const std::string& name) {
@@ -120,21 +122,24 @@ WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const C
   if (error) throw Error("cannot create checkpoint folder " + temporary + ": " + error.message());
 
   WrittenCheckpoint written;
-  nlohmann::json manifest = {{"format", kCheckpointFormat}, {"step", step}, {"files", nlohmann::json::object()}};
+  // "hash" names the files' hash; manifests without it (dtrain before
+  // 2026-12) hash with SHA-256, and stay readable.
+  nlohmann::json manifest = {
+      {"format", kCheckpointFormat}, {"step", step}, {"hash", kHashXxh3}, {"files", nlohmann::json::object()}};
   // Each file: serialized, hashed, written and fsynced; the two tensor files
   // in parallel (they are the bulk, and a rank has a core to spare here).
   struct Entry {
     std::string name;
     size_t size = 0;
-    std::string sha256;
+    std::string hash;  // XXH3-128
   };
   auto put = [&temporary](const std::string& name, const void* bytes, size_t size) {
     write_file_synced(temporary + "/" + name, bytes, size);
-    return Entry{name, size, sha256_hex(bytes, size)};
+    return Entry{name, size, xxh3_128_hex(bytes, size)};
   };
   auto put_tensors = [&temporary](const std::string& name, const NamedTensors& tensors) {
     const WrittenFile file = write_weights_file(tensors, temporary + "/" + name);
-    return Entry{name, file.bytes, file.sha256};
+    return Entry{name, file.bytes, file.xxh3_128};
   };
   std::vector<Entry> entries;
   try {
@@ -157,7 +162,7 @@ WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const C
     const std::string trainer = checkpoint.trainer.dump(1) + "\n";
     entries.push_back(put("trainer.json", trainer.data(), trainer.size()));
     for (const auto& entry : entries) {
-      manifest["files"][entry.name] = {{"bytes", entry.size}, {"sha256", entry.sha256}};
+      manifest["files"][entry.name] = {{"bytes", entry.size}, {kHashXxh3, entry.hash}};
       written.bytes += static_cast<int64_t>(entry.size);
     }
     const std::string manifest_text = manifest.dump(1) + "\n";
@@ -265,12 +270,21 @@ Checkpoint read_checkpoint(const std::string& path) {
     throw Error("checkpoint " + path + " has format " + manifest["format"].dump() + ", this dtrain reads format " +
                 std::to_string(kCheckpointFormat) + "; resume it with the dtrain version that wrote it");
   }
+  // The files' hash: named by "hash", SHA-256 where the manifest names none.
+  std::string hash = kHashSha256;
+  if (manifest.contains("hash")) {
+    if (!manifest["hash"].is_string() ||
+        (manifest["hash"].get<std::string>() != kHashXxh3 && manifest["hash"].get<std::string>() != kHashSha256)) {
+      throw bad("manifest.json", "names the hash " + manifest["hash"].dump() + ", this dtrain knows " + kHashXxh3 +
+                                     " and " + kHashSha256);
+    }
+    hash = manifest["hash"].get<std::string>();
+  }
   std::map<std::string, std::string> bytes;
   for (const auto& name : kFiles) {
     const auto& files = manifest["files"];
     if (!files.contains(name) || !files[name].is_object() || !files[name].contains("bytes") ||
-        !files[name].contains("sha256") || !files[name]["bytes"].is_number_unsigned() ||
-        !files[name]["sha256"].is_string()) {
+        !files[name].contains(hash) || !files[name]["bytes"].is_number_unsigned() || !files[name][hash].is_string()) {
       throw bad("manifest.json", "does not list " + name);
     }
     std::string content;
@@ -283,8 +297,10 @@ Checkpoint read_checkpoint(const std::string& path) {
       throw bad(name, "has " + std::to_string(content.size()) + " bytes, the manifest says " +
                           files[name]["bytes"].dump() + " (truncated?)");
     }
-    if (sha256_hex(content) != files[name]["sha256"].get<std::string>()) {
-      throw bad(name, "fails its SHA-256 check (damaged on disk)");
+    const std::string digest = hash == kHashXxh3 ? xxh3_128_hex(content) : sha256_hex(content);
+    if (digest != files[name][hash].get<std::string>()) {
+      throw bad(name, "fails its " + std::string(hash == kHashXxh3 ? "XXH3-128" : "SHA-256") +
+                          " check (damaged on disk)");
     }
     bytes[name] = std::move(content);
   }

@@ -4,7 +4,8 @@
 //   optimizer.pt   per-parameter optimizer state (optim/optimizer.h; torch.load reads it)
 //   trainer.json   step, position in the data, loss accumulators, RNG states,
 //                  the resolved configuration and its trajectory hash, format
-//   manifest.json  every file with its size and SHA-256, written last
+//   manifest.json  every file with its size and XXH3-128 (named by "hash";
+//                  SHA-256 where it names none, as before 2026-12), written last
 // A checkpoint is written as step-N.tmp/ (each file fsynced), renamed into
 // place, the parent fsynced; only then are checkpoints beyond --keep-checkpoints
 // deleted. A reader verifies the manifest before it uses anything, and never

@@ -84,7 +84,7 @@ PY
 # DTRAIN_FAULT_SIGNAL_IN_CHECKPOINT=1 makes the writing rank raise SIGUSR1
 # after the tensor files and before trainer.json and the manifest, and say
 # so on stderr. It must corrupt nothing: the resume below verifies every
-# file's SHA-256 and continues bitwise.
+# file's XXH3-128 and continues bitwise.
 DTRAIN_FAULT_SIGNAL_IN_CHECKPOINT=1 mpirun -np 2 "$DTRAIN" "${EXACT[@]}" --micro-batch-size 16 --out-dir "$WORK/b" \
   >"$WORK/b.log" 2>&1 &
 job=$!
@@ -261,7 +261,7 @@ grep -q "resuming from $WORK/e/checkpoints/step-00000050 " "$WORK/f.log" || fail
 pass "a truncated model.pt: --resume auto warned and fell back to step 50"
 rm -rf "$WORK/e/checkpoints" && cp -r "$WORK/e-saved" "$WORK/e/checkpoints"
 printf '\x01' | dd of="$newest/optimizer.pt" bs=1 seek=200 conv=notrunc 2>/dev/null
-expect_error 1 "checkpoint $newest is damaged: optimizer.pt fails its SHA-256 check" -- \
+expect_error 1 "checkpoint $newest is damaged: optimizer.pt fails its XXH3-128 check" -- \
   "$DTRAIN" "${CONSTANT[@]}" --epochs 2 --out-dir "$WORK/e" --resume "$newest"
 cp "$WORK/e-saved/step-00000060/optimizer.pt" "$newest/"
 rm "$newest/trainer.json"

@@ -150,12 +150,17 @@ exec(sys.argv[2])
 PY
   echo "$copy"
 }
-# Rewrites a file and its manifest entry, so only the content check catches it.
+# Rewrites the manifest to match the files, so only the content check
+# catches a change. It hashes with SHA-256 and names no hash, as dtrain did
+# before XXH3-128 (Python has no XXH3 here): these resumes also read that
+# older manifest.
 REHASH='
 def rehash(name):
     m = json.load(open(d + "/manifest.json"))
-    data = open(d + "/" + name, "rb").read()
-    m["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert m.pop("hash") == "xxh3-128"
+    for each in m["files"]:
+        data = open(d + "/" + each, "rb").read()
+        m["files"][each] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     json.dump(m, open(d + "/manifest.json", "w"))
 '
 copy=$(damaged manifest 'open(d + "/manifest.json", "w").write("{not json")')

@@ -39,6 +39,7 @@ PACKAGES=(
   # the CLI and config files, JSON, tests, gzip and SHA-256 headers
   libboost-program-options1.74.0 libboost-program-options1.74-dev libboost1.74-dev
   nlohmann-json3-dev libgtest-dev zlib1g-dev libssl-dev
+  libxxhash-dev libdeflate-dev  # headers and a static library: nothing new to load
   # runtime libraries a base system usually has (carried in case it does not)
   libssl3 libudev1 libnuma1
 )

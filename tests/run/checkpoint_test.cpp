@@ -45,7 +45,8 @@ TEST_F(Checkpoints, WrittenFilesVerifyAndReadBack) {
   }
   const auto manifest = nlohmann::json::parse(read_file(written.path + "/manifest.json"));
   const std::string model = read_file(written.path + "/model.pt");
-  EXPECT_EQ(manifest["files"]["model.pt"]["sha256"], sha256_hex(model));
+  EXPECT_EQ(manifest["hash"], "xxh3-128");
+  EXPECT_EQ(manifest["files"]["model.pt"]["xxh3-128"], xxh3_128_hex(model));
   EXPECT_EQ(manifest["files"]["model.pt"]["bytes"], model.size());
   const Checkpoint back = read_checkpoint(written.path);
   ASSERT_EQ(back.model.size(), 1u);
@@ -91,7 +92,7 @@ TEST_F(Checkpoints, DamageIsFoundAndAutoFallsBackToAnOlderOne) {
     read_checkpoint(dir_ + "/step-00000020");
     ADD_FAILURE() << "a bit flip passed the manifest";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("model.pt fails its SHA-256 check"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model.pt fails its XXH3-128 check"), std::string::npos) << e.what();
   }
   std::vector<std::string> warnings;
   const auto found = newest_valid_checkpoint(dir_, [&](const std::string& w) { warnings.push_back(w); });
@@ -99,6 +100,58 @@ TEST_F(Checkpoints, DamageIsFoundAndAutoFallsBackToAnOlderOne) {
   EXPECT_EQ(found->path, dir_ + "/step-00000010");
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_NE(warnings[0].find("step-00000020 is damaged: model.pt"), std::string::npos) << warnings[0];
+}
+
+// Checkpoints written before XXH3-128 name no hash and carry SHA-256: they
+// stay readable, and their check still catches damage. A hash this dtrain
+// does not know is refused by name.
+TEST_F(Checkpoints, ManifestsOfSha256StayReadableAndUnknownHashesAreRefused) {
+  const std::string path = write_checkpoint(dir_, 10, sample(10), 3).path;
+  const std::string manifest_path = path + "/manifest.json";
+  auto manifest = nlohmann::json::parse(read_file(manifest_path));
+  manifest.erase("hash");
+  for (auto& [name, entry] : manifest["files"].items()) {
+    entry = {{"bytes", entry["bytes"]}, {"sha256", sha256_hex(read_file(path + "/" + name))}};
+  }
+  const std::string old_text = manifest.dump(1);
+  write_file_synced(manifest_path, old_text.data(), old_text.size());
+  EXPECT_TRUE(torch::equal(read_checkpoint(path).model[0].second, torch::full({4}, 10.0f)));
+  {
+    std::fstream file(path + "/optimizer.pt", std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(100);
+    file.put('\x55');
+  }
+  try {
+    read_checkpoint(path);
+    ADD_FAILURE() << "a bit flip passed a SHA-256 manifest";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer.pt fails its SHA-256 check"), std::string::npos) << e.what();
+  }
+  manifest["hash"] = "md5";
+  const std::string unknown = manifest.dump(1);
+  write_file_synced(manifest_path, unknown.data(), unknown.size());
+  try {
+    read_checkpoint(path);
+    ADD_FAILURE() << "an unknown hash was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("names the hash \"md5\", this dtrain knows xxh3-128 and sha256"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// XXH3-128 as xxHash's reference gives it (the empty input's hash, from
+// xxhash's own sanity table), one-shot and streamed alike.
+TEST(FileHashes, Xxh3MatchesTheReferenceAndStreamsLikeOneShot) {
+  EXPECT_EQ(xxh3_128_hex("", 0), "99aa06d3014798d86001c324468d497f");
+  std::string bytes(1 << 20, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 2654435761u) >> 13);
+  Xxh3 streamed;
+  for (size_t at = 0; at < bytes.size(); at += 4093) streamed.update(bytes.data() + at, std::min<size_t>(4093, bytes.size() - at));
+  EXPECT_EQ(streamed.hex(), xxh3_128_hex(bytes));
+  bytes[12345] ^= 1;
+  EXPECT_NE(streamed.hex(), xxh3_128_hex(bytes));
+  EXPECT_EQ(crc32_of("123456789", 9), 0xcbf43926u);  // CRC-32's check value
 }
 
 TEST_F(Checkpoints, ResumeRefusesTrajectoryChangesAndAllowsTheRest) {
