@@ -99,8 +99,16 @@ GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicato
     if (sharded_) shard(b, numel);
   }
   hooks_ = std::make_unique<Hooks>();
-  // At world size 1 there is nothing to communicate: no hooks, no collectives.
-  if (options_.overlap && comm_.world_size() > 1) {
+  // At world size 1 the all-reduced gradient is the local one: final, and
+  // checkable, as soon as backward has accumulated it.
+  if (options_.check_finite_in_backward && comm_.world_size() == 1 && type == at::kFloat &&
+      parameters_.front().device().is_cpu()) {
+    finite_check_ = std::make_unique<FiniteCheck>();
+    checked_in_backward_.assign(parameters_.size(), 0);
+  }
+  // At world size 1 there is nothing to communicate: no collectives, and
+  // hooks only for the check in backward.
+  if ((options_.overlap && comm_.world_size() > 1) || finite_check_) {
     for (size_t i = 0; i < parameters_.size(); ++i) {
       auto accumulator = torch::autograd::impl::grad_accumulator(parameters_[i]);
       if (!accumulator) throw Error("parameter " + std::to_string(i) + " is not a leaf that requires grad");
@@ -145,12 +153,19 @@ at::Tensor GradientReducer::own_chunk(const Bucket& bucket, const at::Tensor& fl
 }
 
 GradientReducer::~GradientReducer() {
+  if (finite_check_) finite_check_->all_finite();  // nothing of ours read after we are gone
   // The model may outlive us: take our hooks off its accumulators.
   for (size_t i = 0; i < hooks_->accumulators.size(); ++i) hooks_->accumulators[i]->del_post_hook(hooks_->keys[i]);
   // Buckets in flight: destroying their Work (with buckets_) waits for them.
 }
 
 void GradientReducer::zero_grad() {
+  if (finite_check_) {
+    finite_check_->all_finite();  // the helper reads no bucket while it is zeroed
+    std::fill(checked_in_backward_.begin(), checked_in_backward_.end(), 0);
+    recheck_all_ = false;
+    checked_by_hooks_ = 0;
+  }
   for (auto& bucket : buckets_) bucket.buffer.zero_();
   micro_steps_begun_ = 0;
   if (track_micro_norms_) {
@@ -188,8 +203,25 @@ void GradientReducer::arm_buckets() {
   last_micro_step_ = true;
 }
 
+void GradientReducer::check_in_backward(size_t parameter) {
+  if (checked_in_backward_[parameter]) {
+    // A second accumulation into a gradient already queued (a backward that
+    // reaches one parameter twice): what was checked may be stale.
+    recheck_all_ = true;
+    return;
+  }
+  checked_in_backward_[parameter] = 1;
+  const at::Tensor& grad = parameters_[parameter].grad();
+  finite_check_->submit(grad.data_ptr<float>(), static_cast<size_t>(grad.numel()));
+}
+
 void GradientReducer::on_gradient_ready(size_t parameter) {
   if (!last_micro_step_) return;  // accumulating locally: no communication
+  if (finite_check_) {  // world size 1: nothing to start
+    if (!checked_in_backward_[parameter]) ++checked_by_hooks_;
+    check_in_backward(parameter);
+    return;
+  }
   Bucket& bucket = buckets_[bucket_of_[parameter]];
   if (bucket.started || bucket.pending == 0) {
     throw Error("parameter " + std::to_string(parameter) +
@@ -362,7 +394,24 @@ double GradientReducer::grad_norm() const {
   return at::linalg_vector_norm(torch::stack(norms), 2).item<double>();
 }
 
-bool GradientReducer::all_finite() const {
+bool GradientReducer::all_finite() {
+  if (finite_check_) {
+    // Parameters backward did not reach (unused in this step's graph) hold
+    // what accumulated: checked now, like a second call's whole check.
+    const bool recheck = recheck_all_;
+    for (size_t i = 0; i < parameters_.size(); ++i) {
+      if (!checked_in_backward_[i]) check_in_backward(i);
+    }
+    bool finite = finite_check_->all_finite();
+    std::fill(checked_in_backward_.begin(), checked_in_backward_.end(), 0);
+    recheck_all_ = false;
+    if (finite && recheck) {
+      for (size_t i = 0; i < parameters_.size(); ++i) check_in_backward(i);
+      finite = finite_check_->all_finite();
+      std::fill(checked_in_backward_.begin(), checked_in_backward_.end(), 0);
+    }
+    return finite;
+  }
   auto local = [&] {
     std::vector<at::Tensor> sums;
     for (const auto& bucket : buckets_) sums.push_back(own_chunk(bucket, bucket.buffer).sum());

@@ -30,6 +30,7 @@
 // ranks: collectives, which every rank calls at the same point.
 #pragma once
 #include "comm/communicator.h"
+#include "ddp/finite_check.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
@@ -49,6 +50,11 @@ struct ReducerOptions {
   c10::ScalarType reduce_dtype = c10::ScalarType::Float;
   // ZeRO-1 (above). At world size 1 it changes nothing.
   bool shard_optimizer_state = false;
+  // At world size 1, on the CPU, with float gradients on the wire: each
+  // gradient is checked for NaN and Inf on a helper thread as soon as backward
+  // makes it final (ddp/finite_check.h), so that all_finite() has little left
+  // to do. Elsewhere all_finite() reads the buckets after finish().
+  bool check_finite_in_backward = false;
 };
 
 // ZeRO-1: one tensor's part of this rank's chunk of a bucket. `value` and
@@ -98,7 +104,9 @@ class GradientReducer {
   // Whether every gradient element is finite: one float sum per bucket (a
   // NaN or Inf anywhere makes it non-finite), read once; only a sum that
   // overflows is looked at closely. Several times cheaper than grad_norm().
-  bool all_finite() const;
+  // With the check in backward (ReducerOptions), the verdict on what it
+  // checked there, plus whatever it had not; a second call checks all again.
+  bool all_finite();
   void scale(double factor);
 
   // For the gradient noise scale (run/noise_scale.h): when on, each
@@ -124,11 +132,16 @@ class GradientReducer {
   int64_t buffer_bytes() const;
   // Buckets started from a backward hook (not by finish) in the last step.
   int64_t buckets_started_in_backward() const { return started_in_backward_; }
+  // With the check in backward: gradients its hooks queued in this step
+  // (all_finite() queues the rest).
+  int64_t gradients_checked_in_backward() const { return checked_by_hooks_; }
 
  private:
   struct Bucket;
   class ReadyHook;
   struct Hooks;  // the accumulators we hooked (their pointer type differs across LibTorch versions)
+  // Queues a final gradient for the check in backward, once per step.
+  void check_in_backward(size_t parameter);
   void on_gradient_ready(size_t parameter);
   void start_ready_buckets();
   // Every bucket waits for all its gradients again; none started.
@@ -159,6 +172,10 @@ class GradientReducer {
   bool abandoning_ = false;  // in abandon(): no measuring, nothing that allocates
   int64_t micro_steps_begun_ = 0;  // in this optimizer step
   at::Tensor micro_sq_norm_sum_;   // double scalar on the device
+  std::unique_ptr<FiniteCheck> finite_check_;  // the check in backward, when on
+  std::vector<char> checked_in_backward_;      // per parameter, in this step
+  bool recheck_all_ = false;                   // a gradient changed after it was queued
+  int64_t checked_by_hooks_ = 0;
 };
 
 }  // namespace dtrain

@@ -38,6 +38,7 @@ ReducerOptions reducer_options(const Config& config, int world_size) {
     case ReduceDtype::Bf16: reducer.reduce_dtype = torch::kBFloat16; break;
     case ReduceDtype::Fp16: reducer.reduce_dtype = torch::kHalf; break;
   }
+  reducer.check_finite_in_backward = config.failure.on_nonfinite != NonFinitePolicy::Ignore;
   return reducer;
 }
 
