@@ -111,7 +111,11 @@ GradientReducer::GradientReducer(std::vector<at::Tensor> parameters, Communicato
   if ((options_.overlap && comm_.world_size() > 1) || finite_check_) {
     for (size_t i = 0; i < parameters_.size(); ++i) {
       auto accumulator = torch::autograd::impl::grad_accumulator(parameters_[i]);
-      if (!accumulator) throw Error("parameter " + std::to_string(i) + " is not a leaf that requires grad");
+      if (!accumulator) {
+        // No destructor runs for a constructor that throws: unhook what we hooked.
+        for (size_t j = 0; j < hooks_->accumulators.size(); ++j) hooks_->accumulators[j]->del_post_hook(hooks_->keys[j]);
+        throw Error("parameter " + std::to_string(i) + " is not a leaf that requires grad");
+      }
       hooks_->keys.push_back(accumulator->add_post_hook(std::make_unique<ReadyHook>(this, i)));
       hooks_->accumulators.push_back(std::move(accumulator));
     }
@@ -163,7 +167,6 @@ void GradientReducer::zero_grad() {
   if (finite_check_) {
     finite_check_->all_finite();  // the helper reads no bucket while it is zeroed
     std::fill(checked_in_backward_.begin(), checked_in_backward_.end(), 0);
-    recheck_all_ = false;
     checked_by_hooks_ = 0;
   }
   for (auto& bucket : buckets_) bucket.buffer.zero_();
@@ -204,12 +207,7 @@ void GradientReducer::arm_buckets() {
 }
 
 void GradientReducer::check_in_backward(size_t parameter) {
-  if (checked_in_backward_[parameter]) {
-    // A second accumulation into a gradient already queued (a backward that
-    // reaches one parameter twice): what was checked may be stale.
-    recheck_all_ = true;
-    return;
-  }
+  if (checked_in_backward_[parameter]) return;
   checked_in_backward_[parameter] = 1;
   const at::Tensor& grad = parameters_[parameter].grad();
   finite_check_->submit(grad.data_ptr<float>(), static_cast<size_t>(grad.numel()));
@@ -218,7 +216,13 @@ void GradientReducer::check_in_backward(size_t parameter) {
 void GradientReducer::on_gradient_ready(size_t parameter) {
   if (!last_micro_step_) return;  // accumulating locally: no communication
   if (finite_check_) {  // world size 1: nothing to start
-    if (!checked_in_backward_[parameter]) ++checked_by_hooks_;
+    // As at world size > 1 (below): a second accumulation into a gradient
+    // already handed on is misuse, and here it raced with the helper's read.
+    if (checked_in_backward_[parameter]) {
+      throw Error("parameter " + std::to_string(parameter) +
+                  " got a second gradient in its last micro-step; run one backward per micro-step");
+    }
+    ++checked_by_hooks_;
     check_in_backward(parameter);
     return;
   }
@@ -398,18 +402,9 @@ bool GradientReducer::all_finite() {
   if (finite_check_) {
     // Parameters backward did not reach (unused in this step's graph) hold
     // what accumulated: checked now, like a second call's whole check.
-    const bool recheck = recheck_all_;
-    for (size_t i = 0; i < parameters_.size(); ++i) {
-      if (!checked_in_backward_[i]) check_in_backward(i);
-    }
-    bool finite = finite_check_->all_finite();
+    for (size_t i = 0; i < parameters_.size(); ++i) check_in_backward(i);
+    const bool finite = finite_check_->all_finite();
     std::fill(checked_in_backward_.begin(), checked_in_backward_.end(), 0);
-    recheck_all_ = false;
-    if (finite && recheck) {
-      for (size_t i = 0; i < parameters_.size(); ++i) check_in_backward(i);
-      finite = finite_check_->all_finite();
-      std::fill(checked_in_backward_.begin(), checked_in_backward_.end(), 0);
-    }
     return finite;
   }
   auto local = [&] {
@@ -430,6 +425,10 @@ bool GradientReducer::all_finite() {
 }
 
 void GradientReducer::scale(double factor) {
+  if (finite_check_) {  // the helper reads nothing being written; a later all_finite() checks all again
+    finite_check_->all_finite();
+    std::fill(checked_in_backward_.begin(), checked_in_backward_.end(), 0);
+  }
   for (auto& bucket : buckets_) bucket.buffer.mul_(factor);
 }
 

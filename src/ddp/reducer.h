@@ -174,7 +174,6 @@ class GradientReducer {
   at::Tensor micro_sq_norm_sum_;   // double scalar on the device
   std::unique_ptr<FiniteCheck> finite_check_;  // the check in backward, when on
   std::vector<char> checked_in_backward_;      // per parameter, in this step
-  bool recheck_all_ = false;                   // a gradient changed after it was queued
   int64_t checked_by_hooks_ = 0;
 };
 
