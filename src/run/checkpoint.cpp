@@ -2,9 +2,9 @@
 // reading and verifying one, and choosing where a run resumes.
 #include "run/checkpoint.h"
 
-#include "cli/option_table.h"
 #include "common/error.h"
 #include "io/files.h"
+#include "run/checkpoint_files.h"
 
 #include <ATen/ATen.h>
 
@@ -25,9 +25,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::vector<std::string> kFiles = {"model.pt", "optimizer.pt", "trainer.json"};
-const char* const kHashXxh3 = "xxh3-128";
-const char* const kHashSha256 = "sha256";
+const char* const kHashXxh3 = "xxh3-128";  // as in run/checkpoint_files.cpp
 
 // The step of a folder named step-NNNNNNNN, or -1.
 int64_t step_of(const std::string& name) {
@@ -250,76 +248,15 @@ Checkpoint read_checkpoint(const std::string& path) {
   if (!fs::is_directory(path, error)) {
     throw Error("checkpoint " + path + " does not exist or is not a folder; give a step-N folder of --checkpoint-dir");
   }
-  auto bad = [&](const std::string& file, const std::string& check) {
-    return Error("checkpoint " + path + " is damaged: " + file + " " + check +
-                 "; resume from an older checkpoint (--resume auto skips damaged ones)");
-  };
-  nlohmann::json manifest;
-  try {
-    manifest = nlohmann::json::parse(read_file(path + "/manifest.json"));
-  } catch (const nlohmann::json::exception&) {
-    throw bad("manifest.json", "is not valid JSON");
-  } catch (const Error&) {
-    throw bad("manifest.json", "is missing or unreadable");
-  }
-  if (!manifest.is_object() || !manifest.contains("format") || !manifest["format"].is_number_integer() ||
-      !manifest.contains("files") || !manifest["files"].is_object()) {
-    throw bad("manifest.json", "lacks its format or file list");
-  }
-  if (manifest["format"].get<int64_t>() != kCheckpointFormat) {
-    throw Error("checkpoint " + path + " has format " + manifest["format"].dump() + ", this dtrain reads format " +
-                std::to_string(kCheckpointFormat) + "; resume it with the dtrain version that wrote it");
-  }
-  // The files' hash: named by "hash", SHA-256 where the manifest names none.
-  std::string hash = kHashSha256;
-  if (manifest.contains("hash")) {
-    if (!manifest["hash"].is_string() ||
-        (manifest["hash"].get<std::string>() != kHashXxh3 && manifest["hash"].get<std::string>() != kHashSha256)) {
-      throw bad("manifest.json", "names the hash " + manifest["hash"].dump() + ", this dtrain knows " + kHashXxh3 +
-                                     " and " + kHashSha256);
-    }
-    hash = manifest["hash"].get<std::string>();
-  }
-  std::map<std::string, std::string> bytes;
-  for (const auto& name : kFiles) {
-    const auto& files = manifest["files"];
-    if (!files.contains(name) || !files[name].is_object() || !files[name].contains("bytes") ||
-        !files[name].contains(hash) || !files[name]["bytes"].is_number_unsigned() || !files[name][hash].is_string()) {
-      throw bad("manifest.json", "does not list " + name);
-    }
-    std::string content;
-    try {
-      content = read_file(path + "/" + name);
-    } catch (const Error&) {
-      throw bad(name, "is missing or unreadable");
-    }
-    if (content.size() != files[name]["bytes"].get<uint64_t>()) {
-      throw bad(name, "has " + std::to_string(content.size()) + " bytes, the manifest says " +
-                          files[name]["bytes"].dump() + " (truncated?)");
-    }
-    const std::string digest = hash == kHashXxh3 ? xxh3_128_hex(content) : sha256_hex(content);
-    if (digest != files[name][hash].get<std::string>()) {
-      throw bad(name, "fails its " + std::string(hash == kHashXxh3 ? "XXH3-128" : "SHA-256") +
-                          " check (damaged on disk)");
-    }
-    bytes[name] = std::move(content);
-  }
-  Checkpoint checkpoint;
-  auto as_bytes = [](const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); };
-  checkpoint.model = parse_weights(as_bytes(bytes["model.pt"]), bytes["model.pt"].size(), path + "/model.pt");
-  checkpoint.optimizer =
-      parse_weights(as_bytes(bytes["optimizer.pt"]), bytes["optimizer.pt"].size(), path + "/optimizer.pt");
-  try {
-    checkpoint.trainer = nlohmann::json::parse(bytes["trainer.json"]);
-  } catch (const nlohmann::json::exception&) {
-    throw bad("trainer.json", "is not valid JSON");
-  }
-  for (const char* key : {"step", "options", "world_size"}) {
-    if (!checkpoint.trainer.is_object() || !checkpoint.trainer.contains(key)) {
-      throw bad("trainer.json", std::string("lacks \"") + key + "\"");
-    }
-  }
-  return checkpoint;
+  return parse_checkpoint(
+      [&path](const std::string& name) -> std::optional<std::string> {
+        try {
+          return read_file(path + "/" + name);
+        } catch (const Error&) {
+          return std::nullopt;  // parse_checkpoint names it
+        }
+      },
+      path);
 }
 
 std::optional<FoundCheckpoint> newest_valid_checkpoint(const std::string& dir,
@@ -368,35 +305,6 @@ std::string choose_resume(const Config& config, const std::function<void(const s
     throw UsageError("--resume " + mode + " is not a checkpoint folder; give never, auto or the path of a step-N folder");
   }
   return mode;
-}
-
-void check_resume_compatible(const nlohmann::json& trainer_state, const Config& resolved, const std::string& source) {
-  const nlohmann::json& saved = trainer_state.at("options");
-  const bool horizon_free =
-      resolved.lr.schedule == LrScheduleKind::Constant || resolved.lr.schedule == LrScheduleKind::Step;
-  std::vector<std::string> changes;
-  const Config defaults;
-  for (const auto& spec : option_table()) {
-    if (spec.effect != Effect::Exact) continue;
-    if (spec.name == "epochs" && horizon_free) continue;  // only where the run stops
-    if (spec.name == "init-from") continue;               // the checkpoint's weights replace it
-    const std::string now = spec.text(resolved);
-    // An option newer than the checkpoint had its default then.
-    const std::string then = !saved.contains(spec.name) ? spec.text(defaults)
-                             : saved[spec.name].is_string() ? saved[spec.name].get<std::string>()
-                                                            : saved[spec.name].dump();
-    if (now != then) {
-      changes.push_back("--" + spec.name + " " + (then.empty() ? "(unset)" : then) + " -> " +
-                        (now.empty() ? "(unset)" : now));
-    }
-  }
-  if (!changes.empty()) {
-    std::string list;
-    for (size_t i = 0; i < changes.size(); ++i) list += (i ? ", " : "") + changes[i];
-    throw UsageError("cannot resume from " + source + ": these settings change the training trajectory: " + list +
-                     "; resume with the checkpoint's settings (its trainer.json lists them) or start a new run "
-                     "with another --checkpoint-dir");
-  }
 }
 
 }  // namespace dtrain

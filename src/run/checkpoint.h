@@ -55,7 +55,8 @@ struct WrittenCheckpoint {
 // untouched by a failed write.
 WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const Checkpoint& checkpoint, int64_t keep);
 
-// Verifies the manifest (sizes and SHA-256 of every file), then reads.
+// Verifies the manifest (every file's size and hash), then reads
+// (parse_checkpoint of run/checkpoint_files.h).
 // Throws Error naming the file and the failed check.
 Checkpoint read_checkpoint(const std::string& path);
 
@@ -85,12 +86,7 @@ std::string choose_resume(const Config& config, const std::function<void(const s
 // The step of a step-N folder path, or -1.
 int64_t checkpoint_step(const std::string& path);
 
-// Refuses (UsageError, one line) a resume whose settings would change the
-// trajectory: each differing option of effect class exact as "--name old ->
-// new". The batch split (micro-batch, accumulation, world size) and options
-// of class rounding or none may change. --epochs may change when the LR
-// schedule does not depend on it (constant or step).
-void check_resume_compatible(const nlohmann::json& trainer_state, const Config& resolved, const std::string& source);
+// check_resume_compatible and the in-memory reader: run/checkpoint_files.h.
 
 // Whether every rank holds the same tensors. replica_checksums is local (it
 // may throw: run it under run_agreed); compare_replicas is collective (one

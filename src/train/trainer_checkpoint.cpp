@@ -8,6 +8,7 @@
 #include "memory/out_of_memory.h"
 #include "optim/optimizer.h"
 #include "run/checkpoint.h"
+#include "run/checkpoint_files.h"
 #include "run/evaluator.h"
 #include "run/updater.h"
 #include "train/trainer.h"

@@ -1,5 +1,6 @@
 // The checkpoint folder format and its guarantees (docs/checkpoints.md).
 #include "run/checkpoint.h"
+#include "run/checkpoint_files.h"
 
 #include "cli/option_table.h"
 #include "cli/options.h"
@@ -180,6 +181,42 @@ TEST_F(Checkpoints, ResumeRefusesTrajectoryChangesAndAllowsTheRest) {
   EXPECT_NO_THROW(check_resume_compatible(state, newer, "ck"));
   newer.data.validation_size = 5000;
   EXPECT_THROW(check_resume_compatible(state, newer, "ck"), UsageError);
+  // Hostile or many changes still make one short printable line.
+  for (auto& [name, value] : state["options"].items()) value = std::string(300, '\x01') + name;
+  try {
+    check_resume_compatible(state, saved, "ck");
+    ADD_FAILURE() << "every option changed, and it was accepted";
+  } catch (const UsageError& e) {
+    const std::string message = e.what();
+    EXPECT_LT(message.size(), 500u) << message;
+    EXPECT_EQ(message.find('\x01'), std::string::npos) << message;
+    EXPECT_NE(message.find(" more; resume with"), std::string::npos) << message;
+  }
+}
+
+// The in-memory reader (the fuzz harness's entry point) refuses a
+// trainer.json whose options are not an object, and reads what verifies.
+TEST_F(Checkpoints, InMemoryFilesVerifyAndOptionsMustBeAnObject) {
+  const std::string path = write_checkpoint(dir_, 5, sample(5), 2).path;
+  CheckpointFiles files;
+  for (const char* name : {"manifest.json", "model.pt", "optimizer.pt", "trainer.json"}) {
+    files[name] = read_file(path + "/" + name);
+  }
+  EXPECT_TRUE(torch::equal(parse_checkpoint(files, "mem").model[0].second, torch::full({4}, 5.0f)));
+  files["trainer.json"] = "{\"step\": 5, \"options\": 5, \"world_size\": 1}";
+  auto manifest = nlohmann::json::parse(files["manifest.json"]);
+  manifest["files"]["trainer.json"] = {{"bytes", files["trainer.json"].size()},
+                                       {"xxh3-128", xxh3_128_hex(files["trainer.json"])}};
+  files["manifest.json"] = manifest.dump();
+  try {
+    parse_checkpoint(files, "mem");
+    ADD_FAILURE() << "options 5 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("trainer.json has \"options\" that are not an object"), std::string::npos)
+        << e.what();
+  }
+  files.erase("model.pt");
+  EXPECT_THROW(parse_checkpoint(files, "mem"), Error);
 }
 
 // Every optimizer's state goes out as named tensors and back in, and the
