@@ -4,7 +4,7 @@
 #   launch/fuzz.sh HARNESS MINUTES [libFuzzer flags]   one campaign
 #   launch/fuzz.sh all MINUTES                         each harness in turn
 #
-# HARNESS: idx, config, option_values or weights. MINUTES 0 replays the
+# HARNESS: idx, config, option_values, weights or checkpoint. MINUTES 0 replays the
 # regression inputs and the seed corpus only, without fuzzing. Builds the harnesses first
 # (launch/setup.sh --fuzz). Each run first replays the harness's regression
 # inputs (tests/fuzz/regressions/HARNESS/: every crash found, kept) and its
@@ -16,8 +16,8 @@
 # is never written. Limits: 10 s per input, 2 GiB of memory.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-HARNESSES=(idx config option_values weights)
-[ $# -ge 2 ] || { echo "usage: launch/fuzz.sh idx|config|option_values|weights|all MINUTES [libFuzzer flags]" >&2; exit 2; }
+HARNESSES=(idx config option_values weights checkpoint)
+[ $# -ge 2 ] || { echo "usage: launch/fuzz.sh idx|config|option_values|weights|checkpoint|all MINUTES [libFuzzer flags]" >&2; exit 2; }
 target=$1
 minutes=$2
 shift 2

@@ -18,8 +18,8 @@
 #                                  PyPI torch wheel from the kit's packages alone,
 #                                  with this machine's copies hidden, and the
 #                                  binaries and jobs there (needs root)
-#   launch/test.sh --fuzz          also runs the idx, config, option_values and
-#                                  weights harnesses for 30 s each with a fixed
+#   launch/test.sh --fuzz          also runs the idx, config, option_values, checkpoint and
+#                                  weights harnesses for 15 s each (checkpoint 30 s) with a fixed
 #                                  seed, after replaying their regression inputs
 # CI runs --gpu-kit, --sanitize and --fuzz (.ci/run). Other arguments go to ctest (e.g. -R mpi).
 # Tests labelled "once" (the study driver, the Slurm cluster) run in the first
@@ -71,4 +71,5 @@ if [ "$gpu_kit" = 1 ]; then
 fi
 if [ "$fuzz" = 1 ]; then
   for harness in idx config option_values weights; do "$ROOT/launch/fuzz.sh" "$harness" 0.25; done
+  "$ROOT/launch/fuzz.sh" checkpoint 0.5  # manifest.json and trainer.json: 30 s
 fi

@@ -4,9 +4,12 @@
 #include "cli/options.h"
 #include "common/error.h"
 #include "data/idx_reader.h"
+#include "io/files.h"
 #include "io/weights.h"
+#include "run/checkpoint_files.h"
 
 #include <nlohmann/json.hpp>
+#include <torch/torch.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -101,6 +104,77 @@ void option_values(const uint8_t* data, size_t size) {
 void weights(const uint8_t* data, size_t size) {
   try {
     parse_weights(data, size, "fuzz.pt");
+  } catch (const Error& e) {
+    check_message(e.what());
+  }
+}
+
+namespace {
+
+// A checkpoint's fixed, valid files, for the checkpoint harness.
+struct CheckpointFixture {
+  std::string model;
+  std::string optimizer;
+  std::string trainer = "{\"step\": 3, \"options\": {}, \"world_size\": 1}";
+  CheckpointFixture() {
+    const auto model_bytes = serialize_weights({{"w", torch::arange(4, torch::kFloat)}});
+    const auto optimizer_bytes = serialize_weights({{"w.momentum_buffer", torch::ones({4})}});
+    model.assign(model_bytes.begin(), model_bytes.end());
+    optimizer.assign(optimizer_bytes.begin(), optimizer_bytes.end());
+  }
+};
+
+void replace_all(std::string& text, const std::string& from, const std::string& to) {
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) {
+    text.replace(at, from.size(), to);
+  }
+}
+
+}  // namespace
+
+void checkpoint(const uint8_t* data, size_t size) {
+  if (size == 0) return;
+  static const CheckpointFixture fixture;
+  std::string text(reinterpret_cast<const char*>(data) + 1, size - 1);
+  CheckpointFiles files = {{"model.pt", fixture.model}, {"optimizer.pt", fixture.optimizer}};
+  const bool fuzz_manifest = (data[0] & 1) == 0;
+  if (fuzz_manifest) {
+    // "$model", "$optimizer", "$trainer" stand for those files' XXH3-128,
+    // "$sha:model" and so on for their SHA-256, "$size:model" for their
+    // sizes: a fuzzed manifest can pass the checks and reach what follows.
+    for (const auto& [name, key] : {std::pair<std::string, std::string>{"model.pt", "model"},
+                                    {"optimizer.pt", "optimizer"}, {"trainer.json", "trainer"}}) {
+      const std::string& content = name == "trainer.json" ? fixture.trainer : files[name];
+      replace_all(text, "$size:" + key, std::to_string(content.size()));
+      replace_all(text, "$sha:" + key, sha256_hex(content));
+      replace_all(text, "$" + key, xxh3_128_hex(content));
+    }
+    files["manifest.json"] = text;
+    files["trainer.json"] = fixture.trainer;
+  } else {
+    // trainer.json under a manifest that matches it.
+    files["trainer.json"] = text;
+    nlohmann::json manifest = {{"format", kCheckpointFormat}, {"step", 3}, {"hash", "xxh3-128"}, {"files", nlohmann::json::object()}};
+    for (const auto& [name, content] : files) {
+      manifest["files"][name] = {{"bytes", content.size()}, {"xxh3-128", xxh3_128_hex(content)}};
+    }
+    files["manifest.json"] = manifest.dump();
+  }
+  Checkpoint read;
+  try {
+    read = parse_checkpoint(files, "fuzz-checkpoint");
+  } catch (const Error& e) {
+    check_message(e.what());
+    return;
+  }
+  // Whatever verifies reads back as the fixture's weights.
+  if (read.model.size() != 1 || read.model[0].first != "w" ||
+      !torch::equal(read.model[0].second, torch::arange(4, torch::kFloat))) {
+    finding("a verified checkpoint's model.pt reads back differently", text);
+  }
+  if (fuzz_manifest) return;
+  try {
+    check_resume_compatible(read.trainer, Config{}, "fuzz-checkpoint");
   } catch (const Error& e) {
     check_message(e.what());
   }

@@ -19,5 +19,12 @@ void config(const uint8_t* data, size_t size);
 void option_values(const uint8_t* data, size_t size);
 // A weights file (--init-from).
 void weights(const uint8_t* data, size_t size);
+// A checkpoint's metadata (--resume). First byte even: the rest is
+// manifest.json over fixed, valid files ("$model", "$optimizer", "$trainer"
+// in it stand for their XXH3-128, "$sha:model" etc. for their SHA-256,
+// "$size:model" etc. for their sizes);
+// odd: the rest is trainer.json under a matching manifest, then checked for
+// a resume against the default options.
+void checkpoint(const uint8_t* data, size_t size);
 
 }  // namespace dtrain::fuzz

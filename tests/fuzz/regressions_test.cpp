@@ -21,7 +21,8 @@ namespace fs = std::filesystem;
 TEST(FuzzRegressions, EveryKeptInputGivesAResultOrOneCleanError) {
   const fs::path root = fs::path(DTRAIN_SOURCE_DIR) / "tests" / "fuzz";
   const std::vector<std::pair<std::string, void (*)(const uint8_t*, size_t)>> harnesses = {
-      {"idx", fuzz::idx}, {"config", fuzz::config}, {"option_values", fuzz::option_values}, {"weights", fuzz::weights}};
+      {"idx", fuzz::idx}, {"config", fuzz::config}, {"option_values", fuzz::option_values}, {"weights", fuzz::weights},
+      {"checkpoint", fuzz::checkpoint}};
   int replayed = 0;
   for (const auto& [name, harness] : harnesses) {
     for (const char* kind : {"corpus", "regressions"}) {
