@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The language-model job (configs/kjv_gpt.ini) on 2 ranks, cut to 600 of its 977 steps:
-# its validation bits per byte must beat a bigram model fitted on the same
-# training split (computed here, by dtrain_bigram) by a clear margin, and be
-# at most 2.05 already (the whole job reaches 1.80, and its evaluation at
-# step 600 measured 1.977), and the
+# The language-model job (configs/kjv_gpt.ini) on 2 ranks, cut to 300 of its 977 steps
+# (about 1 min; 600 steps took 2 min of CI's 45): its validation bits per byte
+# must beat a bigram model fitted on the same training split (computed here,
+# by dtrain_bigram; 3.28) by a clear margin, and be at most 2.45 already (the
+# whole job reaches 1.80; the evaluation at step 300 measured 2.355, at step
+# 600 1.977), and the
 # export loads strictly into the PyTorch definition of docs/models.md. (Logits
 # in both directions, and --init-from of a torch.save state_dict, are
 # GptInterop.* in tests/models/gpt_test.cpp. --activation-checkpointing is
@@ -17,7 +18,7 @@ CONFIG=(--config "$ROOT/configs/kjv_gpt.ini")
 bigram=$("$DTRAIN_BIGRAM" "${CONFIG[@]}") || fail "dtrain_bigram failed"
 pass "bigram baseline on the same split: $bigram bits/byte"
 
-mpirun -np 2 "$DTRAIN" "${CONFIG[@]}" --max-steps 600 --eval-every 600 --out-dir "$WORK/run" \
+mpirun -np 2 "$DTRAIN" "${CONFIG[@]}" --max-steps 300 --eval-every 300 --out-dir "$WORK/run" \
   --export "$WORK/gpt.pt" >"$WORK/out" 2>&1 || { tail -20 "$WORK/out"; fail "training failed"; }
 grep -q "tokens/s" "$WORK/out" || fail "no tokens/s on the progress lines"
 "$PYTHON" - "$WORK/run/summary.json" "$bigram" <<'PY' || { tail -5 "$WORK/out"; fail "the GPT does not beat the bigram"; }
@@ -31,7 +32,7 @@ assert summary["tokens_per_sec"] > 0
 margin = 0.25
 print(f"val {bpb:.3f} bits/byte against the bigram's {bigram:.3f}; {summary['tokens_per_sec']:.0f} tokens/s")
 assert bpb < bigram - margin, f"{bpb:.3f} is not {margin} below {bigram:.3f}"
-assert bpb <= 2.05, f"{bpb:.3f} bits/byte at step 600: the recipe (packing, warmup, LR) regressed"
+assert bpb <= 2.45, f"{bpb:.3f} bits/byte at step 300: the recipe (packing, warmup, LR) regressed"
 PY
 pass "the GPT beats the bigram by a clear margin"
 
