@@ -138,12 +138,16 @@ def main(argv):
     parser.add_argument("--mpirun", default="mpirun")
     parser.add_argument("--seed", type=int, default=1, help="the faults' random seed")
     parser.add_argument("--faults", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=0, help="the job's steps (default: 40 a fault, at least 300)")
-    parser.add_argument("--max-delay", type=float, default=1.5,
+    # A fault ends an attempt within about --max-delay of its first step; at
+    # ~110 steps/s on an idle 2-core machine that is up to ~70 steps with the
+    # start-up, so 100 steps a fault leave the job running until the last
+    # (with 1.5 s and 40 a fault, a CI run's job ended after two faults).
+    parser.add_argument("--steps", type=int, default=0, help="the job's steps (default: 100 a fault, at least 800)")
+    parser.add_argument("--max-delay", type=float, default=0.5,
                         help="a fault comes up to this many seconds after the attempt's first step")
     parser.add_argument("--work", help="keep everything here (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
-    args.steps = args.steps or max(300, 40 * args.faults)
+    args.steps = args.steps or max(800, 100 * args.faults)
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     work = args.work or tempfile.mkdtemp(prefix="chaos-soak-")
