@@ -25,8 +25,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* const kHashXxh3 = "xxh3-128";  // as in run/checkpoint_files.cpp
-
 // The step of a folder named step-NNNNNNNN, or -1.
 int64_t step_of(const std::string& name) {
   if (name.size() < 13 || name.size() > 23 || name.compare(0, 5, "step-") != 0) return -1;
@@ -123,7 +121,7 @@ WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const C
   // "hash" names the files' hash; manifests without it (dtrain before
   // 2026-12) hash with SHA-256, and stay readable.
   nlohmann::json manifest = {
-      {"format", kCheckpointFormat}, {"step", step}, {"hash", kHashXxh3}, {"files", nlohmann::json::object()}};
+      {"format", kCheckpointFormat}, {"step", step}, {"hash", kCheckpointHash}, {"files", nlohmann::json::object()}};
   // Each file: serialized, hashed, written and fsynced; the two tensor files
   // in parallel (they are the bulk, and a rank has a core to spare here).
   struct Entry {
@@ -160,7 +158,7 @@ WrittenCheckpoint write_checkpoint(const std::string& dir, int64_t step, const C
     const std::string trainer = checkpoint.trainer.dump(1) + "\n";
     entries.push_back(put("trainer.json", trainer.data(), trainer.size()));
     for (const auto& entry : entries) {
-      manifest["files"][entry.name] = {{"bytes", entry.size}, {kHashXxh3, entry.hash}};
+      manifest["files"][entry.name] = {{"bytes", entry.size}, {kCheckpointHash, entry.hash}};
       written.bytes += static_cast<int64_t>(entry.size);
     }
     const std::string manifest_text = manifest.dump(1) + "\n";

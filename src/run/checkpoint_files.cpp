@@ -14,7 +14,6 @@ namespace dtrain {
 namespace {
 
 const std::vector<std::string> kFiles = {"model.pt", "optimizer.pt", "trainer.json"};
-const char* const kHashXxh3 = "xxh3-128";
 const char* const kHashSha256 = "sha256";
 
 }  // namespace
@@ -47,9 +46,9 @@ Checkpoint parse_checkpoint(const CheckpointFileReader& read, const std::string&
   std::string hash = kHashSha256;
   if (manifest.contains("hash")) {
     if (!manifest["hash"].is_string() ||
-        (manifest["hash"].get<std::string>() != kHashXxh3 && manifest["hash"].get<std::string>() != kHashSha256)) {
+        (manifest["hash"].get<std::string>() != kCheckpointHash && manifest["hash"].get<std::string>() != kHashSha256)) {
       throw bad("manifest.json", "names the hash " + printable_excerpt(manifest["hash"].dump()) +
-                                     ", this dtrain knows " + kHashXxh3 + " and " + kHashSha256);
+                                     ", this dtrain knows " + kCheckpointHash + " and " + kHashSha256);
     }
     hash = manifest["hash"].get<std::string>();
   }
@@ -65,9 +64,9 @@ Checkpoint parse_checkpoint(const CheckpointFileReader& read, const std::string&
       throw bad(name, "has " + std::to_string(content.size()) + " bytes, the manifest says " +
                           listed[name]["bytes"].dump() + " (truncated?)");
     }
-    const std::string digest = hash == kHashXxh3 ? xxh3_128_hex(content) : sha256_hex(content);
+    const std::string digest = hash == kCheckpointHash ? xxh3_128_hex(content) : sha256_hex(content);
     if (digest != listed[name][hash].get<std::string>()) {
-      throw bad(name, "fails its " + std::string(hash == kHashXxh3 ? "XXH3-128" : "SHA-256") +
+      throw bad(name, "fails its " + std::string(hash == kCheckpointHash ? "XXH3-128" : "SHA-256") +
                           " check (damaged on disk)");
     }
     bytes[name] = std::move(content);

@@ -14,6 +14,10 @@
 
 namespace dtrain {
 
+// The hash checkpoints are written with, as the manifest names it ("hash",
+// and each file's key). Manifests that name none hash with "sha256".
+constexpr const char* kCheckpointHash = "xxh3-128";
+
 // A checkpoint file's bytes by name (manifest.json, model.pt, optimizer.pt,
 // trainer.json), or nullopt when it cannot be read. Asked for manifest.json
 // first, then for each other file only once the manifest lists it.
