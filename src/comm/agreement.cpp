@@ -5,6 +5,7 @@
 #include "cli/options.h"
 #include "comm/watchdog.h"
 #include "common/error.h"
+#include "common/fault.h"
 
 #include <chrono>
 #include <cstdio>
@@ -20,13 +21,8 @@ namespace {
 // DTRAIN_FAULT_STALL=WHAT:RANK: that rank stops for good before the status
 // exchange of the step named WHAT.
 void stall_if_told(const char* what, int rank) {
-  const char* text = std::getenv("DTRAIN_FAULT_STALL");
-  if (text == nullptr) return;
-  const std::string told(text);
-  const size_t colon = told.rfind(':');
-  if (colon == std::string::npos || told.substr(0, colon) != what || std::atoi(told.c_str() + colon + 1) != rank) {
-    return;
-  }
+  const char* told_rank = fault_argument("DTRAIN_FAULT_STALL", what);
+  if (told_rank == nullptr || std::atoi(told_rank) != rank) return;
   std::fprintf(stderr, "fault: rank %d stalls before the %s\n", rank, what);
   std::fflush(stderr);
   for (;;) std::this_thread::sleep_for(std::chrono::hours(1));

@@ -94,7 +94,7 @@ void CollectiveWatchdog::watch() {
     if (failure.empty()) continue;
     const std::string who = "rank " + std::to_string(rank_) + (device_.empty() ? "" : " (" + device_ + ")");
     lock.unlock();  // the abort action, and other threads, may still call in
-    fire(who + ": " + failure);
+    fire(who, failure);
   }
 }
 
@@ -135,10 +135,8 @@ std::string CollectiveWatchdog::check() {
   return {};
 }
 
-void CollectiveWatchdog::fire(const std::string& failure) {
-  // `failure` starts with "rank R (device): ".
-  const std::string who = failure.substr(0, failure.find(": "));
-  std::fprintf(stderr, "dtrain: error: %s; aborting the job\n", failure.c_str());
+void CollectiveWatchdog::fire(const std::string& who, const std::string& failure) {
+  std::fprintf(stderr, "dtrain: error: %s: %s; aborting the job\n", who.c_str(), failure.c_str());
   std::fflush(stderr);
   // The abort action can block (ncclCommAbort waiting on a hung GPU, exit
   // handlers synchronizing it), so it runs on its own thread and this one

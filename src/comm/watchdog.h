@@ -99,7 +99,9 @@ class CollectiveWatchdog {
   // One pass over everything watched, under mutex_: what failed (the fired
   // line after "rank R (GPU g): "), or empty. Drops completed collectives.
   std::string check();
-  [[noreturn]] void fire(const std::string& failure);
+  // Prints "dtrain: error: WHO: FAILURE; aborting the job", runs the abort
+  // action and ends the process. `who` is "rank R (device)".
+  [[noreturn]] void fire(const std::string& who, const std::string& failure);
 
   std::atomic<double> timeout_seconds_;
   const int rank_;

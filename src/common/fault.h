@@ -8,6 +8,16 @@
 
 namespace dtrain {
 
+// The text after "KIND:" in environment variable `variable`, or null when it
+// is unset or names another kind: a variable that names one of several places
+// (DTRAIN_FAULT_EXIT=allgather:3:1, DTRAIN_FAULT_STALL=dataset agreement:1).
+inline const char* fault_argument(const char* variable, const char* kind) {
+  const char* text = std::getenv(variable);
+  const size_t length = std::strlen(kind);
+  if (text == nullptr || std::strncmp(text, kind, length) != 0 || text[length] != ':') return nullptr;
+  return text + length + 1;
+}
+
 struct FaultHook {
   int64_t step = -1;  // -1: never
   int rank = -1;      // -1: every rank
@@ -20,10 +30,7 @@ struct FaultHook {
   // A variable naming several places: "KIND:STEP[:RANK]" arms the hook of
   // `kind` only (e.g. DTRAIN_FAULT_EXIT=allgather:3:1).
   FaultHook(const char* variable, const char* kind) {
-    const char* text = std::getenv(variable);
-    const size_t length = std::strlen(kind);
-    if (text == nullptr || std::strncmp(text, kind, length) != 0 || text[length] != ':') return;
-    parse(text + length + 1);
+    if (const char* text = fault_argument(variable, kind)) parse(text);
   }
   bool set() const { return step >= 0; }
   void parse(const char* text) {
