@@ -34,14 +34,6 @@ namespace {
 
 std::string num(int64_t value) { return std::to_string(value); }
 
-// The multiples of `unit` nearest to `target`, as "a or b".
-std::string nearest_multiples(int64_t target, int64_t unit) {
-  const int64_t below = (target / unit) * unit;
-  const int64_t above = below + unit;
-  if (below <= 0) return num(above);
-  return num(below) + " or " + num(above);
-}
-
 // Throws the error for a global batch that `unit` (= product of the other
 // factors, described by `unit_text`) does not divide.
 [[noreturn]] void not_divisible(int64_t global, int64_t unit, const std::string& unit_text,
@@ -53,6 +45,13 @@ std::string nearest_multiples(int64_t target, int64_t unit) {
 }
 
 }  // namespace
+
+std::string nearest_multiples(int64_t target, int64_t unit) {
+  const int64_t below = (target / unit) * unit;
+  const int64_t above = below + unit;
+  if (below <= 0) return num(above);
+  return num(below) + " or " + num(above);
+}
 
 namespace {
 // a * b, or a UsageError if it does not fit in 64 bits.

@@ -29,6 +29,10 @@ struct BatchPlan {
   void add_to(nlohmann::json& object) const;
 };
 
+// The multiples of `unit` nearest to `target`, as "a or b" (only the one
+// above when none is below): the valid batches an error suggests.
+std::string nearest_multiples(int64_t target, int64_t unit);
+
 // Any two of micro, accum and global determine the third (0 = not given);
 // accum defaults to 1 when only one of micro and global is given. Throws
 // UsageError naming the numbers and the nearest valid choices.

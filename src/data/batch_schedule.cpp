@@ -1,21 +1,13 @@
 #include "data/batch_schedule.h"
 
 #include "common/error.h"
+#include "data/batch_plan.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 
 namespace dtrain {
-
-namespace {
-
-std::string nearest_multiples(int64_t value, int64_t unit) {
-  const int64_t below = value / unit * unit;
-  return below > 0 ? std::to_string(below) + " or " + std::to_string(below + unit) : std::to_string(unit);
-}
-
-}  // namespace
 
 int64_t rampup_batch(const BatchSchedulePlan& plan, int64_t final_batch, int64_t samples_seen) {
   const int64_t increments = (final_batch - plan.start) / plan.increment;

@@ -167,7 +167,7 @@ std::vector<double> relative_differences(const std::vector<torch::Tensor>& a, co
   return result;
 }
 
-double max_relative_difference(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+double worst_relative_difference(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
   double worst = 0;
   for (double d : relative_differences(a, b)) worst = std::max(worst, d);
   return worst;
@@ -209,8 +209,8 @@ void expect_fp32_wire_gives_plain_gradients(Communicator& comm, int ranks, torch
         const auto reduced = reduced_gradients(*model, reducer, batches[b]);
         const std::string where = std::string(bucketing.name) + ", overlap " + (overlap ? "on" : "off") + ", " +
                                   describe(comm, ranks) + ", step " + std::to_string(b);
-        EXPECT_LT(max_relative_difference(reduced, plain[b]), 1e-6) << where;
-        EXPECT_LT(max_relative_difference(reduced, one_pass[b]), 1e-5) << where << " (one pass)";
+        EXPECT_LT(worst_relative_difference(reduced, plain[b]), 1e-6) << where;
+        EXPECT_LT(worst_relative_difference(reduced, one_pass[b]), 1e-5) << where << " (one pass)";
         EXPECT_EQ(reducer.buckets_started_in_backward(), communicates && overlap ? buckets : 0) << where;
       }
       EXPECT_EQ(comm.stats().all_reduce_calls, communicates ? 2 * buckets : 0) << describe(comm, ranks);
@@ -287,7 +287,7 @@ void expect_trainer_norm_and_clipping_match_pytorch(Communicator& comm, Communic
   EXPECT_GT(trainer.reducer().num_buckets(), 1u);
   EXPECT_NEAR(result.grad_norm, pytorch_norm, 1e-5 * pytorch_norm) << "the norm before clipping";
   // The optimizer step leaves the gradients as clipping left them.
-  EXPECT_LT(max_relative_difference(gradients(*model), clipped), 1e-5) << "the clipped gradients";
+  EXPECT_LT(worst_relative_difference(gradients(*model), clipped), 1e-5) << "the clipped gradients";
   EXPECT_NEAR(trainer.reducer().grad_norm(), clipped_norm, 1e-5 * clipped_norm) << "the norm after clipping";
 }
 

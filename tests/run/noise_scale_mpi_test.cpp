@@ -20,7 +20,7 @@ namespace {
 
 using testing::world;
 
-const Dataset& data() {
+const Dataset& noise_data() {
   static const Dataset dataset = make_synthetic(96, 16, 10, /*seed=*/3);
   return dataset;
 }
@@ -29,8 +29,8 @@ const Dataset& data() {
 torch::Tensor mean_gradient(Model& model, const std::vector<int64_t>& indices) {
   model.zero_grad();
   const auto index = torch::tensor(indices, torch::kLong);
-  const auto logits = model.forward(data().train.inputs.index_select(0, index));
-  torch::nn::functional::cross_entropy(logits, data().train.targets.index_select(0, index)).backward();
+  const auto logits = model.forward(noise_data().train.inputs.index_select(0, index));
+  torch::nn::functional::cross_entropy(logits, noise_data().train.targets.index_select(0, index)).backward();
   std::vector<torch::Tensor> flat;
   for (const auto& p : trainable_parameters(model)) flat.push_back(p.grad().reshape({-1}).clone());
   return torch::cat(flat).to(torch::kDouble);
@@ -49,22 +49,22 @@ TEST(NoiseScale, TrainerMeasuresEachMicroBatchAndTheGlobalBatch) {
       config.distributed.overlap = overlap;
       const BatchPlan plan = derive_batch_plan(micro, accum, 0, world_size);
       torch::manual_seed(11);
-      auto model = make_model(config.model, data().input_shape, data().num_classes);
-      auto reference = make_model(config.model, data().input_shape, data().num_classes);
+      auto model = make_model(config.model, noise_data().input_shape, noise_data().num_classes);
+      auto reference = make_model(config.model, noise_data().input_shape, noise_data().num_classes);
       {
         torch::NoGradGuard no_grad;
         const auto from = model->parameters();
         const auto to = reference->parameters();
         for (size_t i = 0; i < from.size(); ++i) to[i].copy_(from[i]);
       }
-      Trainer trainer(config, plan, world(), data(), model);
+      Trainer trainer(config, plan, world(), noise_data(), model);
       // Step 1 of the run (the second global batch), without an update.
       const StepResult result = trainer.train_step(1, /*compute_grad_norm=*/true, /*update=*/false);
       ASSERT_TRUE(result.noise_measured);
 
       // The same step by hand: every rank's every micro-batch.
-      const int64_t per_epoch = steps_per_epoch(data().train.size(), plan);
-      const auto permutation = epoch_permutation(data().train.size(), config.run.seed, 1 / per_epoch, config.run.shuffle);
+      const int64_t per_epoch = steps_per_epoch(noise_data().train.size(), plan);
+      const auto permutation = epoch_permutation(noise_data().train.size(), config.run.seed, 1 / per_epoch, config.run.shuffle);
       double small_sum = 0;
       std::vector<int64_t> all;
       for (int rank = 0; rank < world_size; ++rank) {
