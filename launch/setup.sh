@@ -14,6 +14,8 @@
 #                              UndefinedBehaviorSanitizer (build-asan/), without
 #                              the NCCL backend (CUDA's runtime and ASan's shadow
 #                              memory do not mix, and no GPU runs it here)
+#   launch/setup.sh --tsan     also build with ThreadSanitizer (build-tsan/), the
+#                              binaries of the threaded tests only (launch/test.sh --tsan)
 #   launch/setup.sh --fuzz     also build the libFuzzer harnesses with clang
 #                              (build-fuzz/; see docs/reliability.md)
 #   launch/setup.sh --dtrain-only   packages + only the dtrain binary (what
@@ -25,19 +27,22 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${DTRAIN_BUILD_DIR:-$ROOT/build}
 WITH_TORCH2=0
 WITH_SANITIZE=0
+WITH_TSAN=0
 WITH_FUZZ=0
 MAIN_TARGETS=()
 for arg in "$@"; do
   case "$arg" in
     --torch2) WITH_TORCH2=1 ;;
     --sanitize) WITH_SANITIZE=1 ;;
+    --tsan) WITH_TSAN=1 ;;
     --fuzz) WITH_FUZZ=1 ;;
     --dtrain-only) MAIN_TARGETS=(--target dtrain) ;;
-    *) echo "setup: unknown argument $arg (known: --torch2, --sanitize, --fuzz, --dtrain-only)" >&2; exit 2 ;;
+    *) echo "setup: unknown argument $arg (known: --torch2, --sanitize, --tsan, --fuzz, --dtrain-only)" >&2; exit 2 ;;
   esac
 done
 TORCH2_BUILD_DIR=${DTRAIN_TORCH2_BUILD_DIR:-$ROOT/build-torch2}
 SANITIZE_BUILD_DIR=${DTRAIN_SANITIZE_BUILD_DIR:-$ROOT/build-asan}
+TSAN_BUILD_DIR=${DTRAIN_TSAN_BUILD_DIR:-$ROOT/build-tsan}
 FUZZ_BUILD_DIR=${DTRAIN_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
 
 PACKAGES=(
@@ -106,6 +111,15 @@ if [ "$WITH_SANITIZE" = 1 ]; then
   TARGETS=(--target dtrain dtrain_unit_tests dtrain_mpi_tests dtrain_logits dtrain_tied)
   build "$SANITIZE_BUILD_DIR" -DDTRAIN_SANITIZE=address,undefined -DDTRAIN_WITH_NCCL=OFF \
     -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG"
+  TARGETS=()
+fi
+if [ "$WITH_TSAN" = 1 ]; then
+  # ThreadSanitizer, -O1 with line tables (-g1) so that a report names the
+  # lines. The binaries of the threaded tests only: the unit tests, the
+  # multi-rank tests and dtrain (launch/test.sh --tsan picks the tests).
+  TARGETS=(--target dtrain dtrain_unit_tests dtrain_mpi_tests)
+  build "$TSAN_BUILD_DIR" -DDTRAIN_SANITIZE=thread -DDTRAIN_WITH_NCCL=OFF \
+    -DCMAKE_CXX_FLAGS_RELEASE="-O1 -g1 -DNDEBUG"
   TARGETS=()
 fi
 if [ "$WITH_FUZZ" = 1 ]; then

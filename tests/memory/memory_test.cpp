@@ -118,6 +118,9 @@ TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTwoPercent) {
 #if defined(__SANITIZE_ADDRESS__)
   GTEST_SKIP() << "ASan's allocator keeps freed memory in quarantine: the resident set is no measure under it";
 #endif
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "TSan maps shadow memory for every byte touched: the resident set is no measure under it";
+#endif
   const std::string command =
       "/proc/" + std::to_string(getpid()) + "/exe --gtest_also_run_disabled_tests "
       "--gtest_filter=MemoryAccounting.DISABLED_MeasureOneStepInThisProcess 2>&1";
