@@ -79,7 +79,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # ccache hashes paths relative to the checkout, so a fresh clone (CI) finds
-# what an earlier build of the same sources compiled.
+# what an earlier build of the same sources compiled. Unity batches
+# (CMakeLists.txt) include their sources by absolute path, so that holds for
+# a clone at the same path only.
 export CCACHE_BASEDIR="$ROOT"
 
 # build DIR [cmake configure arguments...]: configure once, then build

@@ -77,7 +77,8 @@ if [ "$tsan" = 1 ]; then
   # The tests whose code starts threads: the watchdog's, the non-finite
   # check's helper, the preemption signal's agreement, the out-of-memory
   # path's agreement, and the MPI communicator's, at 2 ranks (the 1- and
-  # 4-rank runs add no thread).
+  # 4-rank runs start the same threads). The list wins over a -R given to
+  # this script (ctest keeps the last).
   TSAN_TESTS='^(unit|mpi_np2|e2e_failures|e2e_checkpoint|e2e_memory)$'
   echo "== ThreadSanitizer: the threaded tests in $tsan_build"
   (
@@ -93,7 +94,7 @@ if [ "$tsan" = 1 ]; then
     # outlast the watchdog's abort bound, which its tests check.
     export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:atexit_sleep_ms=0:suppressions=$ROOT/tests/sanitizers/tsan.supp"
     export OMPI_MCA_memory=^patcher  # Open MPI's malloc hooks: TSan must own malloc
-    ctest --test-dir "$tsan_build" --output-on-failure -R "$TSAN_TESTS" "${ctest_args[@]}"
+    ctest --test-dir "$tsan_build" --output-on-failure "${ctest_args[@]}" -R "$TSAN_TESTS"
   )
 fi
 if [ "$gpu_kit" = 1 ]; then

@@ -120,6 +120,10 @@ TEST(MemoryAccounting, StepPeakAgreesWithThePeakResidentSetWithinTwoPercent) {
 #endif
 #if defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "TSan maps shadow memory for every byte touched: the resident set is no measure under it";
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+  GTEST_SKIP() << "TSan maps shadow memory for every byte touched: the resident set is no measure under it";
+#endif
 #endif
   const std::string command =
       "/proc/" + std::to_string(getpid()) + "/exe --gtest_also_run_disabled_tests "
