@@ -94,6 +94,7 @@ if [ "$tsan" = 1 ]; then
     # outlast the watchdog's abort bound, which its tests check.
     export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:atexit_sleep_ms=0:suppressions=$ROOT/tests/sanitizers/tsan.supp"
     export OMPI_MCA_memory=^patcher  # Open MPI's malloc hooks: TSan must own malloc
+    export DTRAIN_EXPECT_TSAN=1  # tests/sanitizers/tsan_test.cpp fails in a build without TSan
     ctest --test-dir "$tsan_build" --output-on-failure "${ctest_args[@]}" -R "$TSAN_TESTS"
   )
 fi

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <thread>
 #include <unistd.h>
 
@@ -48,6 +49,9 @@ class ThreadSanitizer : public ::testing::Test {
 
 TEST_F(ThreadSanitizer, ReportsAGradientWrittenWhileTheHelperChecksIt) {
 #if !defined(DTRAIN_TSAN)
+  // launch/test.sh --tsan sets DTRAIN_EXPECT_TSAN: a build there without
+  // TSan fails here rather than passing unchecked.
+  if (std::getenv("DTRAIN_EXPECT_TSAN") != nullptr) FAIL() << "launch/test.sh --tsan ran a build without -fsanitize=thread";
   GTEST_SKIP() << "runs in the ThreadSanitizer build (launch/test.sh --tsan)";
 #endif
   // TSan exits 66 on a report; the report must name dtrain's own kernel,
